@@ -1,0 +1,3 @@
+"""hub-reflow: reflow students for LeRobot SmolVLA policies."""
+
+__version__ = "0.1.0"
