@@ -1,0 +1,274 @@
+"""SmolVLA checkpoints: find them (folder or Hub repo at a commit), read them, write canonical ones.
+
+A canonical reflow checkpoint (DESIGN.md section 3) is the teacher's checkpoint with the student's
+weights and ``num_steps`` changed, plus a lineage file. Everything LeRobot reads is written by
+LeRobot's own code (config) or copied byte for byte from the teacher (processor files).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UserError
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+LINEAGE_NAME = "reflow_lineage.json"
+PROCESSOR_CONFIGS = ("policy_preprocessor.json", "policy_postprocessor.json")
+_REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+@dataclass
+class CheckpointRef:
+    """Where a checkpoint came from, without any local path (safe to publish)."""
+
+    repo_id: str | None  # Hub repo id, None for a local folder
+    commit: str | None  # the exact commit sha on the Hub, None for a local folder
+    revision: str | None  # what the user asked for (branch, tag or sha)
+    weights_sha256: str  # identifies the exact weights whatever the source
+
+    @property
+    def display_name(self) -> str:
+        return self.repo_id if self.repo_id else "a local checkpoint folder"
+
+
+@dataclass
+class ResolvedCheckpoint:
+    path: Path  # local folder holding config.json, model.safetensors and the processor files
+    ref: CheckpointRef
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _find_pretrained_dir(folder: Path) -> Path | None:
+    """Accept a ``pretrained_model/`` folder, a ``checkpoints/<step>/`` folder or a run folder."""
+    for candidate in (folder, folder / "pretrained_model", folder / "checkpoints" / "last" / "pretrained_model"):
+        if (candidate / CONFIG_NAME).is_file():
+            return candidate
+    return None
+
+
+def validate_smolvla_folder(folder: Path, what: str = "teacher") -> dict:
+    """Check that ``folder`` is a SmolVLA checkpoint; return its raw config dict."""
+    try:
+        raw = json.loads((folder / CONFIG_NAME).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{what}: {CONFIG_NAME} in the checkpoint cannot be read ({e}); pass a SmolVLA checkpoint folder") from None
+    if not isinstance(raw, dict) or raw.get("type") != "smolvla":
+        kind = raw.get("type") if isinstance(raw, dict) else None
+        raise UserError(
+            f"{what}: the checkpoint's config.json has type {kind!r}, not 'smolvla'; pass a SmolVLA checkpoint "
+            "(a lerobot-train pretrained_model/ folder or a Hub repo of one)"
+        )
+    missing = [n for n in (WEIGHTS_NAME, *PROCESSOR_CONFIGS) if not (folder / n).is_file()]
+    if missing:
+        raise UserError(f"{what}: the checkpoint lacks {', '.join(missing)}; pass a complete lerobot-train pretrained_model/ folder")
+    return raw
+
+
+def resolve_checkpoint(ref: str, revision: str | None = None, what: str = "teacher") -> ResolvedCheckpoint:
+    """A local folder, or a Hub repo id at ``revision`` resolved to its commit sha and downloaded."""
+    local = Path(ref).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise UserError(f"{what}: {ref} is a file, not a checkpoint folder; pass the pretrained_model/ folder")
+        folder = _find_pretrained_dir(local)
+        if folder is None:
+            raise UserError(f"{what}: no config.json in {ref} (nor in its pretrained_model/ or checkpoints/last/); pass a SmolVLA checkpoint folder")
+        validate_smolvla_folder(folder, what)
+        return ResolvedCheckpoint(folder, CheckpointRef(None, None, None, sha256_file(folder / WEIGHTS_NAME)))
+    if not _REPO_ID_RE.match(ref) or ref.startswith((".", "/", "~")):
+        raise UserError(f"{what}: {ref} does not exist as a folder and is not a Hub repo id (namespace/name); check the path")
+    return _download_checkpoint(ref, revision, what)
+
+
+def _download_checkpoint(repo_id: str, revision: str | None, what: str) -> ResolvedCheckpoint:
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        commit = HfApi().model_info(repo_id, revision=revision).sha
+        folder = Path(snapshot_download(repo_id, revision=commit))
+    except RepositoryNotFoundError:
+        raise UserError(f"{what}: Hub repo {repo_id} not found (or private: set HF_TOKEN); check the repo id") from None
+    except RevisionNotFoundError:
+        raise UserError(f"{what}: revision {revision!r} not found in {repo_id}; pass a branch, tag or commit sha that exists") from None
+    except HfHubHTTPError as e:
+        raise UserError(f"{what}: could not download {repo_id}: {str(e).splitlines()[0]}") from None
+    except OSError as e:  # offline mode, no cache entry, connection refused
+        raise UserError(f"{what}: could not reach the Hub for {repo_id} ({type(e).__name__}); check HF_ENDPOINT / network") from None
+    validate_smolvla_folder(folder, what)
+    return ResolvedCheckpoint(folder, CheckpointRef(repo_id, commit, revision, sha256_file(folder / WEIGHTS_NAME)))
+
+
+def smolvla_field_names() -> set[str]:
+    from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
+
+    return {f.name for f in dataclasses.fields(SmolVLAConfig)} | {"type"}
+
+
+def clean_config_dict(raw: dict) -> tuple[dict, list[str]]:
+    """Drop fields LeRobot's SmolVLAConfig does not know (``use_reflow``, ``teacher_model_path``...)."""
+    known = smolvla_field_names()
+    unknown = sorted(k for k in raw if k not in known)
+    return {k: v for k, v in raw.items() if k in known}, unknown
+
+
+def parse_policy_config(raw: dict, what: str = "teacher"):
+    """A ``SmolVLAConfig`` parsed by LeRobot from a config dict (unknown fields dropped, with a warning).
+
+    The device recorded in the dict is kept on the object even when it is not available here, so
+    that a config written back differs from the original only where we change it.
+    """
+    from lerobot.configs.policies import PreTrainedConfig
+
+    cleaned, unknown = clean_config_dict(raw)
+    if unknown:
+        logger.warning("%s config.json has fields LeRobot does not know, ignored: %s", what, ", ".join(unknown))
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / CONFIG_NAME).write_text(json.dumps(cleaned))
+        try:
+            cfg = PreTrainedConfig.from_pretrained(tmp)
+        except Exception as e:  # draccus raises many types for a malformed field
+            raise UserError(f"{what}: config.json does not parse as a SmolVLA config ({str(e).splitlines()[0]})") from None
+    if "device" in cleaned:
+        object.__setattr__(cfg, "device", cleaned["device"])
+    return cfg
+
+
+def read_policy_config(folder: Path, what: str = "teacher"):
+    return parse_policy_config(json.loads((folder / CONFIG_NAME).read_text()), what)
+
+
+def processor_files(folder: Path) -> list[str]:
+    """The processor configs and the state files they reference, as LeRobot wrote them."""
+    names = []
+    for cfg_name in PROCESSOR_CONFIGS:
+        names.append(cfg_name)
+        data = json.loads((folder / cfg_name).read_text())
+        for step in data.get("steps", []):
+            if step.get("state_file"):
+                names.append(step["state_file"])
+    return names
+
+
+def load_smolvla(folder: Path, device: str = "cpu", config=None, what: str = "teacher"):
+    """Load a SmolVLA policy with LeRobot's own loader, refusing missing or unexpected keys.
+
+    LeRobot loads with ``strict=False`` and only logs mismatches; a VLM silently left at its
+    initialisation is one of the suspected causes of the seed document's random student.
+    """
+    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+
+    if config is None:
+        config = read_policy_config(folder, what)
+    recorded_device = config.device
+    config.device = device
+    try:
+        policy = SmolVLAPolicy.from_pretrained(str(folder), config=config, strict=True)
+    except RuntimeError as e:
+        raise UserError(f"{what}: model.safetensors does not match the SmolVLA architecture of its config.json ({str(e).splitlines()[0][:300]})") from None
+    finally:
+        config.device = recorded_device
+    object.__setattr__(policy.config, "device", recorded_device)
+    return policy
+
+
+@contextmanager
+def atomic_dir(final: Path):
+    """Yield a temporary sibling folder; on success it replaces ``final`` in one rename.
+
+    A crash while writing leaves ``final`` (the previous checkpoint) untouched and only a
+    ``.tmp-*`` folder behind, which the next save removes.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".tmp-{final.name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            old = final.parent / f".old-{final.name}-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def package_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("hub-reflow", "lerobot", "torch", "transformers", "huggingface_hub", "accelerate", "safetensors"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+@dataclass
+class Lineage:
+    """The machine-readable record written beside the weights (``reflow_lineage.json``)."""
+
+    teacher: CheckpointRef
+    reflow: dict  # ReflowConfig.to_dict()
+    dataset: dict = field(default_factory=dict)  # repo_id, commit (None when local), episodes used/held out
+    training: dict = field(default_factory=dict)  # step, final loss, device, processes
+    teacher_num_steps: int = 10
+    versions: dict = field(default_factory=package_versions)
+    format_version: int = 1
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_file(cls, path: Path) -> Lineage:
+        data = json.loads(Path(path).read_text())
+        data["teacher"] = CheckpointRef(**data["teacher"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def write_canonical(folder: Path, student, teacher: ResolvedCheckpoint, num_steps: int, lineage: Lineage) -> None:
+    """Write the canonical checkpoint files of ``student`` into an existing ``folder``.
+
+    - config.json: the teacher's config parsed by LeRobot, ``num_steps`` set, written by LeRobot;
+    - model.safetensors: the student only, saved by the same safetensors call LeRobot uses;
+    - the teacher's processor files, byte for byte (same statistics, same tokenizer name);
+    - reflow_lineage.json.
+    """
+    from safetensors.torch import save_model
+
+    folder = Path(folder)
+    cfg = read_policy_config(teacher.path)
+    cfg.num_steps = num_steps
+    cfg._save_pretrained(folder)
+    model = student.module if hasattr(student, "module") else student
+    save_model(model, str(folder / WEIGHTS_NAME))
+    for name in processor_files(teacher.path):
+        shutil.copyfile(teacher.path / name, folder / name)
+    (folder / LINEAGE_NAME).write_text(lineage.to_json())

@@ -1,0 +1,104 @@
+"""``hub-reflow``: a thin command line over the library. User mistakes print one line, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a reflow student from a SmolVLA teacher and its dataset")
+    p.add_argument("--teacher", required=True, help="teacher checkpoint: local pretrained_model/ folder or Hub repo id")
+    p.add_argument("--teacher-revision", default=None, help="branch, tag or commit of a Hub teacher (recorded as a commit sha)")
+    p.add_argument("--dataset", required=True, help="LeRobotDataset repo id")
+    p.add_argument("--dataset-root", type=Path, default=None, help="local folder of the dataset (else the Hub)")
+    p.add_argument("--dataset-revision", default=None)
+    p.add_argument("--output-dir", type=Path, required=True)
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--student-steps", type=int, default=1, help="Euler steps of the student (its num_steps)")
+    p.add_argument("--teacher-steps", type=int, default=10, help="Euler steps the teacher integrates per target")
+    p.add_argument("--time-sampling", choices=["uniform", "beta"], default="uniform")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--warmup-steps", type=int, default=None)
+    p.add_argument("--holdout-episodes", type=int, default=0, help="keep the last N episodes out of training")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--seed", type=int, default=1000)
+    p.add_argument("--save-freq", type=int, default=0, help="checkpoint every N steps (0: only at the end)")
+    p.add_argument("--log-freq", type=int, default=50)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from checkpoints/last")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(a) -> int:
+    from .config import ReflowConfig
+    from .train import TrainArgs, train
+
+    try:
+        rcfg = ReflowConfig(
+            teacher_steps=a.teacher_steps, student_steps=a.student_steps, time_sampling=a.time_sampling,
+            lr=a.lr, warmup_steps=a.warmup_steps, steps=a.steps, batch_size=a.batch_size, seed=a.seed,
+            holdout_episodes=a.holdout_episodes,
+        )
+    except ValueError as e:
+        flag = str(e).split(" ")[0].replace("_", "-")
+        raise SystemExit(_fail(f"--{flag}: {e}"))
+    out = train(TrainArgs(
+        teacher=a.teacher, teacher_revision=a.teacher_revision, dataset=a.dataset, dataset_root=a.dataset_root,
+        dataset_revision=a.dataset_revision, output_dir=a.output_dir, reflow=rcfg, device=a.device,
+        save_freq=a.save_freq, log_freq=a.log_freq, num_workers=a.num_workers, resume=a.resume,
+        progress=not a.no_progress,
+    ))
+    print(f"student checkpoint: {out}")
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="the offline demo: tiny world -> teacher -> reflow student -> table")
+    p.add_argument("--workdir", type=Path, default=Path("outputs/demo"))
+    p.add_argument("--teacher-train-steps", type=int, default=1000)
+    p.add_argument("--reflow-steps", type=int, default=400)
+    p.add_argument("--frames", type=int, default=32, help="held-out frames in the table")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(a) -> int:
+    from .demo import run_demo
+
+    run_demo(a.workdir, teacher_train_steps=a.teacher_train_steps, reflow_steps=a.reflow_steps, frames=a.frames)
+    return 0
+
+
+def _fail(msg: str) -> int:
+    print(f"hub-reflow: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hub-reflow", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_demo(sub)
+    args = parser.parse_args(argv)
+    # LeRobot warns at import, with a long traceback, when FFmpeg is missing: we read no videos.
+    logging.getLogger("lerobot.utils.import_utils").setLevel(logging.ERROR)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "huggingface_hub", "datasets", "accelerate"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from .errors import UserError
+
+    try:
+        return args.func(args)
+    except UserError as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        return _fail("interrupted; the last complete checkpoint is intact, continue with --resume")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

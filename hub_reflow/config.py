@@ -1,0 +1,62 @@
+"""``ReflowConfig``: every setting of a reflow run, one place, validated on creation."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from .flow import TIME_SAMPLERS
+
+
+@dataclass
+class ReflowConfig:
+    # Euler steps the teacher integrates to make each target chunk. SmolVLA's default is 10; more
+    # steps give a more exact ODE solution (the pairs are only as good as this integration).
+    teacher_steps: int = 10
+    # Euler steps the student is trained and saved for (written as `num_steps` in config.json).
+    student_steps: int = 1
+    # Distribution of training times t: "uniform" on [0, 1] (Rectified Flow) or "beta" (SmolVLA's
+    # Beta(1.5, 1) * 0.999 + 0.001, which favours the noise end).
+    time_sampling: str = "uniform"
+    # Keep the student's VLM frozen (vision encoder, connector, text model). The expert and the
+    # projections train. Unfreezing changes the KV cache the expert attends to and costs memory.
+    freeze_vlm: bool = True
+    # Optimizer: LeRobot's AdamW preset from the teacher's config, with these overrides (None keeps
+    # the teacher config's value).
+    lr: float | None = 1e-4
+    weight_decay: float | None = None
+    grad_clip_norm: float | None = None
+    # Scheduler: LeRobot's cosine-with-warmup preset; warmup steps (None: 5% of the run).
+    warmup_steps: int | None = None
+    # Training loop.
+    steps: int = 1000
+    batch_size: int = 8
+    seed: int = 1000
+    # Episodes (the last N of the dataset) kept out of training so fidelity is measured on frames
+    # the student never saw. Recorded in the lineage file.
+    holdout_episodes: int = 0
+
+    def __post_init__(self) -> None:
+        if self.teacher_steps < 1:
+            raise ValueError(f"teacher_steps must be >= 1, got {self.teacher_steps}")
+        if self.student_steps < 1:
+            raise ValueError(f"student_steps must be >= 1, got {self.student_steps}")
+        if self.time_sampling not in TIME_SAMPLERS:
+            raise ValueError(f"time_sampling must be one of {TIME_SAMPLERS}, got {self.time_sampling!r}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.holdout_episodes < 0:
+            raise ValueError(f"holdout_episodes must be >= 0, got {self.holdout_episodes}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ReflowConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

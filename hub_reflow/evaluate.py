@@ -1,0 +1,99 @@
+"""Fidelity and latency of a student against its teacher, through LeRobot's own inference path
+(``predict_action_chunk`` + the checkpoint's saved processors), with shared noise."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .smolvla import num_steps
+
+
+@dataclass
+class Row:
+    name: str  # e.g. "teacher @10"
+    steps: int
+    rmse: float  # vs the reference (teacher at its own step count, same noise), real action units
+    latency_ms: float  # median wall time of one chunk at batch size 1
+
+
+def observation_batch(dataset, indices: list[int]) -> dict:
+    """Frames from a LeRobotDataset stacked into one batch of observations (actions dropped)."""
+    frames = [dataset[i] for i in indices]
+    batch = {}
+    for key in frames[0]:
+        if key.startswith("observation."):
+            batch[key] = torch.stack([f[key] for f in frames])
+    batch["task"] = [f["task"] for f in frames]
+    return batch
+
+
+@torch.no_grad()
+def chunk(policy, preprocessor, postprocessor, raw_batch: dict, noise: torch.Tensor, steps: int) -> torch.Tensor:
+    """Action chunk (B, chunk, action_dim) in real units, via LeRobot's own inference path."""
+    obs = preprocessor(dict(raw_batch))
+    policy.reset()
+    with num_steps(policy, steps):
+        actions = policy.predict_action_chunk(obs, noise=noise.to(obs["observation.state"].device))
+    return postprocessor(actions)
+
+
+def _latency_ms(policy, preprocessor, raw_one: dict, noise_one: torch.Tensor, steps: int, repeats: int) -> float:
+    obs = preprocessor(dict(raw_one))
+    times = []
+    with torch.no_grad(), num_steps(policy, steps):
+        for _ in range(repeats + 1):  # the first call warms up and is discarded
+            t0 = time.perf_counter()
+            policy.predict_action_chunk(dict(obs), noise=noise_one)
+            if obs["observation.state"].is_cuda:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+    times = sorted(times[1:])
+    return 1000 * times[len(times) // 2]
+
+
+def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(((a.float() - b.float()) ** 2).mean().sqrt())
+
+
+def compare(
+    teacher, teacher_pre, teacher_post, student, student_pre, student_post, raw_batch: dict, *,
+    teacher_steps: int, student_steps: int, seed: int = 0, latency_repeats: int = 5,
+) -> tuple[list[Row], dict]:
+    """Teacher at its steps (reference), the teacher with other noise (its own spread), the teacher
+    at the student's steps, and the student at its steps, all against the reference under shared
+    noise. Returns the rows and the raw chunks."""
+    b = len(raw_batch["task"])
+    cfg = teacher.config
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(b, cfg.chunk_size, cfg.max_action_dim, generator=g)
+    z_other = torch.randn(b, cfg.chunk_size, cfg.max_action_dim, generator=g)
+    ref = chunk(teacher, teacher_pre, teacher_post, raw_batch, z, teacher_steps)
+    runs = {
+        f"teacher @{teacher_steps} (other noise)": (teacher, teacher_pre, teacher_post, z_other, teacher_steps),
+        f"teacher @{student_steps}": (teacher, teacher_pre, teacher_post, z, student_steps),
+        f"student @{student_steps}": (student, student_pre, student_post, z, student_steps),
+    }
+    one = {k: (v[:1] if k != "task" else v[:1]) for k, v in raw_batch.items()}
+    rows = [Row(f"teacher @{teacher_steps}", teacher_steps, 0.0,
+                _latency_ms(teacher, teacher_pre, one, z[:1], teacher_steps, latency_repeats))]
+    chunks = {"reference": ref}
+    for name, (pol, pre, post, noise, steps) in runs.items():
+        out = chunk(pol, pre, post, raw_batch, noise, steps)
+        chunks[name] = out
+        lat = _latency_ms(pol, pre, one, noise[:1], steps, latency_repeats)
+        rows.append(Row(name, steps, rmse(out, ref), lat))
+    return rows, chunks
+
+
+def markdown_table(rows: list[Row]) -> str:
+    ref_lat = rows[0].latency_ms
+    lines = [
+        "| sampler | Euler steps | action RMSE vs teacher@10, shared noise | chunk latency (ms) | latency / teacher |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r.name} | {r.steps} | {r.rmse:.4f} | {r.latency_ms:.1f} | {r.latency_ms / ref_lat:.2f} |")
+    return "\n".join(lines)

@@ -1,0 +1,129 @@
+"""Flow-matching and reflow maths in SmolVLA's conventions. Pure torch: no I/O, no LeRobot.
+
+Conventions (LeRobot ``policies/common/flow_matching.py`` and ``VLAFlowMatching``):
+
+- t = 1 is noise ``z``, t = 0 is data ``a``;
+- interpolation ``x_t = t * z + (1 - t) * a``; target velocity ``u = z - a``;
+- Euler sampling from t = 1 to t = 0: ``dt = -1/K``, ``t_k = 1 + k*dt``, ``x <- x + dt * v(x, t_k)``.
+
+Velocity fields are callables ``(x_t, t) -> v`` with ``x_t`` of shape ``(B, ...)`` and ``t`` a
+float32 tensor of shape ``(B,)``, so everything here can be tested on fields with known solutions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+VelocityField = Callable[[Tensor, Tensor], Tensor]
+
+TIME_SAMPLERS = ("uniform", "beta")
+
+
+def _bcast(t: Tensor, like: Tensor) -> Tensor:
+    """(B,) -> (B, 1, ..., 1) matching ``like``'s rank."""
+    return t.reshape(t.shape[0], *([1] * (like.ndim - 1))).to(like.dtype)
+
+
+def interpolate(noise: Tensor, data: Tensor, t: Tensor) -> Tensor:
+    """``x_t = t * z + (1 - t) * a`` with ``t`` of shape (B,)."""
+    tb = _bcast(t, noise)
+    return tb * noise + (1 - tb) * data
+
+
+def target_velocity(noise: Tensor, data: Tensor) -> Tensor:
+    """The straight-path velocity ``u = z - a`` (constant along the path)."""
+    return noise - data
+
+
+def sample_time(kind: str, batch_size: int, device: torch.device | str = "cpu") -> Tensor:
+    """Training times, float32 of shape (B,).
+
+    ``uniform``: U[0, 1], as in Rectified Flow. ``beta``: SmolVLA's own training distribution,
+    ``Beta(1.5, 1) * 0.999 + 0.001`` (more weight near t = 1, the noise end).
+    """
+    if kind == "uniform":
+        return torch.rand(batch_size, dtype=torch.float32, device=device)
+    if kind == "beta":
+        dist = torch.distributions.Beta(torch.tensor(1.5), torch.tensor(1.0))
+        return (dist.sample((batch_size,)) * 0.999 + 0.001).to(device=device, dtype=torch.float32)
+    raise ValueError(f"time sampling must be one of {TIME_SAMPLERS}, got {kind!r}")
+
+
+def euler_times(num_steps: int) -> list[float]:
+    """The times at which an Euler sampler of ``num_steps`` evaluates the field: 1, 1 - 1/K, ..."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    dt = -1.0 / num_steps
+    return [1.0 + k * dt for k in range(num_steps)]
+
+
+@dataclass
+class EulerPath:
+    """One Euler integration from noise to data.
+
+    states: K + 1 tensors of the sample's shape; ``states[0]`` is the noise, ``states[-1]`` the result.
+    velocities: K tensors, the field evaluated at ``(states[k], times[k])``.
+    times: K floats, ``1 + k * dt``.
+    """
+
+    states: list[Tensor]
+    velocities: list[Tensor]
+    times: list[float]
+
+    @property
+    def result(self) -> Tensor:
+        return self.states[-1]
+
+
+def euler_path(velocity: VelocityField, noise: Tensor, num_steps: int) -> EulerPath:
+    """Integrate ``dx/dt = v`` from t = 1 to t = 0 with ``num_steps`` Euler steps, keeping the path."""
+    times = euler_times(num_steps)
+    dt = -1.0 / num_steps
+    x = noise
+    states, velocities = [x], []
+    for t in times:
+        t_vec = torch.full((noise.shape[0],), t, dtype=torch.float32, device=noise.device)
+        v = velocity(x, t_vec)
+        x = x + dt * v
+        states.append(x)
+        velocities.append(v)
+    return EulerPath(states=states, velocities=velocities, times=times)
+
+
+def euler_sample(velocity: VelocityField, noise: Tensor, num_steps: int) -> Tensor:
+    """The end point of :func:`euler_path` (what ``sample_actions`` returns)."""
+    return euler_path(velocity, noise, num_steps).result
+
+
+def reflow_loss(velocity_pred: Tensor, noise: Tensor, data: Tensor, action_dim: int | None = None) -> Tensor:
+    """Mean squared error between the predicted velocity and ``z - a`` over the real action dims.
+
+    Shapes ``(B, chunk, max_action_dim)``; only the first ``action_dim`` entries of the last axis
+    count, as in ``SmolVLAPolicy.forward`` (the rest are padding).
+    """
+    err = (velocity_pred - target_velocity(noise, data)) ** 2
+    if action_dim is not None:
+        err = err[..., :action_dim]
+    return err.mean()
+
+
+def straightness(path: EulerPath, action_dim: int | None = None) -> Tensor:
+    """Rectified Flow's straightness ``S = E_t E ||(z - x_0) - v(x_t, t)||^2`` along a sampled path.
+
+    In SmolVLA's time convention the straight-line velocity from the end point ``x_0`` to the noise
+    ``z`` is ``z - x_0``; a perfectly straight flow has ``S = 0`` (and then 1 Euler step is exact).
+    The expectation over t is the mean over the path's evaluation times; returns shape (B,).
+    """
+    z, x0 = path.states[0], path.result
+    straight = target_velocity(z, x0)
+    terms = []
+    for v in path.velocities:
+        d = (straight - v) ** 2
+        if action_dim is not None:
+            d = d[..., :action_dim]
+        terms.append(d.flatten(1).sum(-1))
+    return torch.stack(terms).mean(0)

@@ -1,0 +1,194 @@
+"""``ReflowPolicy``: a reflow student (a plain ``SmolVLAPolicy``) and its frozen teacher, each with
+its own VLM, with ``huggingface_hub``'s ``PyTorchModelHubMixin`` for save / push / load.
+
+The student starts as an exact copy of the teacher (every tensor and dtype). Saving writes only the
+student, as a canonical SmolVLA checkpoint (see ``checkpoint.write_canonical``).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from huggingface_hub import ModelCard, PyTorchModelHubMixin
+from torch import Tensor, nn
+
+from . import flow
+from .checkpoint import (
+    LINEAGE_NAME,
+    CheckpointRef,
+    Lineage,
+    ResolvedCheckpoint,
+    load_smolvla,
+    resolve_checkpoint,
+    write_canonical,
+)
+from .config import ReflowConfig
+from .errors import UserError
+from .smolvla import noise_shape, pad_to_data, policy_inputs, sample_chunk, student_losses
+
+
+def vlm_module(policy) -> nn.Module:
+    """The pretrained backbone inside a SmolVLAPolicy (vision encoder, connector, text model)."""
+    return policy.model.vlm_with_expert.vlm
+
+
+class ReflowPolicy(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="lerobot",
+    tags=["lerobot", "smolvla", "reflow", "rectified-flow", "robotics"],
+    pipeline_tag="robotics",
+):
+    def __init__(
+        self,
+        student,
+        teacher=None,
+        reflow_config: ReflowConfig | None = None,
+        base: ResolvedCheckpoint | None = None,
+        lineage: Lineage | None = None,
+    ):
+        """
+        student / teacher: ``SmolVLAPolicy`` instances that share no module.
+        base: the checkpoint whose config and processor files the student's checkpoint reuses (the
+            teacher's for a new student; the student's own folder after ``from_pretrained``).
+        lineage: what is known of where the student comes from (teacher ref, dataset, run).
+        """
+        super().__init__()
+        self.reflow_config = reflow_config or ReflowConfig()
+        self.student = student
+        self.teacher = teacher
+        self.base = base
+        self.lineage = lineage or Lineage(
+            teacher=base.ref if base else CheckpointRef(None, None, None, ""),
+            reflow=self.reflow_config.to_dict(),
+            teacher_num_steps=teacher.config.num_steps if teacher is not None else 10,
+        )
+        self.student.config.num_steps = self.reflow_config.student_steps
+        if teacher is not None:
+            _assert_independent(student, teacher)
+            teacher.requires_grad_(False)
+            teacher.eval()
+        if self.reflow_config.freeze_vlm:
+            vlm_module(student).requires_grad_(False)
+        self.train(False)
+
+    # ---- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_teacher(
+        cls,
+        teacher: str | Path,
+        config: ReflowConfig | None = None,
+        *,
+        revision: str | None = None,
+        device: str = "cpu",
+    ) -> ReflowPolicy:
+        """Teacher from a local checkpoint folder or a Hub repo id (``revision`` resolved to a
+        commit sha, recorded in the lineage). The student is a deep copy: bit-identical tensors,
+        same dtypes, its own VLM."""
+        resolved = resolve_checkpoint(str(teacher), revision, what="teacher")
+        teacher_policy = load_smolvla(resolved.path, device=device, what="teacher")
+        student_policy = copy.deepcopy(teacher_policy)
+        return cls(student_policy, teacher_policy, config, base=resolved)
+
+    def attach_teacher(self, teacher: str | Path | None = None, revision: str | None = None, device: str = "cpu") -> None:
+        """Load the teacher again (to continue training, or to measure fidelity). Without an
+        argument, from the lineage file: the teacher's repo at its recorded commit."""
+        if teacher is None:
+            ref = self.lineage.teacher
+            if not ref.repo_id:
+                raise UserError("the teacher was a local folder (its path is not recorded); pass it explicitly")
+            teacher, revision = ref.repo_id, ref.commit
+        resolved = resolve_checkpoint(str(teacher), revision, what="teacher")
+        if self.lineage.teacher.weights_sha256 and resolved.ref.weights_sha256 != self.lineage.teacher.weights_sha256:
+            raise UserError("the given teacher's weights differ from the ones this student was trained from (sha256 mismatch)")
+        self.teacher = load_smolvla(resolved.path, device=device, what="teacher")
+        self.teacher.requires_grad_(False)
+        self.teacher.eval()
+
+    # ---- training -------------------------------------------------------------------------------
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        # The teacher only makes targets; a frozen VLM stays in eval mode (LeRobot does the same
+        # for its frozen vision encoder), whatever the caller does.
+        if self.teacher is not None:
+            self.teacher.eval()
+        if self.reflow_config.freeze_vlm:
+            vlm_module(self.student).eval()
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.student.parameters() if p.requires_grad]
+
+    @torch.no_grad()
+    def make_pairs(self, inputs, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Noise ``z`` (float32) and the teacher's ODE output for it, as training data (padded dims 0)."""
+        if self.teacher is None:
+            raise UserError("this ReflowPolicy has no teacher attached; call attach_teacher() first")
+        if noise is None:
+            noise = torch.randn(noise_shape(self.student, inputs.batch_size), dtype=torch.float32, device=inputs.state.device)
+        chunk = sample_chunk(self.teacher, inputs, noise, self.reflow_config.teacher_steps)
+        return noise, pad_to_data(chunk.float(), self.student.config.action_feature.shape[0])
+
+    def forward(self, batch: dict, noise: Tensor | None = None, time: Tensor | None = None) -> tuple[Tensor, dict]:
+        """The reflow loss on a preprocessed batch: student velocity error on straight paths between
+        ``z`` and the teacher's output for ``z`` (DESIGN.md section 2)."""
+        inputs = policy_inputs(self.student, batch)
+        noise, data = self.make_pairs(inputs, noise)
+        if time is None:
+            time = flow.sample_time(self.reflow_config.time_sampling, inputs.batch_size, device=noise.device)
+        loss = student_losses(self.student, inputs, data, noise, time).mean()
+        return loss, {"loss": loss.detach()}
+
+    def forward_cached(self, batch: dict, noise: Tensor, data: Tensor, time: Tensor | None = None) -> tuple[Tensor, dict]:
+        """The same loss from pairs made earlier (no teacher needed)."""
+        inputs = policy_inputs(self.student, batch)
+        if time is None:
+            time = flow.sample_time(self.reflow_config.time_sampling, inputs.batch_size, device=noise.device)
+        loss = student_losses(self.student, inputs, data, noise, time).mean()
+        return loss, {"loss": loss.detach()}
+
+    # ---- saving and loading ---------------------------------------------------------------------
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        if self.base is None:
+            raise UserError("cannot save: no base checkpoint (config and processors) is known for this student")
+        write_canonical(Path(save_directory), self.student, self.base, self.reflow_config.student_steps, self.lineage)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | Path,
+        *,
+        revision: str | None = None,
+        device: str = "cpu",
+        attach_teacher: bool = False,
+        **_ignored,
+    ) -> ReflowPolicy:
+        """A student from a canonical checkpoint (folder or Hub repo at ``revision``). The teacher
+        is re-attached from the lineage file only when asked (``attach_teacher=True``)."""
+        resolved = resolve_checkpoint(str(pretrained_model_name_or_path), revision, what="checkpoint")
+        student = load_smolvla(resolved.path, device=device, what="checkpoint")
+        lineage_file = resolved.path / LINEAGE_NAME
+        lineage = Lineage.from_file(lineage_file) if lineage_file.is_file() else None
+        rcfg = ReflowConfig.from_dict(lineage.reflow) if lineage else ReflowConfig(student_steps=student.config.num_steps)
+        policy = cls(student, None, rcfg, base=resolved, lineage=lineage)
+        if attach_teacher:
+            policy.attach_teacher(device=device)
+        return policy
+
+    def generate_model_card(self, *args, **kwargs) -> ModelCard:
+        from .card import render_card
+
+        return render_card(self.lineage, self.student.config)
+
+
+def _assert_independent(student, teacher) -> None:
+    """Teacher and student must not share a tensor (the seed document's first failure)."""
+    teacher_ptrs = {t.data_ptr() for t in teacher.state_dict().values()}
+    shared = [k for k, t in student.state_dict().items() if t.data_ptr() in teacher_ptrs]
+    if shared:
+        raise ValueError(f"student and teacher share {len(shared)} tensors (e.g. {shared[0]}); each needs its own VLM")

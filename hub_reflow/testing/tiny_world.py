@@ -1,0 +1,288 @@
+"""The tiny offline world: a tiny SmolVLM backbone, a tiny multimodal LeRobotDataset, and teachers
+trained on them by the real ``lerobot-train``.
+
+Nothing here touches the network. The demo, our tests and users' own tests share it.
+
+The task ("go around the post", one 32x32 camera, 2-d state, 2-d action):
+- the robot starts at a random point ``p`` in [-1, 1]^2; the camera shows it as a bright dot;
+- every episode picks a side ``d`` in {-1, +1} and keeps it: ``action = (d, -p_y)``, and
+  ``p_y <- p_y - 0.1 p_y`` (x stays put, so no observation reveals the side). The first action dimension is therefore +1 in half the episodes and
+  -1 in the other half, for the same kind of observation: the conditional action distribution is
+  bimodal. A sampler that averages the modes (a 1-step flow sampler, or plain regression) outputs
+  about 0 there, which is wrong for both modes; a good 10-step teacher lands near +1 or -1.
+- the second dimension is a deterministic function of the state, so it can be learned exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+TINY_REPO_ID = "hub-reflow-testing/tiny-go-around"
+TINY_TASK = "go around the post"
+IMAGE_SIZE = 32
+CAMERA_KEY = "observation.images.cam"
+
+# The special tokens SmolVLA and SmolVLMProcessor read from the tokenizer.
+_SPECIAL_TOKENS = {
+    "pad_token": "<pad>",
+    "unk_token": "<unk>",
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+}
+_EXTRA_SPECIAL_TOKENS = {
+    "fake_image_token": "<fake_token_around_image>",
+    "image_token": "<image>",
+    "global_image_token": "<global-img>",
+    "end_of_utterance_token": "<end_of_utterance>",
+}
+_WORDS = "go around the post left right move to side pick place up down a an of \n".split(" ")
+
+
+def make_tiny_backbone(folder: str | Path, *, hidden_size: int = 64, num_layers: int = 2, seed: int = 0) -> Path:
+    """Write a tiny SmolVLM backbone (config, tokenizer, processor, weights) to ``folder``.
+
+    ``SmolVLAConfig(vlm_model_name=folder)`` then works with ``load_vlm_weights`` true (weights read
+    from the folder) or false (architecture from the config only). Use ``num_vlm_layers <=
+    num_layers`` in the policy config. Returns the folder.
+    """
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (
+        PreTrainedTokenizerFast,
+        SmolVLMConfig,
+        SmolVLMForConditionalGeneration,
+        SmolVLMImageProcessor,
+        SmolVLMProcessor,
+        SmolVLMVideoProcessor,
+    )
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    # Word-level vocabulary: special tokens first (fixed ids), then words.
+    vocab: dict[str, int] = {}
+    for tok in [*_SPECIAL_TOKENS.values(), *_EXTRA_SPECIAL_TOKENS.values()]:
+        vocab.setdefault(tok, len(vocab))
+    for word in _WORDS:
+        if word and word not in vocab:
+            vocab[word] = len(vocab)
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=_SPECIAL_TOKENS["unk_token"]))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        extra_special_tokens=dict(_EXTRA_SPECIAL_TOKENS),
+        model_max_length=512,
+        **_SPECIAL_TOKENS,
+    )
+
+    vision_size = 32
+    processor = SmolVLMProcessor(
+        image_processor=SmolVLMImageProcessor(
+            size={"longest_edge": IMAGE_SIZE},
+            max_image_size={"longest_edge": IMAGE_SIZE},
+            do_image_splitting=False,
+        ),
+        tokenizer=tokenizer,
+        video_processor=SmolVLMVideoProcessor(),
+        # (image_size / patch_size)^2 / scale_factor^2 = (32 / 8)^2 / 2^2
+        image_seq_len=4,
+    )
+
+    num_heads = 4
+    config = SmolVLMConfig(
+        vision_config={
+            "hidden_size": vision_size,
+            "intermediate_size": 2 * vision_size,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": IMAGE_SIZE,
+            "patch_size": 8,
+        },
+        text_config={
+            "model_type": "llama",
+            "hidden_size": hidden_size,
+            "intermediate_size": 2 * hidden_size,
+            "num_hidden_layers": num_layers,
+            "num_attention_heads": num_heads,
+            "num_key_value_heads": 2,
+            "head_dim": hidden_size // num_heads,
+            "vocab_size": len(vocab),
+            "max_position_embeddings": 256,
+            "rms_norm_eps": 1e-5,
+            "pad_token_id": vocab[_SPECIAL_TOKENS["pad_token"]],
+        },
+        scale_factor=2,
+        image_token_id=vocab[_EXTRA_SPECIAL_TOKENS["image_token"]],
+        pad_token_id=vocab[_SPECIAL_TOKENS["pad_token"]],
+        vocab_size=len(vocab),
+    )
+    torch.manual_seed(seed)
+    model = SmolVLMForConditionalGeneration(config)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def _render(position: np.ndarray) -> np.ndarray:
+    """A 32x32 RGB uint8 frame: grey background, a bright dot at the robot, a dark post at 0."""
+    img = np.full((IMAGE_SIZE, IMAGE_SIZE, 3), 64, dtype=np.uint8)
+    c = IMAGE_SIZE // 2
+    img[c - 1 : c + 1, c - 1 : c + 1] = 0
+    col = int(np.clip(round((position[0] + 2) / 4 * (IMAGE_SIZE - 1)), 0, IMAGE_SIZE - 1))
+    row = int(np.clip(round((position[1] + 2) / 4 * (IMAGE_SIZE - 1)), 0, IMAGE_SIZE - 1))
+    img[max(row - 1, 0) : row + 2, max(col - 1, 0) : col + 2] = 255
+    return img
+
+
+def tiny_features() -> dict:
+    return {
+        CAMERA_KEY: {"dtype": "image", "shape": (IMAGE_SIZE, IMAGE_SIZE, 3), "names": ["height", "width", "channels"]},
+        "observation.state": {"dtype": "float32", "shape": (2,), "names": ["x", "y"]},
+        "action": {"dtype": "float32", "shape": (2,), "names": ["vx", "vy"]},
+    }
+
+
+def make_tiny_dataset(
+    root: str | Path,
+    *,
+    repo_id: str = TINY_REPO_ID,
+    num_episodes: int = 24,
+    episode_length: int = 20,
+    seed: int = 0,
+    fps: int = 10,
+):
+    """Write the multimodal "go around the post" LeRobotDataset (no videos) to ``root``.
+
+    Episode ``e`` goes right when ``e`` is even and left when odd, so every prefix of episodes is
+    balanced; start positions are random. Returns the ``LeRobotDataset``.
+    """
+    import datasets
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    datasets.disable_progress_bars()  # one bar per episode otherwise
+    rng = np.random.default_rng(seed)
+    dataset = LeRobotDataset.create(
+        repo_id=repo_id, fps=fps, features=tiny_features(), root=root, robot_type="tiny_point", use_videos=False
+    )
+    for episode in range(num_episodes):
+        side = 1.0 if episode % 2 == 0 else -1.0
+        pos = rng.uniform(-1.0, 1.0, size=2).astype(np.float32)
+        for _ in range(episode_length):
+            action = np.array([side, -pos[1]], dtype=np.float32)
+            dataset.add_frame(
+                {CAMERA_KEY: _render(pos), "observation.state": pos.copy(), "action": action, "task": TINY_TASK}
+            )
+            # Only y moves: the camera and the state never reveal which side the episode takes.
+            pos = (pos + 0.1 * np.array([0.0, action[1]], dtype=np.float32)).astype(np.float32)
+        dataset.save_episode()
+    dataset.finalize()
+    return dataset
+
+
+# Policy settings shared by every tiny teacher: small chunk, small images, the tiny backbone's depth.
+TINY_POLICY_ARGS = (
+    "--policy.chunk_size=8",
+    "--policy.n_action_steps=8",
+    "--policy.max_state_dim=8",
+    "--policy.max_action_dim=8",
+    f"--policy.resize_imgs_with_padding=[{IMAGE_SIZE},{IMAGE_SIZE}]",
+    "--policy.num_vlm_layers=2",
+    "--policy.tokenizer_max_length=16",
+    "--policy.scheduler_warmup_steps=20",
+    "--policy.optimizer_lr=1e-3",
+)
+
+
+def offline_env(extra: dict | None = None) -> dict:
+    env = dict(os.environ)
+    env.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled"})
+    env.update(extra or {})
+    return env
+
+
+def lerobot_train_command() -> list[str]:
+    """The real ``lerobot-train`` of this interpreter's environment."""
+    exe = Path(sys.executable).with_name("lerobot-train")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "lerobot.scripts.lerobot_train"]
+
+
+def train_teacher(
+    output_dir: str | Path,
+    *,
+    backbone: str | Path,
+    dataset_root: str | Path,
+    repo_id: str = TINY_REPO_ID,
+    steps: int = 300,
+    batch_size: int = 32,
+    load_vlm_weights: bool = True,
+    seed: int = 1000,
+    extra_args: tuple[str, ...] = (),
+) -> Path:
+    """Train a SmolVLA teacher with the real ``lerobot-train``; return its ``pretrained_model`` folder."""
+    output_dir = Path(output_dir)
+    cmd = [
+        *lerobot_train_command(),
+        "--policy.type=smolvla",
+        f"--policy.vlm_model_name={backbone}",
+        f"--policy.load_vlm_weights={str(load_vlm_weights).lower()}",
+        "--policy.device=cpu",
+        "--policy.push_to_hub=false",
+        f"--policy.scheduler_decay_steps={steps}",
+        *TINY_POLICY_ARGS,
+        f"--dataset.repo_id={repo_id}",
+        f"--dataset.root={dataset_root}",
+        f"--output_dir={output_dir}",
+        f"--steps={steps}",
+        f"--batch_size={batch_size}",
+        f"--save_freq={steps}",
+        f"--log_freq={max(steps // 5, 1)}",
+        f"--seed={seed}",
+        "--num_workers=0",
+        "--wandb.enable=false",
+        *extra_args,
+    ]
+    result = subprocess.run(cmd, env=offline_env(), capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"lerobot-train failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return output_dir / "checkpoints" / "last" / "pretrained_model"
+
+
+@dataclass
+class TinyWorld:
+    """Paths of one built tiny world."""
+
+    root: Path
+    backbone: Path
+    dataset_root: Path
+    repo_id: str
+    teacher: Path  # pretrained_model/ of a teacher trained with load_vlm_weights=true (bf16 VLM)
+
+
+def build_tiny_world(
+    root: str | Path, *, teacher_steps: int = 300, load_vlm_weights: bool = True, seed: int = 0
+) -> TinyWorld:
+    """Backbone + dataset + one teacher under ``root`` (reused when already built there)."""
+    root = Path(root)
+    backbone = root / "tiny-smolvlm"
+    dataset_root = root / "dataset"
+    if not (backbone / "config.json").exists():
+        make_tiny_backbone(backbone, seed=seed)
+    if not (dataset_root / "meta" / "info.json").exists():
+        make_tiny_dataset(dataset_root, seed=seed)
+    name = f"teacher-vlm{'bf16' if load_vlm_weights else 'fp32'}-{teacher_steps}"
+    teacher = root / name / "checkpoints" / "last" / "pretrained_model"
+    if not (teacher / "model.safetensors").exists():
+        teacher = train_teacher(
+            root / name,
+            backbone=backbone,
+            dataset_root=dataset_root,
+            steps=teacher_steps,
+            load_vlm_weights=load_vlm_weights,
+        )
+    return TinyWorld(root=root, backbone=backbone, dataset_root=dataset_root, repo_id=TINY_REPO_ID, teacher=teacher)

@@ -1,0 +1,266 @@
+"""The reflow training loop: LeRobot's dataset, sampler, processors, optimizer and scheduler presets
+and checkpoint layout; ``accelerate`` for devices and processes.
+
+Layout written (LeRobot's): ``OUTPUT/checkpoints/<step>/pretrained_model/`` (canonical) beside
+``training_state/``, and ``OUTPUT/checkpoints/last`` -> ``<step>``. Each checkpoint is written to a
+temporary folder and renamed into place; ``last`` is switched by an atomic rename of a symlink.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .checkpoint import LINEAGE_NAME, Lineage, ResolvedCheckpoint, atomic_dir, write_canonical
+from .config import ReflowConfig
+from .errors import UserError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainArgs:
+    teacher: str
+    dataset: str  # LeRobotDataset repo id
+    output_dir: Path
+    reflow: ReflowConfig = field(default_factory=ReflowConfig)
+    teacher_revision: str | None = None
+    dataset_root: Path | None = None
+    dataset_revision: str | None = None
+    device: str = "auto"  # cpu | cuda | auto
+    save_freq: int = 0  # 0: only the final checkpoint
+    log_freq: int = 50
+    num_workers: int = 0
+    resume: bool = False
+    progress: bool = True
+
+
+def _accelerator(device: str):
+    from accelerate import Accelerator
+
+    if device not in ("cpu", "cuda", "auto"):
+        raise UserError(f"--device must be cpu, cuda or auto, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is visible; use --device cpu or auto")
+    return Accelerator(cpu=device == "cpu")
+
+
+def check_dataset_features(teacher_cfg, ds_meta, dataset_id: str) -> None:
+    """The dataset must provide every input the teacher reads, with the same shapes, and its action."""
+    from lerobot.utils.feature_utils import dataset_to_policy_features
+
+    available = dataset_to_policy_features(ds_meta.features)
+    wanted = dict(teacher_cfg.input_features)
+    wanted.update(teacher_cfg.output_features)
+    for key, feat in wanted.items():
+        if key.startswith("observation.images.empty_camera_"):
+            continue  # SmolVLA fills these itself
+        if key not in available:
+            raise UserError(
+                f"dataset {dataset_id} has no feature {key!r}, which the teacher reads "
+                f"(dataset has: {', '.join(sorted(available))}); pass the dataset the teacher was trained on"
+            )
+        if tuple(available[key].shape) != tuple(feat.shape):
+            raise UserError(
+                f"dataset {dataset_id} feature {key!r} has shape {tuple(available[key].shape)} but the teacher "
+                f"expects {tuple(feat.shape)}; pass the dataset the teacher was trained on"
+            )
+
+
+def load_dataset(teacher_cfg, repo_id: str, root: Path | None, revision: str | None, holdout: int):
+    """LeRobot's dataset with the teacher's delta timestamps; the last ``holdout`` episodes left out."""
+    from lerobot.datasets.factory import resolve_delta_timestamps
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
+
+    if root is not None and not Path(root).is_dir():
+        raise UserError(f"--dataset-root {root} does not exist; pass the folder of the LeRobotDataset")
+    try:
+        meta = LeRobotDatasetMetadata(repo_id, root=root, revision=revision)
+    except Exception as e:  # missing files, not a LeRobotDataset, no network
+        raise UserError(f"dataset {repo_id} cannot be opened ({type(e).__name__}: {str(e).splitlines()[0][:200]}); check --dataset / --dataset-root") from None
+    check_dataset_features(teacher_cfg, meta, repo_id)
+    n = meta.total_episodes
+    if holdout >= n:
+        raise UserError(f"--holdout-episodes {holdout} leaves no training episode (the dataset has {n})")
+    train_eps = list(range(n - holdout))
+    dataset = LeRobotDataset(
+        repo_id, root=root, revision=revision, episodes=train_eps if holdout else None,
+        delta_timestamps=resolve_delta_timestamps(teacher_cfg, meta),
+    )
+    info = {
+        "repo_id": repo_id,
+        "commit": _dataset_commit(repo_id, root, revision),
+        "num_episodes": n,
+        "train_episodes": [0, n - holdout],  # half-open range
+        "holdout_episodes": [n - holdout, n],
+    }
+    return dataset, info
+
+
+def _dataset_commit(repo_id: str, root: Path | None, revision: str | None) -> str | None:
+    """The Hub commit of the dataset when it came from the Hub; None for a local folder."""
+    if root is not None:
+        return None
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().dataset_info(repo_id, revision=revision).sha
+    except Exception:  # offline: the commit is unknown, not an error
+        return None
+
+
+def _make_optimizer(policy, teacher_cfg, rcfg: ReflowConfig):
+    """LeRobot's AdamW + cosine-with-warmup presets from the teacher config, our overrides on top."""
+    opt_cfg = teacher_cfg.get_optimizer_preset()
+    if rcfg.lr is not None:
+        opt_cfg.lr = rcfg.lr
+    if rcfg.weight_decay is not None:
+        opt_cfg.weight_decay = rcfg.weight_decay
+    if rcfg.grad_clip_norm is not None:
+        opt_cfg.grad_clip_norm = rcfg.grad_clip_norm
+    sched_cfg = teacher_cfg.get_scheduler_preset()
+    sched_cfg.peak_lr = opt_cfg.lr
+    sched_cfg.decay_lr = min(sched_cfg.decay_lr, opt_cfg.lr)
+    sched_cfg.num_decay_steps = rcfg.steps
+    sched_cfg.num_warmup_steps = rcfg.warmup_steps if rcfg.warmup_steps is not None else max(1, rcfg.steps // 20)
+    optimizer = opt_cfg.build(policy.trainable_parameters())
+    return optimizer, sched_cfg.build(optimizer, rcfg.steps), opt_cfg.grad_clip_norm
+
+
+def _update_last(checkpoints: Path, step_dir: Path) -> None:
+    tmp = checkpoints / ".last.tmp"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(step_dir.name)
+    os.replace(tmp, checkpoints / "last")
+
+
+def save_checkpoint(output_dir: Path, step: int, policy, optimizer, scheduler, num_processes: int, batch_size: int) -> Path:
+    from lerobot.common.train_utils import get_step_checkpoint_dir, save_training_state
+
+    final = get_step_checkpoint_dir(output_dir, policy.reflow_config.steps, step)
+    policy.lineage.training["step"] = step
+    with atomic_dir(final) as tmp:
+        pretrained = tmp / "pretrained_model"
+        pretrained.mkdir()
+        write_canonical(pretrained, policy.student, policy.base, policy.reflow_config.student_steps, policy.lineage)
+        save_training_state(tmp, step, optimizer, scheduler, num_processes=num_processes, batch_size=batch_size)
+    _update_last(final.parent, final)
+    return final
+
+
+def _cycle(dataloader):
+    while True:  # each pass re-enters the sampler, which advances its epoch
+        yield from dataloader
+
+
+def train(args: TrainArgs) -> Path:
+    """Run reflow training; return the final ``pretrained_model`` folder."""
+    from lerobot.common.train_utils import load_training_batch_size, load_training_num_processes, load_training_state
+    from lerobot.datasets import EpisodeAwareSampler, compute_sampler_state
+    from lerobot.policies.factory import make_pre_post_processors
+    from lerobot.utils.random_utils import set_seed
+    from safetensors.torch import load_model
+    from tqdm.auto import tqdm
+
+    from .checkpoint import read_policy_config, resolve_checkpoint
+    from .policy import ReflowPolicy
+
+    rcfg = args.reflow
+    output_dir = Path(args.output_dir)
+    last = output_dir / "checkpoints" / "last"
+    if args.resume and not last.exists():
+        raise UserError(f"--resume: no checkpoint at {last}; start without --resume")
+    if not args.resume and output_dir.exists() and any(output_dir.iterdir()):
+        raise UserError(f"--output-dir {output_dir} already holds files; pass --resume to continue that run, or a new folder")
+
+    accelerator = _accelerator(args.device)
+    set_seed(rcfg.seed, accelerator=accelerator)
+    device = accelerator.device.type
+    main = accelerator.is_main_process
+
+    with accelerator.main_process_first():  # one download into the shared cache
+        resolved = resolve_checkpoint(args.teacher, args.teacher_revision, what="teacher")
+    teacher_cfg = read_policy_config(resolved.path)
+    dataset, ds_info = load_dataset(teacher_cfg, args.dataset, args.dataset_root, args.dataset_revision, rcfg.holdout_episodes)
+
+    policy = ReflowPolicy.from_teacher(resolved.path, rcfg, device=device)
+    policy.base = ResolvedCheckpoint(resolved.path, resolved.ref)  # keep the Hub ref (repo id + sha)
+    policy.lineage = Lineage(teacher=resolved.ref, reflow=rcfg.to_dict(), dataset=ds_info,
+                             teacher_num_steps=teacher_cfg.num_steps)
+    preprocessor, _ = make_pre_post_processors(
+        teacher_cfg, pretrained_path=str(resolved.path),
+        preprocessor_overrides={"device_processor": {"device": device}},
+    )
+    optimizer, scheduler, clip = _make_optimizer(policy, teacher_cfg, rcfg)
+
+    step = 0
+    sampler = EpisodeAwareSampler(
+        dataset.meta.episodes["dataset_from_index"], dataset.meta.episodes["dataset_to_index"],
+        episode_indices_to_use=dataset.episodes, shuffle=True, seed=rcfg.seed,
+        absolute_to_relative_idx=dataset.absolute_to_relative_idx,
+    )
+    if args.resume:
+        ckpt = last.resolve()
+        load_model(policy.student, str(ckpt / "pretrained_model" / "model.safetensors"), strict=True, device=device)
+        step, optimizer, scheduler = load_training_state(ckpt, optimizer, scheduler)
+        policy.lineage.training = Lineage.from_file(ckpt / "pretrained_model" / LINEAGE_NAME).training
+        # LeRobot's sample-exact resume: the data order continues where the run stopped.
+        sampler.load_state_dict(compute_sampler_state(
+            step, len(sampler), load_training_batch_size(ckpt) or rcfg.batch_size,
+            load_training_num_processes(ckpt) or accelerator.num_processes,
+        ))
+        if main:
+            logger.info("resumed from %s at step %d", ckpt.name, step)
+    if step >= rcfg.steps:
+        if main:
+            logger.info("nothing to do: the run is already at step %d of %d", step, rcfg.steps)
+        return last / "pretrained_model"
+
+    from lerobot.utils.collate import lerobot_collate_fn
+
+    dataloader = torch.utils.data.DataLoader(
+        dataset, batch_size=rcfg.batch_size, sampler=sampler, num_workers=args.num_workers,
+        drop_last=False, pin_memory=device == "cuda",
+        collate_fn=lerobot_collate_fn if dataset.meta.has_language_columns else None,
+    )
+    model, optimizer, dataloader, scheduler = accelerator.prepare(policy, optimizer, dataloader, scheduler)
+    model.train()
+    batches = _cycle(dataloader)
+    bar = tqdm(total=rcfg.steps, initial=step, desc="reflow", disable=None if (main and args.progress) else True, dynamic_ncols=True)  # None: off when not a TTY
+    loss_sum, loss_n = 0.0, 0
+    while step < rcfg.steps:
+        batch = preprocessor(next(batches))
+        loss, _ = model(batch)
+        accelerator.backward(loss)
+        if clip:
+            accelerator.clip_grad_norm_(policy.trainable_parameters(), clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+        loss_sum += loss.item()  # a sync point; cheap next to the teacher's 10-step sampling
+        loss_n += 1
+        if main and (step % args.log_freq == 0 or step == rcfg.steps):
+            avg = loss_sum / loss_n
+            bar.set_postfix(loss=f"{avg:.4f}")
+            tqdm.write(f"step {step}/{rcfg.steps} loss {avg:.5f} lr {scheduler.get_last_lr()[0]:.2e}")
+            policy.lineage.training.setdefault("loss_curve", []).append([step, avg])
+            loss_sum, loss_n = 0.0, 0
+        if (args.save_freq > 0 and step % args.save_freq == 0) or step == rcfg.steps:
+            accelerator.wait_for_everyone()
+            if main:
+                policy.lineage.training.update({
+                    "device": device, "num_processes": accelerator.num_processes,
+                    "batch_size_per_process": rcfg.batch_size, "final_loss": policy.lineage.training.get("loss_curve", [[0, None]])[-1][1],
+                })
+                path = save_checkpoint(output_dir, step, policy, optimizer, scheduler, accelerator.num_processes, rcfg.batch_size)
+                tqdm.write(f"checkpoint {path.name} written")
+            accelerator.wait_for_everyone()
+    bar.close()
+    return last / "pretrained_model"
