@@ -140,9 +140,9 @@ def _render(position: np.ndarray) -> np.ndarray:
     return img
 
 
-def tiny_features() -> dict:
+def tiny_features(camera_key: str = CAMERA_KEY) -> dict:
     return {
-        CAMERA_KEY: {"dtype": "image", "shape": (IMAGE_SIZE, IMAGE_SIZE, 3), "names": ["height", "width", "channels"]},
+        camera_key: {"dtype": "image", "shape": (IMAGE_SIZE, IMAGE_SIZE, 3), "names": ["height", "width", "channels"]},
         "observation.state": {"dtype": "float32", "shape": (2,), "names": ["x", "y"]},
         "action": {"dtype": "float32", "shape": (2,), "names": ["vx", "vy"]},
     }
@@ -156,6 +156,7 @@ def make_tiny_dataset(
     episode_length: int = 20,
     seed: int = 0,
     fps: int = 10,
+    camera_key: str = CAMERA_KEY,
 ):
     """Write the multimodal "go around the post" LeRobotDataset (no videos) to ``root``.
 
@@ -168,7 +169,7 @@ def make_tiny_dataset(
     datasets.disable_progress_bars()  # one bar per episode otherwise
     rng = np.random.default_rng(seed)
     dataset = LeRobotDataset.create(
-        repo_id=repo_id, fps=fps, features=tiny_features(), root=root, robot_type="tiny_point", use_videos=False
+        repo_id=repo_id, fps=fps, features=tiny_features(camera_key), root=root, robot_type="tiny_point", use_videos=False
     )
     for episode in range(num_episodes):
         side = 1.0 if episode % 2 == 0 else -1.0
@@ -176,7 +177,7 @@ def make_tiny_dataset(
         for _ in range(episode_length):
             action = np.array([side, -pos[1]], dtype=np.float32)
             dataset.add_frame(
-                {CAMERA_KEY: _render(pos), "observation.state": pos.copy(), "action": action, "task": TINY_TASK}
+                {camera_key: _render(pos), "observation.state": pos.copy(), "action": action, "task": TINY_TASK}
             )
             # Only y moves: the camera and the state never reveal which side the episode takes.
             pos = (pos + 0.1 * np.array([0.0, action[1]], dtype=np.float32)).astype(np.float32)

@@ -1,0 +1,56 @@
+"""Session fixtures: one tiny world (backbone, dataset, two teachers by the real lerobot-train) and
+reflow students trained from them by the real ``hub-reflow train`` command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
+
+HOLDOUT = 4
+# Long enough for the teacher to learn both modes of the tiny task (see tiny_world.py).
+TEACHER_STEPS = 1000
+
+
+def run_cli(*args: str, check: bool = True, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("hub-reflow")
+    result = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=timeout,
+                            env={**os.environ, **(env or {})})
+    if check and result.returncode != 0:
+        raise AssertionError(f"hub-reflow {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-5000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    from hub_reflow.testing.tiny_world import build_tiny_world, train_teacher
+
+    w = build_tiny_world(tmp_path_factory.mktemp("world"), teacher_steps=TEACHER_STEPS)
+    # A second teacher trained from scratch: load_vlm_weights=false, everything fp32.
+    w.teacher_fp32 = train_teacher(w.root / "teacher-fp32", backbone=w.backbone, dataset_root=w.dataset_root,
+                                   steps=20, load_vlm_weights=False)
+    return w
+
+
+def train_student(world, teacher: Path, out: Path, steps: int, *extra: str) -> Path:
+    run_cli("train", "--teacher", str(teacher), "--dataset", world.repo_id, "--dataset-root", str(world.dataset_root),
+            "--output-dir", str(out), "--steps", str(steps), "--batch-size", "32", "--lr", "1e-3",
+            "--holdout-episodes", str(HOLDOUT), "--device", "cpu", "--log-freq", "50", *extra)
+    return out / "checkpoints" / "last" / "pretrained_model"
+
+
+@pytest.fixture(scope="session")
+def student_bf16(world, tmp_path_factory):
+    """The reflow student of the bf16-VLM teacher, trained long enough to be measured."""
+    return train_student(world, world.teacher, tmp_path_factory.mktemp("run") / "bf16", 600)
+
+
+@pytest.fixture(scope="session")
+def student_fp32(world, tmp_path_factory):
+    return train_student(world, world.teacher_fp32, tmp_path_factory.mktemp("run") / "fp32", 10)

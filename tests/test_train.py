@@ -1,0 +1,155 @@
+"""``hub-reflow train`` end to end on teachers written by the real lerobot-train: the student
+checkpoint is canonical, plain LeRobot loads it, reflow learns, resume works, bad input is refused."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from lerobot.datasets.lerobot_dataset import LeRobotDataset
+from lerobot.policies.factory import make_pre_post_processors
+from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from conftest import HOLDOUT, run_cli, train_student
+from hub_reflow.checkpoint import processor_files
+from hub_reflow.evaluate import compare, observation_batch
+
+
+def _header(path: Path) -> dict:
+    with safe_open(str(path), "pt") as f:
+        return {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+
+
+def _is_vlm_key(key: str) -> bool:
+    return key.startswith("model.vlm_with_expert.vlm.")
+
+
+def assert_canonical(student: Path, teacher: Path, student_steps: int = 1) -> None:
+    # config.json: only num_steps differs.
+    s_cfg, t_cfg = json.loads((student / "config.json").read_text()), json.loads((teacher / "config.json").read_text())
+    assert s_cfg.keys() == t_cfg.keys()
+    diff = {k for k in t_cfg if s_cfg[k] != t_cfg[k]}
+    assert diff == ({"num_steps"} if student_steps != t_cfg["num_steps"] else set())
+    assert s_cfg["num_steps"] == student_steps and s_cfg["type"] == "smolvla"
+    assert s_cfg["load_vlm_weights"] == t_cfg["load_vlm_weights"]
+    # model.safetensors: the teacher's exact key set, shapes and dtypes (so no teacher/extra keys).
+    s_head, t_head = _header(student / "model.safetensors"), _header(teacher / "model.safetensors")
+    assert s_head == t_head
+    # Frozen VLM bit-identical; the trained expert did change.
+    s_w, t_w = load_file(student / "model.safetensors"), load_file(teacher / "model.safetensors")
+    vlm = [k for k in s_w if _is_vlm_key(k)]
+    assert vlm and all(torch.equal(s_w[k], t_w[k]) for k in vlm)
+    assert any(not torch.equal(s_w[k], t_w[k]) for k in s_w if ".lm_expert." in k)
+    assert all(torch.isfinite(v.float()).all() for v in s_w.values())
+    # Processor files byte-identical to the teacher's.
+    names = processor_files(teacher)
+    assert len(names) == 4
+    for name in names:
+        assert (student / name).read_bytes() == (teacher / name).read_bytes(), name
+    # Nothing absolute-pathed of ours in what we add.
+    lineage = (student / "reflow_lineage.json").read_text()
+    assert str(Path.home()) not in lineage and "/tmp" not in lineage
+
+
+def assert_plain_lerobot_loads(student: Path, world) -> None:
+    # strict=True: LeRobot's own loader raises on any missing or unexpected key.
+    policy = SmolVLAPolicy.from_pretrained(str(student), strict=True)
+    pre, post = make_pre_post_processors(policy.config, pretrained_path=str(student))
+    ds = LeRobotDataset(world.repo_id, root=world.dataset_root)
+    obs = pre(observation_batch(ds, [0, 1]))
+    actions = post(policy.predict_action_chunk(obs))
+    assert actions.shape == (2, policy.config.chunk_size, 2)
+    assert torch.isfinite(actions).all()
+
+
+def test_canonical_from_bf16_teacher(world, student_bf16):
+    assert_canonical(student_bf16, world.teacher)
+    assert_plain_lerobot_loads(student_bf16, world)
+    lineage = json.loads((student_bf16 / "reflow_lineage.json").read_text())
+    assert lineage["training"]["step"] == 600 and lineage["reflow"]["teacher_steps"] == 10
+    assert lineage["teacher"]["repo_id"] is None and len(lineage["teacher"]["weights_sha256"]) == 64
+    assert lineage["dataset"]["holdout_episodes"] == [20, 24]
+
+
+def test_canonical_from_fp32_teacher(world, student_fp32):
+    t_cfg = json.loads((world.teacher_fp32 / "config.json").read_text())
+    assert t_cfg["load_vlm_weights"] is False
+    assert_canonical(student_fp32, world.teacher_fp32)
+    assert {dt for _, dt in _header(student_fp32 / "model.safetensors").values()} == {"F32"}
+    assert_plain_lerobot_loads(student_fp32, world)
+
+
+def test_reflow_learns_the_multimodal_task(world, student_bf16):
+    """On held-out frames, fresh shared noise: the 1-step student is much closer to the 10-step
+    teacher than the 1-step teacher (which averages the two modes) is."""
+    loaded = []
+    for path in (world.teacher, student_bf16):
+        policy = SmolVLAPolicy.from_pretrained(str(path))
+        loaded.extend([policy, *make_pre_post_processors(policy.config, pretrained_path=str(path))])
+    ds = LeRobotDataset(world.repo_id, root=world.dataset_root)
+    start = int(ds.meta.episodes["dataset_from_index"][ds.meta.total_episodes - HOLDOUT])
+    rows, chunks = compare(*loaded, observation_batch(ds, list(range(start, len(ds)))),
+                           teacher_steps=10, student_steps=1, seed=12345, latency_repeats=1)
+    err = {r.name: r.rmse for r in rows}
+    print(err)
+    assert err["student @1"] < 0.5 * err["teacher @1"], err
+    # The mode: first action dim is +-1 for the 10-step teacher; the student picks the same side.
+    same_side = (torch.sign(chunks["student @1"][..., 0]) == torch.sign(chunks["reference"][..., 0])).float().mean()
+    assert same_side > 0.8, float(same_side)
+
+
+def test_resume_after_a_kill_ends_canonical(world, tmp_path):
+    out = tmp_path / "run"
+    exe = Path(sys.executable).with_name("hub-reflow")
+    args = [str(exe), "train", "--teacher", str(world.teacher_fp32), "--dataset", world.repo_id,
+            "--dataset-root", str(world.dataset_root), "--output-dir", str(out), "--steps", "8",
+            "--batch-size", "4", "--save-freq", "2", "--device", "cpu", "--lr", "1e-3"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / "checkpoints" / "000002" / "training_state" / "training_step.json"
+    deadline = time.time() + 300
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stopped_at = json.loads((out / "checkpoints" / "last" / "training_state" / "training_step.json").read_text())["step"]
+    assert stopped_at < 8
+    run_cli(*args[1:], "--resume")
+    last = out / "checkpoints" / "last"
+    assert last.resolve().name == "000008"
+    assert json.loads((last / "training_state" / "training_step.json").read_text())["step"] == 8
+    assert not list((out / "checkpoints").glob(".tmp-*"))
+    assert_canonical(last / "pretrained_model", world.teacher_fp32)
+
+
+def _bad(*args: str) -> str:
+    r = run_cli(*args, check=False)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("hub-reflow: error:")]
+    assert len(lines) == 1, r.stderr[-2000:]
+    return lines[0]
+
+
+def test_bad_input_one_line_errors(world, tmp_path):
+    common = ["--dataset", world.repo_id, "--dataset-root", str(world.dataset_root), "--steps", "1", "--device", "cpu"]
+    msg = _bad("train", "--teacher", str(tmp_path / "nope"), "--output-dir", str(tmp_path / "o1"), *common)
+    assert "does not exist" in msg
+    msg = _bad("train", "--teacher", str(world.backbone), "--output-dir", str(tmp_path / "o2"), *common)
+    assert "not 'smolvla'" in msg
+    msg = _bad("train", "--teacher", str(world.teacher_fp32), "--output-dir", str(tmp_path / "o3"), *common,
+               "--student-steps", "0")
+    assert "--student-steps" in msg
+    from hub_reflow.testing.tiny_world import make_tiny_dataset
+
+    other = tmp_path / "other-ds"
+    make_tiny_dataset(other, repo_id="local/other", num_episodes=2, episode_length=3, camera_key="observation.images.top")
+    msg = _bad("train", "--teacher", str(world.teacher_fp32), "--output-dir", str(tmp_path / "o4"),
+               "--dataset", "local/other", "--dataset-root", str(other), "--steps", "1", "--device", "cpu")
+    assert "observation.images.cam" in msg
