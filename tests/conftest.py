@@ -48,7 +48,7 @@ def train_student(world, teacher: Path, out: Path, steps: int, *extra: str) -> P
 @pytest.fixture(scope="session")
 def student_bf16(world, tmp_path_factory):
     """The reflow student of the bf16-VLM teacher, trained long enough to be measured."""
-    return train_student(world, world.teacher, tmp_path_factory.mktemp("run") / "bf16", 600)
+    return train_student(world, world.teacher, tmp_path_factory.mktemp("run") / "bf16", 1000)
 
 
 @pytest.fixture(scope="session")
