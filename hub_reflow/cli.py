@@ -74,6 +74,41 @@ def _cmd_demo(a) -> int:
     return 0
 
 
+def _add_push(sub) -> None:
+    p = sub.add_parser("push", help="push a reflow student checkpoint to the Hub (one commit, with its model card)")
+    p.add_argument("checkpoint", type=Path, help="pretrained_model/ folder (or its checkpoints/<step>/ parent)")
+    p.add_argument("--repo-id", required=True, help="Hub repo id, namespace/name")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--branch", default=None, help="push to this branch (created if missing)")
+    p.add_argument("--tag", default=None, help="tag the new commit")
+    p.add_argument("--message", default=None, help="commit message")
+    p.add_argument("--force", action="store_true", help="push even if the checkpoint fails the structural checks")
+    p.set_defaults(func=_cmd_push)
+
+
+def _cmd_push(a) -> int:
+    from .hub import push_checkpoint
+
+    print(push_checkpoint(a.checkpoint, a.repo_id, private=a.private, branch=a.branch, commit_message=a.message,
+                          tag=a.tag, force=a.force))
+    return 0
+
+
+def _add_pull(sub) -> None:
+    p = sub.add_parser("pull", help="download a reflow student from the Hub and check it")
+    p.add_argument("repo_id", help="Hub repo id, namespace/name")
+    p.add_argument("--revision", default=None, help="branch, tag or commit sha (pinned to its commit)")
+    p.add_argument("--local-dir", type=Path, default=None, help="download into this folder (else the HF cache)")
+    p.set_defaults(func=_cmd_pull)
+
+
+def _cmd_pull(a) -> int:
+    from .hub import pull_checkpoint
+
+    print(pull_checkpoint(a.repo_id, revision=a.revision, local_dir=a.local_dir))
+    return 0
+
+
 def _fail(msg: str) -> int:
     print(f"hub-reflow: error: {msg}", file=sys.stderr)
     return 2
@@ -84,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_demo(sub)
+    _add_push(sub)
+    _add_pull(sub)
     args = parser.parse_args(argv)
     # LeRobot warns at import, with a long traceback, when FFmpeg is missing: we read no videos.
     logging.getLogger("lerobot.utils.import_utils").setLevel(logging.ERROR)

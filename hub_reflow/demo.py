@@ -14,6 +14,9 @@ HOLDOUT = 4  # episodes of the tiny dataset never seen by the student
 
 
 def run_demo(workdir: Path, *, teacher_train_steps: int = 1000, reflow_steps: int = 400, frames: int = 32) -> dict:
+    workdir = Path(workdir)
+    # Before huggingface_hub is imported: the tiny backbone goes into this cache under a repo id.
+    os.environ.setdefault("HF_HOME", str((workdir / "hf_home").resolve()))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
     from lerobot.policies.factory import make_pre_post_processors

@@ -180,6 +180,17 @@ class ReflowPolicy(
             policy.attach_teacher(device=device)
         return policy
 
+    def push_to_hub(self, repo_id: str, *, private: bool = False, branch: str | None = None,
+                    commit_message: str | None = None, token: str | None = None, tag: str | None = None,
+                    force: bool = False, endpoint: str | None = None) -> str:
+        """Save the canonical checkpoint to a temp dir and push it with ``hub.push_checkpoint`` (one
+        commit, checked, with the model card); returns the commit URL. ``endpoint`` defaults to
+        ``HF_ENDPOINT``."""
+        from .hub import push_policy
+
+        return push_policy(self, repo_id, private=private, branch=branch, commit_message=commit_message,
+                           token=token, tag=tag, force=force, endpoint=endpoint)
+
     def generate_model_card(self, *args, **kwargs) -> ModelCard:
         from .card import render_card
 

@@ -10,6 +10,11 @@ from pathlib import Path
 
 import pytest
 
+import tempfile
+
+# Before anything imports huggingface_hub: a private HF cache for this session, where the tiny
+# world puts its backbone under a repo id (teachers then carry no local path), and no network.
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="hub-reflow-tests-hf-home-")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 
@@ -33,7 +38,7 @@ def world(tmp_path_factory):
 
     w = build_tiny_world(tmp_path_factory.mktemp("world"), teacher_steps=TEACHER_STEPS)
     # A second teacher trained from scratch: load_vlm_weights=false, everything fp32.
-    w.teacher_fp32 = train_teacher(w.root / "teacher-fp32", backbone=w.backbone, dataset_root=w.dataset_root,
+    w.teacher_fp32 = train_teacher(w.root / "teacher-fp32", dataset_root=w.dataset_root,
                                    steps=20, load_vlm_weights=False)
     return w
 

@@ -24,6 +24,10 @@ from pathlib import Path
 import numpy as np
 
 TINY_REPO_ID = "hub-reflow-testing/tiny-go-around"
+# The tiny backbone's repo id: teachers name it in `vlm_model_name` (and so in the tokenizer
+# processor's `tokenizer_name`), as real ones name HuggingFaceTB/SmolVLM2-500M-Video-Instruct, so no
+# checkpoint carries a local path. It is served from the local HF cache (HF_HOME) or a local Hub.
+TINY_BACKBONE_ID = "hub-reflow-testing/tiny-smolvlm"
 TINY_TASK = "go around the post"
 IMAGE_SIZE = 32
 CAMERA_KEY = "observation.images.cam"
@@ -129,6 +133,32 @@ def make_tiny_backbone(folder: str | Path, *, hidden_size: int = 64, num_layers:
     return folder
 
 
+def publish_backbone(backbone: str | Path, repo_id: str = TINY_BACKBONE_ID, endpoint: str | None = None,
+                     token: str | None = None) -> None:
+    """Make ``repo_id`` resolvable: upload the backbone folder to a Hub (``endpoint``), or, without
+    one, through a throwaway local Hub into this process's HF cache (``HF_HOME``), from which
+    transformers resolves it with ``HF_HUB_OFFLINE=1``. Uses the real client both ways."""
+    import tempfile
+
+    from huggingface_hub import HfApi, constants, snapshot_download
+
+    from .hub_server import HubServer
+
+    saved = constants.HF_HUB_OFFLINE, constants.HF_HUB_DISABLE_XET
+    constants.HF_HUB_OFFLINE, constants.HF_HUB_DISABLE_XET = False, True
+    try:
+        if endpoint is not None:
+            api = HfApi(endpoint=endpoint, token=token)
+            api.create_repo(repo_id, exist_ok=True)
+            api.upload_folder(folder_path=str(backbone), repo_id=repo_id)
+            return
+        with tempfile.TemporaryDirectory() as tmp, HubServer(Path(tmp), {"hf_tiny_world": "write"}) as hub:
+            publish_backbone(backbone, repo_id, endpoint=hub.url, token="hf_tiny_world")
+            snapshot_download(repo_id, endpoint=hub.url, token="hf_tiny_world")
+    finally:
+        constants.HF_HUB_OFFLINE, constants.HF_HUB_DISABLE_XET = saved
+
+
 def _render(position: np.ndarray) -> np.ndarray:
     """A 32x32 RGB uint8 frame: grey background, a bright dot at the robot, a dark post at 0."""
     img = np.full((IMAGE_SIZE, IMAGE_SIZE, 3), 64, dtype=np.uint8)
@@ -216,7 +246,7 @@ def lerobot_train_command() -> list[str]:
 def train_teacher(
     output_dir: str | Path,
     *,
-    backbone: str | Path,
+    backbone: str | Path = TINY_BACKBONE_ID,
     dataset_root: str | Path,
     repo_id: str = TINY_REPO_ID,
     steps: int = 300,
@@ -259,7 +289,7 @@ class TinyWorld:
     """Paths of one built tiny world."""
 
     root: Path
-    backbone: Path
+    backbone: Path  # the folder; teachers name it by TINY_BACKBONE_ID (in the HF cache)
     dataset_root: Path
     repo_id: str
     teacher: Path  # pretrained_model/ of a teacher trained with load_vlm_weights=true (bf16 VLM)
@@ -268,12 +298,16 @@ class TinyWorld:
 def build_tiny_world(
     root: str | Path, *, teacher_steps: int = 300, load_vlm_weights: bool = True, seed: int = 0
 ) -> TinyWorld:
-    """Backbone + dataset + one teacher under ``root`` (reused when already built there)."""
+    """Backbone + dataset + one teacher under ``root`` (reused when already built there).
+
+    The backbone is also put in this process's HF cache under ``TINY_BACKBONE_ID`` (set
+    ``HF_HOME`` before importing huggingface_hub to choose where)."""
     root = Path(root)
     backbone = root / "tiny-smolvlm"
     dataset_root = root / "dataset"
     if not (backbone / "config.json").exists():
         make_tiny_backbone(backbone, seed=seed)
+    publish_backbone(backbone)
     if not (dataset_root / "meta" / "info.json").exists():
         make_tiny_dataset(dataset_root, seed=seed)
     name = f"teacher-vlm{'bf16' if load_vlm_weights else 'fp32'}-{teacher_steps}"
@@ -281,7 +315,7 @@ def build_tiny_world(
     if not (teacher / "model.safetensors").exists():
         teacher = train_teacher(
             root / name,
-            backbone=backbone,
+            backbone=TINY_BACKBONE_ID,
             dataset_root=dataset_root,
             steps=teacher_steps,
             load_vlm_weights=load_vlm_weights,

@@ -1,0 +1,243 @@
+"""Push a canonical reflow checkpoint to the Hub (one commit, with its model card) and pull one back,
+refusing checkpoints that LeRobot could not load as a plain SmolVLA policy."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .checkpoint import (
+    CONFIG_NAME,
+    LINEAGE_NAME,
+    WEIGHTS_NAME,
+    Lineage,
+    clean_config_dict,
+    processor_files,
+    read_policy_config,
+)
+from .errors import UserError
+
+README_NAME = "README.md"
+_WRITE_REFUSED = "the Hub refused the write: set HF_TOKEN to a token with write access"
+
+
+def _pretrained_dir(folder: str | Path) -> Path:
+    """A ``pretrained_model/`` folder, or its parent (a ``checkpoints/<step>/`` folder)."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"{folder} is not a checkpoint folder; pass a pretrained_model/ folder or its checkpoints/<step>/ parent")
+    if (folder / CONFIG_NAME).is_file():
+        return folder
+    if (folder / "pretrained_model" / CONFIG_NAME).is_file():
+        return folder / "pretrained_model"
+    raise UserError(f"no {CONFIG_NAME} in {folder} nor in its pretrained_model/; pass a reflow checkpoint folder")
+
+
+def structural_problems(folder: Path) -> list[str]:
+    """What makes ``folder`` unfit to publish as a plain SmolVLA checkpoint (empty list: fit)."""
+    folder = Path(folder)
+    problems: list[str] = []
+    # config.json
+    try:
+        raw = json.loads((folder / CONFIG_NAME).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raw = None
+        problems.append(f"config check: {CONFIG_NAME} cannot be read ({type(e).__name__})")
+    if raw is not None:
+        if not isinstance(raw, dict) or raw.get("type") != "smolvla":
+            kind = raw.get("type") if isinstance(raw, dict) else None
+            problems.append(f"config check: {CONFIG_NAME} has type {kind!r}, not 'smolvla'")
+        else:
+            _, unknown = clean_config_dict(raw)
+            vlm = str(raw.get("vlm_model_name", ""))
+            if os.path.isabs(vlm) or vlm.startswith(("./", "../", "~")):
+                # Plain LeRobot elsewhere could not build the VLM, and a local path would be published.
+                problems.append("config check: vlm_model_name is a local path; name the backbone by its Hub repo id")
+            if unknown:
+                problems.append(f"config check: {CONFIG_NAME} has fields LeRobot's SmolVLAConfig does not know: {', '.join(unknown)}")
+    # model.safetensors
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        problems.append(f"weights check: {WEIGHTS_NAME} is missing")
+    else:
+        problems.extend(_weights_problems(weights))
+    # processor files
+    try:
+        missing = [n for n in processor_files(folder) if not (folder / n).is_file()]
+    except (OSError, json.JSONDecodeError) as e:
+        missing = [f"(processor configs unreadable: {type(e).__name__})"]
+    if missing:
+        problems.append(f"processor check: missing {', '.join(missing)}")
+    # lineage
+    if not (folder / LINEAGE_NAME).is_file():
+        problems.append(f"lineage check: {LINEAGE_NAME} is missing")
+    else:
+        try:
+            Lineage.from_file(folder / LINEAGE_NAME)
+        except Exception as e:  # malformed JSON or fields
+            problems.append(f"lineage check: {LINEAGE_NAME} cannot be read ({type(e).__name__})")
+    return problems
+
+
+def _weights_problems(weights: Path) -> list[str]:
+    import torch
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            keys = list(f.keys())
+            teacher = [k for k in keys if k.startswith("teacher.")]
+            bad = []
+            for k in keys:
+                t = f.get_tensor(k)
+                if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+                    bad.append(k)
+    except Exception as e:  # not a safetensors file
+        return [f"weights check: {WEIGHTS_NAME} cannot be read ({type(e).__name__})"]
+    out = []
+    if teacher:
+        out.append(f"weights check: {WEIGHTS_NAME} holds {len(teacher)} teacher tensors (e.g. {teacher[0]}); save the student only")
+    if bad:
+        out.append(f"weights check: {WEIGHTS_NAME} has NaN/Inf in {len(bad)} tensors (e.g. {bad[0]})")
+    return out
+
+
+def check_checkpoint(folder: Path, *, force: bool = False, what: str = "checkpoint") -> None:
+    problems = structural_problems(folder)
+    if problems and not force:
+        hint = " (pass --force to push anyway)" if what == "push" else ""
+        raise UserError(f"{what}: the checkpoint fails the {'; '.join(problems)}{hint}")
+
+
+def _redact(msg: str, token: str | None) -> str:
+    for secret in (token, os.environ.get("HF_TOKEN")):
+        if secret:
+            msg = msg.replace(secret, "***")
+    return msg
+
+
+def _hub_error(e: Exception, repo_id: str, action: str, token: str | None) -> UserError:
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if isinstance(e, RevisionNotFoundError):
+        msg = f"{action}: revision not found in {repo_id}; pass a branch, tag or commit sha that exists"
+    elif status in (401, 403) and action == "push":
+        msg = _WRITE_REFUSED
+    elif isinstance(e, GatedRepoError):
+        msg = f"{action}: {repo_id} is gated; accept its conditions on the Hub and set HF_TOKEN"
+    elif isinstance(e, RepositoryNotFoundError) or status == 404:
+        msg = f"{action}: Hub repo {repo_id} not found (or private: set HF_TOKEN); check the repo id"
+    elif status in (401, 403):
+        msg = f"{action}: the Hub refused access to {repo_id}: set HF_TOKEN to a valid token"
+    elif isinstance(e, HfHubHTTPError):
+        first = (str(e).splitlines() or [type(e).__name__])[0][:300]
+        msg = f"{action}: the Hub answered an error for {repo_id}: {first}"
+    else:
+        msg = f"{action}: could not reach the Hub for {repo_id} ({type(e).__name__}); check HF_ENDPOINT / network"
+    return UserError(_redact(msg, token))
+
+
+def _validate_repo_id(repo_id: str, action: str) -> None:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise UserError(f"{action}: invalid repo id {repo_id!r} ({str(e).splitlines()[0][:200]}); use namespace/name") from None
+
+
+def _hub_errors():
+    import httpx
+    from huggingface_hub.errors import HfHubHTTPError
+
+    return (HfHubHTTPError, httpx.HTTPError, OSError)
+
+
+def push_checkpoint(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    branch: str | None = None,
+    commit_message: str | None = None,
+    token: str | None = None,
+    tag: str | None = None,
+    force: bool = False,
+    endpoint: str | None = None,
+) -> str:
+    """Upload a canonical checkpoint (and its rendered model card) in one commit; return the commit URL."""
+    _validate_repo_id(repo_id, "push")
+    src = _pretrained_dir(folder)
+    check_checkpoint(src, force=force, what="push")
+
+    from huggingface_hub import HfApi
+
+    from .card import render_card
+
+    api = HfApi(token=token, endpoint=endpoint)
+    with tempfile.TemporaryDirectory(prefix="hub-reflow-push-") as tmp:
+        stage = Path(tmp) / "checkpoint"
+        shutil.copytree(src, stage, ignore=shutil.ignore_patterns("training_state", ".cache", ".tmp-*", ".old-*"))
+        try:
+            lineage = Lineage.from_file(stage / LINEAGE_NAME)
+            config = read_policy_config(stage, what="push")
+        except UserError:
+            raise
+        except Exception as e:
+            raise UserError(f"push: cannot render the model card ({type(e).__name__}); pass --force only for a complete checkpoint") from None
+        render_card(lineage, config, repo_id=repo_id).save(stage / README_NAME)
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            if branch:
+                api.create_branch(repo_id, branch=branch, exist_ok=True)
+            info = api.upload_folder(
+                folder_path=stage,
+                repo_id=repo_id,
+                revision=branch,
+                commit_message=commit_message or "Upload reflow student (hub-reflow)",
+                ignore_patterns=["training_state/**", ".cache/**"],
+            )
+            if tag:
+                api.create_tag(repo_id, tag=tag, revision=info.oid, exist_ok=False)
+        except _hub_errors() as e:
+            raise _hub_error(e, repo_id, "push", token) from None
+    return str(info.commit_url)
+
+
+def push_policy(policy, repo_id: str, **kwargs) -> str:
+    """``ReflowPolicy.push_to_hub``: save the canonical checkpoint into a temp dir, then ``push_checkpoint``."""
+    _validate_repo_id(repo_id, "push")
+    with tempfile.TemporaryDirectory(prefix="hub-reflow-save-") as tmp:
+        policy.save_pretrained(tmp)
+        return push_checkpoint(tmp, repo_id, **kwargs)
+
+
+def pull_checkpoint(
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    local_dir: str | Path | None = None,
+    token: str | None = None,
+    endpoint: str | None = None,
+) -> Path:
+    """Download ``repo_id`` at ``revision`` (pinned to its commit sha) and check it; return the folder."""
+    _validate_repo_id(repo_id, "pull")
+    from huggingface_hub import HfApi, snapshot_download
+
+    try:
+        sha = HfApi(token=token, endpoint=endpoint).model_info(repo_id, revision=revision).sha
+        path = Path(snapshot_download(repo_id, revision=sha, local_dir=local_dir, token=token, endpoint=endpoint))
+    except _hub_errors() as e:
+        raise _hub_error(e, repo_id, "pull", token) from None
+    check_checkpoint(path, what="pull")
+    return path

@@ -1,0 +1,209 @@
+"""Push / pull of reflow students through the real huggingface_hub client and the local Hub server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from huggingface_hub import HfApi, constants, snapshot_download
+from huggingface_hub.errors import RepositoryNotFoundError
+
+from hub_reflow.checkpoint import LINEAGE_NAME, processor_files
+from hub_reflow.errors import UserError
+from hub_reflow.hub import push_checkpoint, structural_problems
+from hub_reflow.testing.hub_server import HubServer
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
+
+WRITE = "hf_write_push_pull_token_7f3a"
+READ = "hf_read_push_pull_token_91bc"
+REPO = "user/reflow-student"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, world):
+    from hub_reflow.testing.tiny_world import publish_backbone
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        mp.setattr(constants, "HF_HUB_OFFLINE", False)
+        with HubServer(tmp_path_factory.mktemp("hub"), {WRITE: "write", READ: "read"}) as hub:
+            # The backbone the students name in vlm_model_name lives on this Hub too, as
+            # HuggingFaceTB/SmolVLM2-500M-Video-Instruct does on the real one.
+            publish_backbone(world.backbone, endpoint=hub.url, token=WRITE)
+            yield hub
+
+
+@pytest.fixture(scope="module")
+def hf_home(tmp_path_factory):
+    return tmp_path_factory.mktemp("hf_home")
+
+
+def hub_env(server, hf_home, token: str | None = WRITE) -> dict:
+    env = {"HF_ENDPOINT": server.url, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(hf_home),
+           "HF_TOKEN": token or ""}
+    return env
+
+
+def expected_files(folder: Path) -> set[str]:
+    return {"config.json", "model.safetensors", LINEAGE_NAME, "README.md", *processor_files(folder)}
+
+
+@pytest.fixture(scope="module")
+def pushed(server, hf_home, student_fp32):
+    # The parent of pretrained_model/ (a checkpoints/<step>/ folder with training_state/) is accepted.
+    result = run_cli("push", str(student_fp32.parent), "--repo-id", REPO, "--tag", "v1", "--message", "reflow student",
+                     env=hub_env(server, hf_home))
+    return result
+
+
+def test_cli_push_makes_one_commit_with_the_canonical_files(server, pushed, student_fp32):
+    assert server.commit_count(REPO) == 1
+    files = set(server.repo_files(REPO)) - {".gitattributes"}
+    assert files == expected_files(student_fp32)
+    assert len(processor_files(student_fp32)) == 4
+    assert not any(f.startswith("training_state") for f in files)
+    sha = server.head(REPO)
+    assert pushed.stdout.strip().endswith(sha)
+    assert server.head(REPO, "v1") == sha
+
+
+def test_download_is_byte_identical(server, pushed, student_fp32, tmp_path):
+    folder = Path(snapshot_download(REPO, endpoint=server.url, cache_dir=tmp_path, token=WRITE))
+    for name in expected_files(student_fp32) - {"README.md"}:
+        assert (folder / name).read_bytes() == (student_fp32 / name).read_bytes(), name
+    assert (folder / "README.md").read_bytes() == server.read_file(REPO, "README.md")
+    assert structural_problems(folder) == []
+
+
+def test_lerobot_and_reflow_load_from_the_hub(server, hf_home, pushed):
+    sha = server.head(REPO)
+    script = textwrap.dedent(f"""
+        import json, logging
+        logging.disable(logging.WARNING)
+        from huggingface_hub import ModelCard
+        from lerobot.policies.factory import make_pre_post_processors
+        from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+        from hub_reflow.policy import ReflowPolicy
+        policy = SmolVLAPolicy.from_pretrained({REPO!r})
+        pre, post = make_pre_post_processors(policy.config, pretrained_path={REPO!r})
+        data = ModelCard.load({REPO!r}).data.to_dict()
+        reflow = ReflowPolicy.from_pretrained({REPO!r}, revision={sha!r})
+        print("RESULT " + json.dumps({{"type": policy.config.type, "num_steps": policy.config.num_steps,
+            "pre": len(pre.steps), "post": len(post.steps), "card": data,
+            "reflow_commit": reflow.base.ref.commit, "reflow_steps": reflow.student.config.num_steps}}))
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, **hub_env(server, hf_home)})
+    assert r.returncode == 0, r.stderr[-4000:]
+    out = json.loads(r.stdout.split("RESULT ", 1)[1])
+    assert out["type"] == "smolvla" and out["num_steps"] == 1 and out["reflow_steps"] == 1
+    assert out["pre"] > 0 and out["post"] > 0
+    assert out["reflow_commit"] == sha
+    card = out["card"]
+    assert card["library_name"] == "lerobot" and card["pipeline_tag"] == "robotics"
+    assert card["tags"] == ["lerobot", "smolvla", "reflow", "rectified-flow", "robotics"]
+
+
+def test_second_push_uploads_no_lfs_content(server, pushed, student_fp32):
+    before = server.lfs_put_count
+    push_checkpoint(student_fp32, REPO, token=WRITE, endpoint=server.url)
+    assert server.lfs_put_count == before
+
+
+@pytest.mark.parametrize("token", [None, READ])
+def test_push_without_write_token_fails_in_one_line(server, hf_home, student_fp32, token):
+    repo = "user/refused"
+    r = run_cli("push", str(student_fp32), "--repo-id", repo, check=False, env=hub_env(server, hf_home, token))
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("hub-reflow: error:")]
+    assert errors == ["hub-reflow: error: the Hub refused the write: set HF_TOKEN to a token with write access"]
+    assert READ not in r.stderr and WRITE not in r.stderr
+    assert server.commit_count(repo) == 0
+
+
+def test_failed_commit_leaves_the_repo_untouched(server, pushed, student_fp32, tmp_path):
+    changed = shutil.copytree(student_fp32, tmp_path / "changed")
+    lineage = json.loads((changed / LINEAGE_NAME).read_text())
+    lineage["training"]["note"] = "changed"
+    (changed / LINEAGE_NAME).write_text(json.dumps(lineage))
+    before, commits = server.repo_files(REPO), server.commit_count(REPO)
+    server.fail_next_commit = True
+    try:
+        with pytest.raises(UserError) as err:
+            push_checkpoint(changed, REPO, token=WRITE, endpoint=server.url)
+    finally:
+        server.fail_next_commit = False
+    assert "\n" not in str(err.value) and WRITE not in str(err.value)
+    assert server.repo_files(REPO) == before
+    assert server.commit_count(REPO) == commits
+
+
+def test_invalid_repo_id_fails_before_any_request(student_fp32):
+    # A dead endpoint: any request would fail with a connection error, not with this message.
+    with pytest.raises(UserError, match="invalid repo id"):
+        push_checkpoint(student_fp32, "user/bad id!", token=WRITE, endpoint="http://127.0.0.1:9")
+
+
+def test_refuses_a_broken_checkpoint_unless_forced(server, student_fp32, tmp_path):
+    broken = shutil.copytree(student_fp32, tmp_path / "broken")
+    (broken / LINEAGE_NAME).unlink()
+    with pytest.raises(UserError, match="lineage check"):
+        push_checkpoint(broken, "user/broken", token=WRITE, endpoint=server.url)
+    assert server.commit_count("user/broken") == 0
+
+
+def test_refuses_a_checkpoint_naming_a_local_backbone(server, student_fp32, tmp_path):
+    local = shutil.copytree(student_fp32, tmp_path / "local")
+    cfg = json.loads((local / "config.json").read_text())
+    cfg["vlm_model_name"] = str(tmp_path / "my-backbone")
+    (local / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match="vlm_model_name is a local path"):
+        push_checkpoint(local, "user/local-backbone", token=WRITE, endpoint=server.url)
+    assert server.commit_count("user/local-backbone") == 0
+
+
+def test_pushed_files_hold_no_token_nor_local_path(server, pushed, student_fp32):
+    secrets = [WRITE.encode(), READ.encode(), str(student_fp32).encode(), str(student_fp32.parents[3]).encode(),
+               os.path.expanduser("~").encode() + b"/", b"/tmp/"]
+    for name in server.repo_files(REPO):
+        data = server.read_file(REPO, name)
+        for s in secrets:
+            assert s not in data, (name, s)
+
+
+def test_private_repo_is_invisible_without_a_token(server, student_fp32):
+    push_checkpoint(student_fp32, "user/secret", private=True, token=WRITE, endpoint=server.url)
+    with pytest.raises(RepositoryNotFoundError):
+        HfApi(endpoint=server.url, token=False).model_info("user/secret")
+    assert HfApi(endpoint=server.url, token=READ).model_info("user/secret").private
+
+
+def test_cli_pull_returns_a_checked_folder(server, hf_home, pushed, tmp_path):
+    r = run_cli("pull", REPO, "--revision", "v1", "--local-dir", str(tmp_path / "pulled"), env=hub_env(server, hf_home))
+    folder = Path(r.stdout.strip().splitlines()[-1])
+    assert folder == tmp_path / "pulled"
+    assert structural_problems(folder) == []
+    assert (folder / "README.md").read_bytes() == server.read_file(REPO, "README.md")
+
+
+def test_reflow_policy_push_to_hub_uses_the_same_path(server, student_fp32, monkeypatch):
+    from hub_reflow.policy import ReflowPolicy
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # the backbone comes from the session's cache
+    policy = ReflowPolicy.from_pretrained(student_fp32)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    url = policy.push_to_hub("user/from-policy", token=WRITE, endpoint=server.url)
+    assert url.endswith(server.head("user/from-policy"))
+    assert server.commit_count("user/from-policy") == 1
+    assert set(server.repo_files("user/from-policy")) - {".gitattributes"} == expected_files(student_fp32)
+    assert server.read_file("user/from-policy", "model.safetensors") == (student_fp32 / "model.safetensors").read_bytes()
