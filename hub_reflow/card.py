@@ -8,6 +8,7 @@ from importlib.resources import files
 from huggingface_hub import ModelCard, ModelCardData
 
 from .checkpoint import Lineage
+from .plots import CHUNKS, LOSS_CURVE
 
 TAGS = ["lerobot", "smolvla", "reflow", "rectified-flow", "robotics"]
 
@@ -21,7 +22,7 @@ def card_data(lineage: Lineage, license: str | None = None) -> ModelCardData:
     data = ModelCardData(
         library_name="lerobot",
         pipeline_tag="robotics",
-        license=license or "apache-2.0",
+        license=license or lineage.teacher_card.get("license") or "apache-2.0",
         tags=list(TAGS),
     )
     if lineage.teacher.repo_id:
@@ -32,9 +33,19 @@ def card_data(lineage: Lineage, license: str | None = None) -> ModelCardData:
     return data
 
 
-def render_card(lineage: Lineage, policy_config, repo_id: str | None = None, license: str | None = None) -> ModelCard:
+IMAGES = [(LOSS_CURVE, "reflow training loss"), (CHUNKS, "teacher and student action chunks on a held-out frame")]
+
+
+def render_card(lineage: Lineage, policy_config, repo_id: str | None = None, license: str | None = None,
+                image_names: tuple[str, ...] | None = None) -> ModelCard:
+    """``image_names``: the images present beside the card (default: those the lineage has data for,
+    which ``write_canonical`` draws)."""
+    if image_names is None:
+        image_names = tuple(n for n, has in ((LOSS_CURVE, lineage.training.get("loss_curve")),
+                                              (CHUNKS, lineage.evaluation.get("example_chunks"))) if has)
     ref = lineage.teacher
     reflow = lineage.reflow
+    holdout = lineage.dataset.get("holdout_episodes") or [0, 0]
     return ModelCard.from_template(
         card_data(lineage, license),
         template_str=template_text(),
@@ -50,4 +61,12 @@ def render_card(lineage: Lineage, policy_config, repo_id: str | None = None, lic
         reflow_settings=sorted((k, v) for k, v in reflow.items()),
         training=sorted((k, v) for k, v in lineage.training.items() if not isinstance(v, (list, dict))),
         versions=sorted(lineage.versions.items()),
+        teacher_base_model=lineage.teacher_card.get("base_model"),
+        evaluation=lineage.evaluation,
+        features=[(name, f.type.value, list(f.shape)) for name, f in
+                  {**policy_config.input_features, **policy_config.output_features}.items()],
+        chunk_size=policy_config.chunk_size,
+        n_action_steps=policy_config.n_action_steps,
+        holdout=holdout if holdout[1] > holdout[0] else None,
+        images=[(name, caption) for name, caption in IMAGES if name in image_names],
     )

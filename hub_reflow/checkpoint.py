@@ -239,6 +239,8 @@ class Lineage:
     dataset: dict = field(default_factory=dict)  # repo_id, commit (None when local), episodes used/held out
     training: dict = field(default_factory=dict)  # step, final loss, device, processes
     teacher_num_steps: int = 10
+    teacher_card: dict = field(default_factory=dict)  # the teacher card's license and base_model, when it has a card
+    evaluation: dict = field(default_factory=dict)  # measured at the end of training (evaluate.measure)
     versions: dict = field(default_factory=package_versions)
     format_version: int = 1
 
@@ -259,7 +261,7 @@ def write_canonical(folder: Path, student, teacher: ResolvedCheckpoint, num_step
     - config.json: the teacher's config parsed by LeRobot, ``num_steps`` set, written by LeRobot;
     - model.safetensors: the student only, saved by the same safetensors call LeRobot uses;
     - the teacher's processor files, byte for byte (same statistics, same tokenizer name);
-    - reflow_lineage.json.
+    - reflow_lineage.json, and the card images its data allow (loss curve, teacher vs student chunks).
     """
     from safetensors.torch import save_model
 
@@ -272,3 +274,20 @@ def write_canonical(folder: Path, student, teacher: ResolvedCheckpoint, num_step
     for name in processor_files(teacher.path):
         shutil.copyfile(teacher.path / name, folder / name)
     (folder / LINEAGE_NAME).write_text(lineage.to_json())
+    from .plots import draw_card_images
+
+    draw_card_images(lineage, folder)
+
+
+def teacher_card_data(folder: Path) -> dict:
+    """License and base_model from the teacher's own model card (README.md), when it has one."""
+    readme = folder / "README.md"
+    if not readme.is_file():
+        return {}
+    from huggingface_hub import ModelCard
+
+    try:
+        data = ModelCard.load(readme).data
+    except Exception:  # a malformed card is not a reason to stop training
+        return {}
+    return {k: v for k, v in {"license": data.license, "base_model": data.base_model}.items() if v}

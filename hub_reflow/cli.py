@@ -109,6 +109,27 @@ def _cmd_pull(a) -> int:
     return 0
 
 
+def _add_card(sub) -> None:
+    p = sub.add_parser("card", help="print the model card that push would write for a checkpoint")
+    p.add_argument("checkpoint", type=Path, help="a reflow student's pretrained_model/ folder")
+    p.add_argument("--repo-id", default=None, help="the repo id the card should name")
+    p.set_defaults(func=_cmd_card)
+
+
+def _cmd_card(a) -> int:
+    from .card import render_card
+    from .checkpoint import LINEAGE_NAME, Lineage, read_policy_config
+    from .errors import UserError
+
+    if not (a.checkpoint / LINEAGE_NAME).is_file():
+        raise UserError(f"{a.checkpoint} has no {LINEAGE_NAME}; pass a reflow student's pretrained_model/ folder")
+    images = tuple(p.name for p in a.checkpoint.glob("*.png"))
+    card = render_card(Lineage.from_file(a.checkpoint / LINEAGE_NAME), read_policy_config(a.checkpoint, "checkpoint"),
+                       repo_id=a.repo_id, image_names=images)
+    print(str(card))
+    return 0
+
+
 def _fail(msg: str) -> int:
     print(f"hub-reflow: error: {msg}", file=sys.stderr)
     return 2
@@ -121,11 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     _add_demo(sub)
     _add_push(sub)
     _add_pull(sub)
+    _add_card(sub)
     args = parser.parse_args(argv)
     # LeRobot warns at import, with a long traceback, when FFmpeg is missing: we read no videos.
     logging.getLogger("lerobot.utils.import_utils").setLevel(logging.ERROR)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "huggingface_hub", "datasets", "accelerate"):
+    for noisy in ("httpx", "huggingface_hub", "datasets", "accelerate", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from .errors import UserError
 

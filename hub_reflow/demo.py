@@ -28,10 +28,10 @@ def run_demo(workdir: Path, *, teacher_train_steps: int = 1000, reflow_steps: in
     from .train import TrainArgs, train
 
     workdir = Path(workdir)
-    print(f"[1/4] tiny world in {workdir} (backbone, dataset, teacher by lerobot-train, {teacher_train_steps} steps)")
+    print(f"[1/5] tiny world in {workdir} (backbone, dataset, teacher by lerobot-train, {teacher_train_steps} steps)")
     world = build_tiny_world(workdir / "world", teacher_steps=teacher_train_steps)
 
-    print(f"[2/4] reflow student: {reflow_steps} steps, 1 Euler step, last {HOLDOUT} episodes held out")
+    print(f"[2/5] reflow student: {reflow_steps} steps, 1 Euler step, last {HOLDOUT} episodes held out")
     run_dir = workdir / "reflow"
     student_dir = train(TrainArgs(
         teacher=str(world.teacher), dataset=world.repo_id, dataset_root=world.dataset_root,
@@ -40,14 +40,14 @@ def run_demo(workdir: Path, *, teacher_train_steps: int = 1000, reflow_steps: in
                             holdout_episodes=HOLDOUT),
     ))
 
-    print("[3/4] loading both with plain LeRobot (SmolVLAPolicy.from_pretrained, make_pre_post_processors)")
+    print("[3/5] loading both with plain LeRobot (SmolVLAPolicy.from_pretrained, make_pre_post_processors)")
     loaded = {}
     for name, path in (("teacher", world.teacher), ("student", student_dir)):
         policy = SmolVLAPolicy.from_pretrained(str(path))
         pre, post = make_pre_post_processors(policy.config, pretrained_path=str(path))
         loaded[name] = (policy, pre, post)
 
-    print(f"[4/4] {frames} held-out frames, shared noise")
+    print(f"[4/5] {frames} held-out frames, shared noise")
     dataset = LeRobotDataset(world.repo_id, root=world.dataset_root)
     n_eps = dataset.meta.total_episodes
     start = int(dataset.meta.episodes["dataset_from_index"][n_eps - HOLDOUT])
@@ -57,6 +57,57 @@ def run_demo(workdir: Path, *, teacher_train_steps: int = 1000, reflow_steps: in
     table = markdown_table(rows)
     print()
     print(table)
-    result = {"rows": [r.__dict__ for r in rows], "student": str(student_dir), "frames": len(idx)}
+    print("[5/5] push to a local Hub, pull back with plain LeRobot in a fresh process")
+    commit_url, pulled = push_and_pull(workdir, world, student_dir)
+    print(f"pushed: {commit_url}")
+    print(f"plain LeRobot in a fresh process, from the Hub: {pulled}")
+    result = {"rows": [r.__dict__ for r in rows], "student": str(student_dir), "frames": len(idx),
+              "commit_url": commit_url, "pulled": pulled}
     (workdir / "demo_result.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+_PULL_SCRIPT = """
+import json, logging, sys, torch
+logging.disable(logging.WARNING)
+from lerobot.policies.factory import make_pre_post_processors
+from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+repo = sys.argv[1]
+policy = SmolVLAPolicy.from_pretrained(repo)
+pre, post = make_pre_post_processors(policy.config, pretrained_path=repo)
+obs = {"observation.images.cam": torch.rand(1, 3, 32, 32), "observation.state": torch.zeros(1, 2), "task": ["go around the post"]}
+chunk = post(policy.predict_action_chunk(pre(obs)))
+print(json.dumps({"num_steps": policy.config.num_steps, "chunk_shape": list(chunk.shape), "finite": bool(torch.isfinite(chunk).all())}))
+"""
+
+
+def push_and_pull(workdir: Path, world, student_dir: Path) -> tuple[str, dict]:
+    """The student's life on a Hub: a local Hub-compatible server stands in for huggingface.co."""
+    import subprocess
+    import sys
+
+    from .hub import push_checkpoint
+    from .testing.hub_server import HubServer
+    from .testing.tiny_world import publish_backbone
+
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()  # one bar per uploaded file otherwise
+    token = "hf_demo_write_token"
+    repo_id = "demo-user/smolvla-tiny-reflow"
+    with HubServer(workdir / "local-hub", {token: "write"}) as hub:
+        publish_backbone(world.backbone, endpoint=hub.url, token=token)  # what vlm_model_name names
+        from huggingface_hub import constants
+
+        saved = constants.HF_HUB_OFFLINE, constants.HF_HUB_DISABLE_XET
+        constants.HF_HUB_OFFLINE, constants.HF_HUB_DISABLE_XET = False, True
+        try:
+            commit_url = push_checkpoint(student_dir, repo_id, token=token, endpoint=hub.url)
+        finally:
+            constants.HF_HUB_OFFLINE, constants.HF_HUB_DISABLE_XET = saved
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_TOKEN": token, "HF_HUB_OFFLINE": "0",
+               "HF_HUB_DISABLE_XET": "1", "HF_HOME": str((workdir / "elsewhere-hf-home").resolve())}
+        r = subprocess.run([sys.executable, "-c", _PULL_SCRIPT, repo_id], env=env, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"plain LeRobot could not load the pushed student:\n{r.stderr[-3000:]}")
+    return commit_url, json.loads(r.stdout.strip().splitlines()[-1])

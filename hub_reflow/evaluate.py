@@ -97,3 +97,38 @@ def markdown_table(rows: list[Row]) -> str:
     for r in rows:
         lines.append(f"| {r.name} | {r.steps} | {r.rmse:.4f} | {r.latency_ms:.1f} | {r.latency_ms / ref_lat:.2f} |")
     return "\n".join(lines)
+
+
+def hardware() -> str:
+    """What ran the measurement, in words (for the card and the benchmarks)."""
+    import os
+    import platform
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA)"
+    cpu = platform.processor() or platform.machine()
+    return f"CPU {cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def measure(teacher, student, preprocessor, postprocessor, raw_batch: dict, *, teacher_steps: int,
+            student_steps: int, frames_from: str, seed: int = 0) -> dict:
+    """Fidelity and latency as plain values for the lineage file and the model card."""
+    rows, chunks = compare(teacher, preprocessor, postprocessor, student, preprocessor, postprocessor, raw_batch,
+                           teacher_steps=teacher_steps, student_steps=student_steps, seed=seed)
+    by_name = {r.name: r for r in rows}
+    ref, stu = rows[0], by_name[f"student @{student_steps}"]
+    return {
+        "frames": len(raw_batch["task"]),
+        "frames_from": frames_from,
+        "hardware": hardware(),
+        "rows": [r.__dict__ for r in rows],
+        "student_rmse": stu.rmse,
+        "teacher_rmse_at_student_steps": by_name[f"teacher @{student_steps}"].rmse,
+        "teacher_spread_rmse": by_name[f"teacher @{teacher_steps} (other noise)"].rmse,
+        "latency_ratio": stu.latency_ms / ref.latency_ms,
+        "example_chunks": {
+            f"teacher @{teacher_steps}": chunks["reference"][0].tolist(),
+            f"teacher @{student_steps}": chunks[f"teacher @{student_steps}"][0].tolist(),
+            f"student @{student_steps}": chunks[f"student @{student_steps}"][0].tolist(),
+        },
+    }

@@ -195,7 +195,8 @@ def push_checkpoint(
             raise
         except Exception as e:
             raise UserError(f"push: cannot render the model card ({type(e).__name__}); pass --force only for a complete checkpoint") from None
-        render_card(lineage, config, repo_id=repo_id).save(stage / README_NAME)
+        image_names = tuple(p.name for p in stage.glob("*.png"))
+        render_card(lineage, config, repo_id=repo_id, image_names=image_names).save(stage / README_NAME)
         try:
             api.create_repo(repo_id, private=private, exist_ok=True)
             if branch:

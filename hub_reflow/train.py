@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import LINEAGE_NAME, Lineage, ResolvedCheckpoint, atomic_dir, write_canonical
+from .checkpoint import LINEAGE_NAME, Lineage, ResolvedCheckpoint, atomic_dir, teacher_card_data, write_canonical
 from .config import ReflowConfig
 from .errors import UserError
 
@@ -153,6 +153,27 @@ def save_checkpoint(output_dir: Path, step: int, policy, optimizer, scheduler, n
     return final
 
 
+EVAL_FRAMES = 16
+
+
+def _evaluate(policy, args: TrainArgs, ds_info: dict, preprocessor, postprocessor) -> dict:
+    """The final student against its teacher on held-out frames (training frames when none are
+    held out), through the teacher's processors, with shared noise."""
+    import numpy as np
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from .evaluate import measure, observation_batch
+
+    lo, hi = ds_info["holdout_episodes"]
+    held_out = hi > lo
+    episodes = list(range(lo, hi)) if held_out else [0]
+    ds = LeRobotDataset(args.dataset, root=args.dataset_root, revision=args.dataset_revision, episodes=episodes)
+    idx = sorted({int(i) for i in np.linspace(0, len(ds) - 1, min(EVAL_FRAMES, len(ds)))})
+    return measure(policy.teacher, policy.student, preprocessor, postprocessor, observation_batch(ds, idx),
+                   teacher_steps=policy.reflow_config.teacher_steps, student_steps=policy.reflow_config.student_steps,
+                   frames_from="held-out episodes" if held_out else "training episode 0 (no episode was held out)")
+
+
 def _cycle(dataloader):
     while True:  # each pass re-enters the sampler, which advances its epoch
         yield from dataloader
@@ -191,8 +212,8 @@ def train(args: TrainArgs) -> Path:
     policy = ReflowPolicy.from_teacher(resolved.path, rcfg, device=device)
     policy.base = ResolvedCheckpoint(resolved.path, resolved.ref)  # keep the Hub ref (repo id + sha)
     policy.lineage = Lineage(teacher=resolved.ref, reflow=rcfg.to_dict(), dataset=ds_info,
-                             teacher_num_steps=teacher_cfg.num_steps)
-    preprocessor, _ = make_pre_post_processors(
+                             teacher_num_steps=teacher_cfg.num_steps, teacher_card=teacher_card_data(resolved.path))
+    preprocessor, postprocessor = make_pre_post_processors(
         teacher_cfg, pretrained_path=str(resolved.path),
         preprocessor_overrides={"device_processor": {"device": device}},
     )
@@ -254,6 +275,10 @@ def train(args: TrainArgs) -> Path:
             loss_sum, loss_n = 0.0, 0
         if (args.save_freq > 0 and step % args.save_freq == 0) or step == rcfg.steps:
             accelerator.wait_for_everyone()
+            if main and step == rcfg.steps:
+                tqdm.write("measuring fidelity and latency against the teacher")
+                policy.lineage.evaluation = _evaluate(policy, args, ds_info, preprocessor, postprocessor)
+                model.train()
             if main:
                 policy.lineage.training.update({
                     "device": device, "num_processes": accelerator.num_processes,

@@ -54,7 +54,8 @@ def hub_env(server, hf_home, token: str | None = WRITE) -> dict:
 
 
 def expected_files(folder: Path) -> set[str]:
-    return {"config.json", "model.safetensors", LINEAGE_NAME, "README.md", *processor_files(folder)}
+    return {"config.json", "model.safetensors", LINEAGE_NAME, "README.md", *processor_files(folder),
+            *(p.name for p in folder.glob("*.png"))}
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +208,35 @@ def test_reflow_policy_push_to_hub_uses_the_same_path(server, student_fp32, monk
     assert server.commit_count("user/from-policy") == 1
     assert set(server.repo_files("user/from-policy")) - {".gitattributes"} == expected_files(student_fp32)
     assert server.read_file("user/from-policy", "model.safetensors") == (student_fp32 / "model.safetensors").read_bytes()
+
+
+def test_teacher_from_the_hub_is_recorded_at_its_commit(server, hf_home, world, tmp_path):
+    """A student trained from a teacher served by the Hub records the repo id and the exact commit
+    the revision resolved to, and its card shows them."""
+    teacher_repo = "user/tiny-teacher"
+    api = HfApi(endpoint=server.url, token=WRITE)
+    api.create_repo(teacher_repo, exist_ok=True)
+    api.upload_folder(folder_path=str(world.teacher_fp32), repo_id=teacher_repo)
+    sha = server.head(teacher_repo)
+    out = tmp_path / "run"
+    run_cli("train", "--teacher", teacher_repo, "--teacher-revision", "main", "--dataset", world.repo_id,
+            "--dataset-root", str(world.dataset_root), "--output-dir", str(out), "--steps", "2", "--batch-size", "4",
+            "--device", "cpu", env=hub_env(server, hf_home, READ))
+    student = out / "checkpoints" / "last" / "pretrained_model"
+    lineage = json.loads((student / LINEAGE_NAME).read_text())
+    assert lineage["teacher"]["repo_id"] == teacher_repo
+    assert lineage["teacher"]["commit"] == sha and lineage["teacher"]["revision"] == "main"
+    push_checkpoint(student, "user/hub-teacher-student", token=WRITE, endpoint=server.url)
+    card = server.read_file("user/hub-teacher-student", "README.md").decode()
+    assert sha in card and teacher_repo in card
+    assert f"base_model: {teacher_repo}" in card and "base_model_relation: finetune" in card
+
+
+def test_demo_push_and_pull_with_plain_lerobot_elsewhere(world, student_fp32, tmp_path):
+    """The demo's last stage: a fresh local Hub, push, then plain LeRobot in a fresh process with an
+    empty cache loads the student (and its backbone) from that Hub and acts."""
+    from hub_reflow.demo import push_and_pull
+
+    commit_url, pulled = push_and_pull(tmp_path, world, student_fp32)
+    assert "/demo-user/smolvla-tiny-reflow/commit/" in commit_url
+    assert pulled == {"num_steps": 1, "chunk_shape": [1, 8, 2], "finite": True}

@@ -53,6 +53,11 @@ def assert_canonical(student: Path, teacher: Path, student_steps: int = 1) -> No
     assert len(names) == 4
     for name in names:
         assert (student / name).read_bytes() == (teacher / name).read_bytes(), name
+    # The exact file set: LeRobot's files, the lineage, the card images.
+    assert {p.name for p in student.iterdir()} == {
+        "config.json", "model.safetensors", *names, "reflow_lineage.json", "loss_curve.png", "teacher_vs_student.png"}
+    for png in ("loss_curve.png", "teacher_vs_student.png"):
+        assert (student / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Nothing absolute-pathed of ours in what we add.
     lineage = (student / "reflow_lineage.json").read_text()
     assert str(Path.home()) not in lineage and "/tmp" not in lineage
@@ -76,6 +81,12 @@ def test_canonical_from_bf16_teacher(world, student_bf16):
     assert lineage["training"]["step"] == 1000 and lineage["reflow"]["teacher_steps"] == 10
     assert lineage["teacher"]["repo_id"] is None and len(lineage["teacher"]["weights_sha256"]) == 64
     assert lineage["dataset"]["holdout_episodes"] == [20, 24]
+    # Measured at the end of training, on held-out frames, for the card.
+    ev = lineage["evaluation"]
+    assert ev["frames_from"] == "held-out episodes" and ev["frames"] == 16
+    assert [r["name"] for r in ev["rows"]] == ["teacher @10", "teacher @10 (other noise)", "teacher @1", "student @1"]
+    assert ev["student_rmse"] == ev["rows"][3]["rmse"] and 0 < ev["latency_ratio"] < 1
+    assert len(ev["example_chunks"]["student @1"]) == 8
 
 
 def test_canonical_from_fp32_teacher(world, student_fp32):

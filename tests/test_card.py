@@ -1,0 +1,38 @@
+"""The model card template ships inside the wheel, and MODEL_CARD.md's example matches it."""
+
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sections(text: str) -> list[str]:
+    return re.findall(r"^## (.+)$", text, flags=re.M)
+
+
+def test_template_is_in_the_wheel_and_renders_from_it(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+                   check=True, capture_output=True)
+    wheel = next(tmp_path.glob("hub_reflow-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "hub_reflow/templates/model_card.md" in names
+    # Import hub_reflow from the wheel itself (zipimport), not from the source tree.
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import hub_reflow.card as c; "
+        "assert c.__file__.startswith(sys.argv[1]), c.__file__; print(c.template_text())"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(wheel)], capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert r.stdout.strip() == (ROOT / "templates" / "model_card.md").read_text().strip()
+
+
+def test_model_card_md_example_matches_the_template_sections():
+    doc = (ROOT / "MODEL_CARD.md").read_text()
+    example = doc.split("<!-- example start -->", 1)[1].split("<!-- example end -->", 1)[0]
+    template = (ROOT / "templates" / "model_card.md").read_text()
+    assert _sections(example) == _sections(template)
+    # A local teacher (the demo's): no base_model; that case is tested against the local Hub.
+    for field in ("library_name: lerobot", "pipeline_tag: robotics", "- reflow", "datasets:"):
+        assert field in example
