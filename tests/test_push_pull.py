@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from huggingface_hub import HfApi, constants, snapshot_download
+from huggingface_hub import HfApi, ModelCard, constants, hf_hub_download, snapshot_download
 from huggingface_hub.errors import RepositoryNotFoundError
 
 from hub_reflow.checkpoint import LINEAGE_NAME, processor_files
@@ -182,10 +182,12 @@ def test_pushed_files_hold_no_token_nor_local_path(server, pushed, student_fp32)
             assert s not in data, (name, s)
 
 
-def test_private_repo_is_invisible_without_a_token(server, student_fp32):
+def test_private_repo_is_invisible_without_a_token(server, student_fp32, tmp_path):
     push_checkpoint(student_fp32, "user/secret", private=True, token=WRITE, endpoint=server.url)
     with pytest.raises(RepositoryNotFoundError):
         HfApi(endpoint=server.url, token=False).model_info("user/secret")
+    with pytest.raises(RepositoryNotFoundError):
+        hf_hub_download("user/secret", "config.json", endpoint=server.url, token=False, cache_dir=tmp_path / "c")
     assert HfApi(endpoint=server.url, token=READ).model_info("user/secret").private
 
 
@@ -229,7 +231,14 @@ def test_teacher_from_the_hub_is_recorded_at_its_commit(server, hf_home, world, 
     push_checkpoint(student, "user/hub-teacher-student", token=WRITE, endpoint=server.url)
     card = server.read_file("user/hub-teacher-student", "README.md").decode()
     assert sha in card and teacher_repo in card
-    assert f"base_model: {teacher_repo}" in card and "base_model_relation: finetune" in card
+    # The card's metadata as huggingface_hub parses it from the Hub.
+    readme = hf_hub_download("user/hub-teacher-student", "README.md", endpoint=server.url, token=READ,
+                             cache_dir=tmp_path / "cache")
+    data = ModelCard.load(readme).data
+    assert data.base_model == teacher_repo and data.base_model_relation == "finetune"
+    assert data.datasets == [world.repo_id]
+    assert data.library_name == "lerobot" and data.pipeline_tag == "robotics"
+    assert data.tags == ["lerobot", "smolvla", "reflow", "rectified-flow", "robotics"]
 
 
 def test_demo_push_and_pull_with_plain_lerobot_elsewhere(world, student_fp32, tmp_path):
@@ -240,3 +249,12 @@ def test_demo_push_and_pull_with_plain_lerobot_elsewhere(world, student_fp32, tm
     commit_url, pulled = push_and_pull(tmp_path, world, student_fp32)
     assert "/demo-user/smolvla-tiny-reflow/commit/" in commit_url
     assert pulled == {"num_steps": 1, "chunk_shape": [1, 8, 2], "finite": True}
+
+
+def test_push_to_a_branch_leaves_main_alone(server, student_fp32):
+    repo = "user/branched"
+    url = push_checkpoint(student_fp32, repo, branch="dev", token=WRITE, endpoint=server.url)
+    assert url.endswith(server.head(repo, "dev"))
+    assert server.head(repo, "main") != server.head(repo, "dev")
+    assert set(server.repo_files(repo, "main")) == {".gitattributes"}
+    assert "model.safetensors" in server.repo_files(repo, "dev")
