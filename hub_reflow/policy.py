@@ -79,16 +79,19 @@ class ReflowPolicy(
     @classmethod
     def from_teacher(
         cls,
-        teacher: str | Path,
+        teacher: str | Path | ResolvedCheckpoint,
         config: ReflowConfig | None = None,
         *,
         revision: str | None = None,
         device: str = "cpu",
     ) -> ReflowPolicy:
         """Teacher from a local checkpoint folder or a Hub repo id (``revision`` resolved to a
-        commit sha, recorded in the lineage). The student is a deep copy: bit-identical tensors,
-        same dtypes, its own VLM."""
-        resolved = resolve_checkpoint(str(teacher), revision, what="teacher")
+        commit sha, recorded in the lineage), or an already resolved checkpoint. The student is a
+        deep copy: bit-identical tensors, same dtypes, its own VLM."""
+        if isinstance(teacher, ResolvedCheckpoint):
+            resolved = teacher
+        else:
+            resolved = resolve_checkpoint(str(teacher), revision, what="teacher")
         teacher_policy = load_smolvla(resolved.path, device=device, what="teacher")
         student_policy = copy.deepcopy(teacher_policy)
         return cls(student_policy, teacher_policy, config, base=resolved)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import LINEAGE_NAME, Lineage, ResolvedCheckpoint, atomic_dir, teacher_card_data, write_canonical
+from .checkpoint import LINEAGE_NAME, Lineage, atomic_dir, teacher_card_data, write_canonical
 from .config import ReflowConfig
 from .errors import UserError
 
@@ -209,8 +209,7 @@ def train(args: TrainArgs) -> Path:
     teacher_cfg = read_policy_config(resolved.path)
     dataset, ds_info = load_dataset(teacher_cfg, args.dataset, args.dataset_root, args.dataset_revision, rcfg.holdout_episodes)
 
-    policy = ReflowPolicy.from_teacher(resolved.path, rcfg, device=device)
-    policy.base = ResolvedCheckpoint(resolved.path, resolved.ref)  # keep the Hub ref (repo id + sha)
+    policy = ReflowPolicy.from_teacher(resolved, rcfg, device=device)  # keeps the Hub ref (repo id + sha)
     policy.lineage = Lineage(teacher=resolved.ref, reflow=rcfg.to_dict(), dataset=ds_info,
                              teacher_num_steps=teacher_cfg.num_steps, teacher_card=teacher_card_data(resolved.path))
     preprocessor, postprocessor = make_pre_post_processors(
