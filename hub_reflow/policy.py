@@ -146,14 +146,6 @@ class ReflowPolicy(
         loss = student_losses(self.student, inputs, data, noise, time).mean()
         return loss, {"loss": loss.detach()}
 
-    def forward_cached(self, batch: dict, noise: Tensor, data: Tensor, time: Tensor | None = None) -> tuple[Tensor, dict]:
-        """The same loss from pairs made earlier (no teacher needed)."""
-        inputs = policy_inputs(self.student, batch)
-        if time is None:
-            time = flow.sample_time(self.reflow_config.time_sampling, inputs.batch_size, device=noise.device)
-        loss = student_losses(self.student, inputs, data, noise, time).mean()
-        return loss, {"loss": loss.detach()}
-
     # ---- saving and loading ---------------------------------------------------------------------
 
     def _save_pretrained(self, save_directory: Path) -> None:
