@@ -84,8 +84,10 @@ def validate_smolvla_folder(folder: Path, what: str = "teacher") -> dict:
     return raw
 
 
-def resolve_checkpoint(ref: str, revision: str | None = None, what: str = "teacher") -> ResolvedCheckpoint:
-    """A local folder, or a Hub repo id at ``revision`` resolved to its commit sha and downloaded."""
+def resolve_checkpoint(ref: str, revision: str | None = None, what: str = "teacher", validate: bool = True) -> ResolvedCheckpoint:
+    """A local folder, or a Hub repo id at ``revision`` resolved to its commit sha and downloaded.
+
+    ``validate=False`` accepts an incomplete checkpoint (for ``verify``, which reports what lacks)."""
     local = Path(ref).expanduser()
     if local.exists():
         if not local.is_dir():
@@ -93,14 +95,19 @@ def resolve_checkpoint(ref: str, revision: str | None = None, what: str = "teach
         folder = _find_pretrained_dir(local)
         if folder is None:
             raise UserError(f"{what}: no config.json in {ref} (nor in its pretrained_model/ or checkpoints/last/); pass a SmolVLA checkpoint folder")
-        validate_smolvla_folder(folder, what)
-        return ResolvedCheckpoint(folder, CheckpointRef(None, None, None, sha256_file(folder / WEIGHTS_NAME)))
+        if validate:
+            validate_smolvla_folder(folder, what)
+        return ResolvedCheckpoint(folder, CheckpointRef(None, None, None, _weights_sha(folder)))
     if not _REPO_ID_RE.match(ref) or ref.startswith((".", "/", "~")):
         raise UserError(f"{what}: {ref} does not exist as a folder and is not a Hub repo id (namespace/name); check the path")
-    return _download_checkpoint(ref, revision, what)
+    return _download_checkpoint(ref, revision, what, validate)
 
 
-def _download_checkpoint(repo_id: str, revision: str | None, what: str) -> ResolvedCheckpoint:
+def _weights_sha(folder: Path) -> str:
+    return sha256_file(folder / WEIGHTS_NAME) if (folder / WEIGHTS_NAME).is_file() else ""
+
+
+def _download_checkpoint(repo_id: str, revision: str | None, what: str, validate: bool = True) -> ResolvedCheckpoint:
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
@@ -115,8 +122,9 @@ def _download_checkpoint(repo_id: str, revision: str | None, what: str) -> Resol
         raise UserError(f"{what}: could not download {repo_id}: {str(e).splitlines()[0]}") from None
     except OSError as e:  # offline mode, no cache entry, connection refused
         raise UserError(f"{what}: could not reach the Hub for {repo_id} ({type(e).__name__}); check HF_ENDPOINT / network") from None
-    validate_smolvla_folder(folder, what)
-    return ResolvedCheckpoint(folder, CheckpointRef(repo_id, commit, revision, sha256_file(folder / WEIGHTS_NAME)))
+    if validate:
+        validate_smolvla_folder(folder, what)
+    return ResolvedCheckpoint(folder, CheckpointRef(repo_id, commit, revision, _weights_sha(folder)))
 
 
 def smolvla_field_names() -> set[str]:

@@ -130,6 +130,87 @@ def _cmd_card(a) -> int:
     return 0
 
 
+def _add_verify(sub) -> None:
+    p = sub.add_parser("verify", help="check that a reflow checkpoint is canonical and acts like its teacher")
+    p.add_argument("checkpoint", help="student checkpoint: local pretrained_model/ folder or Hub repo id")
+    _add_verify_args(p, "teacher checkpoint (folder or Hub repo id); default: the lineage's Hub teacher, else the "
+                     "structure is checked against what LeRobot builds from the checkpoint's config")
+    p.set_defaults(func=_cmd_verify)
+
+
+def _add_verify_args(p, teacher_help: str) -> None:
+    p.add_argument("--revision", default=None, help="branch, tag or commit of a Hub checkpoint")
+    p.add_argument("--teacher", default=None, help=teacher_help)
+    p.add_argument("--teacher-revision", default=None)
+    p.add_argument("--json", action="store_true", help="print the verify report as JSON")
+    p.add_argument("--dataset", default=None, help="LeRobotDataset repo id: also measure fidelity and speed against the teacher")
+    p.add_argument("--dataset-root", type=Path, default=None, help="local folder of the dataset")
+    p.add_argument("--frames", type=int, default=32, help="held-out frames for the fidelity check")
+    p.add_argument("--tolerance", type=float, default=1.1,
+                   help="fidelity passes when the student's error is at most this times the smaller of the teacher's "
+                   "own spread and the teacher's error at the student's step count")
+    p.add_argument("--no-speed", action="store_true", help="skip the timing checks")
+
+
+def _print_report(report, as_json: bool) -> int:
+    import json
+
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(f"checkpoint: {report.checkpoint}")
+        print(f"teacher:    {report.teacher or '(none: structure against the architecture of its config)'}")
+        for line in report.lines():
+            print(line)
+        failed = sorted(report.failed_names())
+        print("verdict: " + ("PASS" if report.passed else f"FAIL ({', '.join(failed)})"))
+    return 0 if report.passed else 1
+
+
+def _run_verify(a, checkpoint: str, revision: str | None):
+    from .errors import UserError
+    from .verify import verify
+
+    if a.frames < 1:
+        raise UserError("--frames must be at least 1")
+    return verify(checkpoint, a.teacher, revision=revision, teacher_revision=a.teacher_revision, dataset=a.dataset,
+                  dataset_root=a.dataset_root, frames=a.frames, tolerance=a.tolerance, speed=not a.no_speed)
+
+
+def _quiet_stdout(as_json: bool):
+    """With --json, stdout carries the JSON only: what libraries print while loading goes to stderr."""
+    import contextlib
+
+    return contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
+
+
+def _cmd_verify(a) -> int:
+    with _quiet_stdout(a.json):
+        report = _run_verify(a, a.checkpoint, a.revision)
+    return _print_report(report, a.json)
+
+
+def _add_canonicalize(sub) -> None:
+    p = sub.add_parser("canonicalize", help="repair a non-canonical SmolVLA reflow checkpoint into DST, then verify it")
+    p.add_argument("src", help="the checkpoint to repair (folder or Hub repo id); never modified")
+    p.add_argument("dst", type=Path, help="new folder for the canonical checkpoint")
+    _add_verify_args(p, "the teacher (folder or Hub repo id): its dtype layout, load_vlm_weights and processor "
+                     "files; without it the load_vlm_weights: true layout")
+    p.set_defaults(func=_cmd_canonicalize)
+
+
+def _cmd_canonicalize(a) -> int:
+    from .canonicalize import canonicalize
+
+    with _quiet_stdout(a.json):
+        changes = canonicalize(a.src, a.dst, a.teacher, revision=a.revision, teacher_revision=a.teacher_revision)
+        print(f"wrote {a.dst}")
+        for change in changes:
+            print(f"changed: {change}")
+        report = _run_verify(a, str(a.dst), None)
+    return _print_report(report, a.json)
+
+
 def _fail(msg: str) -> int:
     print(f"hub-reflow: error: {msg}", file=sys.stderr)
     return 2
@@ -143,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_push(sub)
     _add_pull(sub)
     _add_card(sub)
+    _add_verify(sub)
+    _add_canonicalize(sub)
     args = parser.parse_args(argv)
     # LeRobot warns at import, with a long traceback, when FFmpeg is missing: we read no videos.
     logging.getLogger("lerobot.utils.import_utils").setLevel(logging.ERROR)

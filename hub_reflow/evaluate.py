@@ -41,6 +41,8 @@ def chunk(policy, preprocessor, postprocessor, raw_batch: dict, noise: torch.Ten
 
 
 def _latency_ms(policy, preprocessor, raw_one: dict, noise_one: torch.Tensor, steps: int, repeats: int) -> float:
+    if repeats == 0:  # not asked for
+        return float("nan")
     obs = preprocessor(dict(raw_one))
     times = []
     with torch.no_grad(), num_steps(policy, steps):

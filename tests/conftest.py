@@ -32,18 +32,35 @@ def run_cli(*args: str, check: bool = True, env: dict | None = None, timeout: in
     return result
 
 
+# For developers: HUB_REFLOW_TEST_CACHE=DIR keeps the tiny world and the trained students in DIR
+# and reuses them across runs (CI leaves it unset: everything is built fresh).
+CACHE = os.environ.get("HUB_REFLOW_TEST_CACHE")
+
+
+def _cache_dir(tmp_path_factory, name: str) -> Path:
+    if CACHE:
+        path = Path(CACHE) / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return tmp_path_factory.mktemp(name)
+
+
 @pytest.fixture(scope="session")
 def world(tmp_path_factory):
     from hub_reflow.testing.tiny_world import build_tiny_world, train_teacher
 
-    w = build_tiny_world(tmp_path_factory.mktemp("world"), teacher_steps=TEACHER_STEPS)
+    w = build_tiny_world(_cache_dir(tmp_path_factory, "world"), teacher_steps=TEACHER_STEPS)
     # A second teacher trained from scratch: load_vlm_weights=false, everything fp32.
-    w.teacher_fp32 = train_teacher(w.root / "teacher-fp32", dataset_root=w.dataset_root,
-                                   steps=20, load_vlm_weights=False)
+    fp32 = w.root / "teacher-fp32" / "checkpoints" / "last" / "pretrained_model"
+    w.teacher_fp32 = fp32 if (CACHE and (fp32 / "model.safetensors").exists()) else train_teacher(
+        w.root / "teacher-fp32", dataset_root=w.dataset_root, steps=20, load_vlm_weights=False)
     return w
 
 
 def train_student(world, teacher: Path, out: Path, steps: int, *extra: str) -> Path:
+    final = out / "checkpoints" / "last" / "pretrained_model"
+    if CACHE and (final / "reflow_lineage.json").exists():
+        return final
     run_cli("train", "--teacher", str(teacher), "--dataset", world.repo_id, "--dataset-root", str(world.dataset_root),
             "--output-dir", str(out), "--steps", str(steps), "--batch-size", "32", "--lr", "1e-3",
             "--holdout-episodes", str(HOLDOUT), "--device", "cpu", "--log-freq", "50", *extra)
@@ -53,9 +70,9 @@ def train_student(world, teacher: Path, out: Path, steps: int, *extra: str) -> P
 @pytest.fixture(scope="session")
 def student_bf16(world, tmp_path_factory):
     """The reflow student of the bf16-VLM teacher, trained long enough to be measured."""
-    return train_student(world, world.teacher, tmp_path_factory.mktemp("run") / "bf16", 1000)
+    return train_student(world, world.teacher, _cache_dir(tmp_path_factory, "run") / "bf16", 1000)
 
 
 @pytest.fixture(scope="session")
 def student_fp32(world, tmp_path_factory):
-    return train_student(world, world.teacher_fp32, tmp_path_factory.mktemp("run") / "fp32", 10)
+    return train_student(world, world.teacher_fp32, _cache_dir(tmp_path_factory, "run") / "fp32", 10)

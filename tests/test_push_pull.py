@@ -239,6 +239,13 @@ def test_teacher_from_the_hub_is_recorded_at_its_commit(server, hf_home, world, 
     assert data.datasets == [world.repo_id]
     assert data.library_name == "lerobot" and data.pipeline_tag == "robotics"
     assert data.tags == ["lerobot", "smolvla", "reflow", "rectified-flow", "robotics"]
+    # verify by repo id: the teacher is found from the lineage (its Hub repo at the recorded commit).
+    pushed_sha = server.head("user/hub-teacher-student")
+    result = run_cli("verify", "user/hub-teacher-student", "--revision", "main", env=hub_env(server, hf_home, READ))
+    assert f"checkpoint: user/hub-teacher-student@{pushed_sha}" in result.stdout
+    assert f"teacher taken from the lineage: {teacher_repo}@{sha}" in result.stdout
+    assert "PASS  weights.vlm" in result.stdout and "PASS  lineage" in result.stdout
+    assert result.stdout.rstrip().endswith("verdict: PASS")
 
 
 def test_demo_push_and_pull_with_plain_lerobot_elsewhere(world, student_fp32, tmp_path):
