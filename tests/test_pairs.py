@@ -62,7 +62,7 @@ def test_pairs_are_lerobots_own_sample_actions(world, pairs_dir):
     ds = LeRobotDataset(world.repo_id, root=world.dataset_root)
     n_train = int(ds.meta.episodes["dataset_from_index"][24 - HOLDOUT])
     assert len(table) == n_train * PER_FRAME == meta["num_rows"]
-    assert table["frame_index"][::PER_FRAME].tolist() == list(range(n_train))  # rows by (frame, draw)
+    assert table[:]["frame_index"][::PER_FRAME].tolist() == list(range(n_train))  # rows by (frame, draw)
 
     # Noise: one CPU generator seeded with SEED, drawn per batch, one draw after the other.
     g = torch.Generator().manual_seed(SEED)
