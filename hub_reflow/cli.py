@@ -32,6 +32,8 @@ def _add_train(sub) -> None:
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from checkpoints/last")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--pairs", default=None, help="train on cached teacher pairs (hub-reflow pairs): folder or Hub dataset repo id")
+    p.add_argument("--pairs-revision", default=None, help="branch, tag or commit of a Hub pairs repo")
     p.set_defaults(func=_cmd_train)
 
 
@@ -52,9 +54,40 @@ def _cmd_train(a) -> int:
         teacher=a.teacher, teacher_revision=a.teacher_revision, dataset=a.dataset, dataset_root=a.dataset_root,
         dataset_revision=a.dataset_revision, output_dir=a.output_dir, reflow=rcfg, device=a.device,
         save_freq=a.save_freq, log_freq=a.log_freq, num_workers=a.num_workers, resume=a.resume,
-        progress=not a.no_progress,
+        progress=not a.no_progress, pairs=a.pairs, pairs_revision=a.pairs_revision,
     ))
     print(f"student checkpoint: {out}")
+    return 0
+
+
+def _add_pairs(sub) -> None:
+    p = sub.add_parser("pairs", help="run the teacher once over the dataset and cache its (noise, target) pairs")
+    p.add_argument("--teacher", required=True, help="teacher checkpoint: local pretrained_model/ folder or Hub repo id")
+    p.add_argument("--teacher-revision", default=None)
+    p.add_argument("--dataset", required=True, help="LeRobotDataset repo id")
+    p.add_argument("--dataset-root", type=Path, default=None, help="local folder of the dataset (else the Hub)")
+    p.add_argument("--dataset-revision", default=None)
+    p.add_argument("--output", type=Path, required=True, help="new folder for the pairs (a Hub dataset repo layout)")
+    p.add_argument("--per-frame", type=int, default=1, help="noise draws per training frame")
+    p.add_argument("--teacher-steps", type=int, default=10, help="Euler steps the teacher integrates per target")
+    p.add_argument("--holdout-episodes", type=int, default=0, help="leave the last N episodes out (as train will)")
+    p.add_argument("--seed", type=int, default=1000, help="seed of the noise generator")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_pairs)
+
+
+def _cmd_pairs(a) -> int:
+    from .pairs import PairsArgs, make_pairs
+
+    out = make_pairs(PairsArgs(
+        teacher=a.teacher, teacher_revision=a.teacher_revision, dataset=a.dataset, dataset_root=a.dataset_root,
+        dataset_revision=a.dataset_revision, output=a.output, per_frame=a.per_frame, teacher_steps=a.teacher_steps,
+        holdout_episodes=a.holdout_episodes, seed=a.seed, batch_size=a.batch_size, device=a.device,
+        progress=not a.no_progress,
+    ))
+    print(f"teacher pairs: {out}")
     return 0
 
 
@@ -75,8 +108,9 @@ def _cmd_demo(a) -> int:
 
 
 def _add_push(sub) -> None:
-    p = sub.add_parser("push", help="push a reflow student checkpoint to the Hub (one commit, with its model card)")
-    p.add_argument("checkpoint", type=Path, help="pretrained_model/ folder (or its checkpoints/<step>/ parent)")
+    p = sub.add_parser("push", help="push a reflow student checkpoint (or a teacher pairs folder) to the Hub in one commit")
+    p.add_argument("checkpoint", type=Path, help="pretrained_model/ folder (or its checkpoints/<step>/ parent), or a "
+                   "folder made by `hub-reflow pairs` (pushed as a dataset repo)")
     p.add_argument("--repo-id", required=True, help="Hub repo id, namespace/name")
     p.add_argument("--private", action="store_true", help="create the repo private")
     p.add_argument("--branch", default=None, help="push to this branch (created if missing)")
@@ -88,6 +122,13 @@ def _add_push(sub) -> None:
 
 def _cmd_push(a) -> int:
     from .hub import push_checkpoint
+    from .pairs import PAIRS_META_NAME
+
+    if (a.checkpoint / PAIRS_META_NAME).is_file():  # a pairs folder: a dataset repo
+        from .hub import push_pairs
+
+        print(push_pairs(a.checkpoint, a.repo_id, private=a.private, branch=a.branch, commit_message=a.message, tag=a.tag))
+        return 0
 
     print(push_checkpoint(a.checkpoint, a.repo_id, private=a.private, branch=a.branch, commit_message=a.message,
                           tag=a.tag, force=a.force))
@@ -220,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hub-reflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    _add_pairs(sub)
     _add_demo(sub)
     _add_push(sub)
     _add_pull(sub)

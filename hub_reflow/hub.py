@@ -215,6 +215,43 @@ def push_checkpoint(
     return str(info.commit_url)
 
 
+def push_pairs(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    branch: str | None = None,
+    commit_message: str | None = None,
+    token: str | None = None,
+    tag: str | None = None,
+    endpoint: str | None = None,
+) -> str:
+    """Upload a teacher pairs folder (``hub-reflow pairs``) as a Hub dataset repo in one commit,
+    after checking its data files against its metadata; return the commit URL."""
+    from huggingface_hub import HfApi
+
+    from .pairs import read_pairs_meta
+
+    _validate_repo_id(repo_id, "push")
+    folder = Path(folder).expanduser()
+    read_pairs_meta(folder, str(folder), action="push")  # metadata readable, data sha256 as recorded
+    api = HfApi(token=token, endpoint=endpoint)
+    try:
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        if branch:
+            api.create_branch(repo_id, repo_type="dataset", branch=branch, exist_ok=True)
+        info = api.upload_folder(
+            folder_path=folder, repo_id=repo_id, repo_type="dataset", revision=branch,
+            commit_message=commit_message or "Upload reflow teacher pairs (hub-reflow)",
+            ignore_patterns=[".cache/**", ".tmp-*", ".old-*"],
+        )
+        if tag:
+            api.create_tag(repo_id, repo_type="dataset", tag=tag, revision=info.oid, exist_ok=False)
+    except _hub_errors() as e:
+        raise _hub_error(e, repo_id, "push", token) from None
+    return str(info.commit_url)
+
+
 def push_policy(policy, repo_id: str, **kwargs) -> str:
     """``ReflowPolicy.push_to_hub``: save the canonical checkpoint into a temp dir, then ``push_checkpoint``."""
     _validate_repo_id(repo_id, "push")

@@ -133,14 +133,22 @@ class ReflowPolicy(
             raise UserError("this ReflowPolicy has no teacher attached; call attach_teacher() first")
         if noise is None:
             noise = torch.randn(noise_shape(self.student, inputs.batch_size), dtype=torch.float32, device=inputs.state.device)
-        chunk = sample_chunk(self.teacher, inputs, noise, self.reflow_config.teacher_steps)
-        return noise, pad_to_data(chunk.float(), self.student.config.action_feature.shape[0])
+        return teacher_pairs(self.teacher, inputs, noise, self.reflow_config.teacher_steps,
+                             self.student.config.action_feature.shape[0])
 
-    def forward(self, batch: dict, noise: Tensor | None = None, time: Tensor | None = None) -> tuple[Tensor, dict]:
+    def forward(self, batch: dict, noise: Tensor | None = None, time: Tensor | None = None,
+                target: Tensor | None = None) -> tuple[Tensor, dict]:
         """The reflow loss on a preprocessed batch: student velocity error on straight paths between
-        ``z`` and the teacher's output for ``z`` (DESIGN.md section 2)."""
+        ``z`` and the teacher's output for ``z`` (DESIGN.md section 2).
+
+        ``target`` (with its ``noise``): a cached pair (``pairs.py``) used as is; the teacher is not run."""
         inputs = policy_inputs(self.student, batch)
-        noise, data = self.make_pairs(inputs, noise)
+        if target is not None:
+            if noise is None:
+                raise ValueError("a cached target needs the noise it was made from")
+            data = target
+        else:
+            noise, data = self.make_pairs(inputs, noise)
         if time is None:
             time = flow.sample_time(self.reflow_config.time_sampling, inputs.batch_size, device=noise.device)
         loss = student_losses(self.student, inputs, data, noise, time).mean()
@@ -190,6 +198,15 @@ class ReflowPolicy(
         from .card import render_card
 
         return render_card(self.lineage, self.student.config)
+
+
+@torch.no_grad()
+def teacher_pairs(teacher, inputs, noise: Tensor, teacher_steps: int, real_dim: int) -> tuple[Tensor, Tensor]:
+    """The reflow training pair for ``noise``: ``(z, a)`` with ``a`` the teacher's ``teacher_steps``
+    Euler output for ``z``, float32, padded like LeRobot's training data (``pad_to_data``). Used by
+    online training (``make_pairs``) and by the cached pairs (``pairs.make_pairs``) alike."""
+    chunk = sample_chunk(teacher, inputs, noise, teacher_steps)
+    return noise, pad_to_data(chunk.float(), real_dim)
 
 
 def _assert_independent(student, teacher) -> None:

@@ -37,6 +37,8 @@ class TrainArgs:
     num_workers: int = 0
     resume: bool = False
     progress: bool = True
+    pairs: str | None = None  # cached teacher pairs (pairs.py): folder or Hub dataset repo id
+    pairs_revision: str | None = None
 
 
 def _accelerator(device: str):
@@ -174,6 +176,14 @@ def _evaluate(policy, args: TrainArgs, ds_info: dict, preprocessor, postprocesso
                    frames_from="held-out episodes" if held_out else "training episode 0 (no episode was held out)")
 
 
+def _check_same_targets(saved: Lineage, now: Lineage) -> None:
+    """--resume continues with the targets the run started with (online, or the same cached pairs)."""
+    before, after = saved.dataset.get("pairs"), now.dataset.get("pairs")
+    if (before or {}).get("data_sha256") != (after or {}).get("data_sha256"):
+        was = f"cached pairs {before.get('repo_id') or 'from a local folder'} (sha256 {before['data_sha256'][:12]}...)" if before else "online pairs"
+        raise UserError(f"--resume: this run was trained with {was}; resume it with the same --pairs (or none)")
+
+
 def _cycle(dataloader):
     while True:  # each pass re-enters the sampler, which advances its epoch
         yield from dataloader
@@ -208,10 +218,21 @@ def train(args: TrainArgs) -> Path:
         resolved = resolve_checkpoint(args.teacher, args.teacher_revision, what="teacher")
     teacher_cfg = read_policy_config(resolved.path)
     dataset, ds_info = load_dataset(teacher_cfg, args.dataset, args.dataset_root, args.dataset_revision, rcfg.holdout_episodes)
+    pairs = None
+    if args.pairs:
+        from .pairs import PairsDataset, check_pairs, load_pairs
+
+        with accelerator.main_process_first():
+            pairs = load_pairs(args.pairs, args.pairs_revision)
+        check_pairs(pairs, resolved.ref, ds_info, rcfg.teacher_steps)
+        dataset = PairsDataset(dataset, pairs)  # frames by index, the teacher's targets from the cache
 
     policy = ReflowPolicy.from_teacher(resolved, rcfg, device=device)  # keeps the Hub ref (repo id + sha)
     policy.lineage = Lineage(teacher=resolved.ref, reflow=rcfg.to_dict(), dataset=ds_info,
                              teacher_num_steps=teacher_cfg.num_steps, teacher_card=teacher_card_data(resolved.path))
+    if pairs is not None:
+        policy.lineage.reflow["targets"] = "cached pairs"
+        policy.lineage.dataset["pairs"] = pairs.lineage_record()
     preprocessor, postprocessor = make_pre_post_processors(
         teacher_cfg, pretrained_path=str(resolved.path),
         preprocessor_overrides={"device_processor": {"device": device}},
@@ -219,13 +240,17 @@ def train(args: TrainArgs) -> Path:
     optimizer, scheduler, clip = _make_optimizer(policy, teacher_cfg, rcfg)
 
     step = 0
-    sampler = EpisodeAwareSampler(
-        dataset.meta.episodes["dataset_from_index"], dataset.meta.episodes["dataset_to_index"],
-        episode_indices_to_use=dataset.episodes, shuffle=True, seed=rcfg.seed,
-        absolute_to_relative_idx=dataset.absolute_to_relative_idx,
-    )
+    if pairs is not None:  # one "episode" spanning every pairs row: a seeded shuffle per epoch, resumable
+        sampler = EpisodeAwareSampler([0], [len(dataset)], shuffle=True, seed=rcfg.seed)
+    else:
+        sampler = EpisodeAwareSampler(
+            dataset.meta.episodes["dataset_from_index"], dataset.meta.episodes["dataset_to_index"],
+            episode_indices_to_use=dataset.episodes, shuffle=True, seed=rcfg.seed,
+            absolute_to_relative_idx=dataset.absolute_to_relative_idx,
+        )
     if args.resume:
         ckpt = last.resolve()
+        _check_same_targets(Lineage.from_file(ckpt / "pretrained_model" / LINEAGE_NAME), policy.lineage)
         load_model(policy.student, str(ckpt / "pretrained_model" / "model.safetensors"), strict=True, device=device)
         step, optimizer, scheduler = load_training_state(ckpt, optimizer, scheduler)
         policy.lineage.training = Lineage.from_file(ckpt / "pretrained_model" / LINEAGE_NAME).training
@@ -246,7 +271,7 @@ def train(args: TrainArgs) -> Path:
     dataloader = torch.utils.data.DataLoader(
         dataset, batch_size=rcfg.batch_size, sampler=sampler, num_workers=args.num_workers,
         drop_last=False, pin_memory=device == "cuda",
-        collate_fn=lerobot_collate_fn if dataset.meta.has_language_columns else None,
+        collate_fn=lerobot_collate_fn if (dataset.frames if pairs else dataset).meta.has_language_columns else None,
     )
     model, optimizer, dataloader, scheduler = accelerator.prepare(policy, optimizer, dataloader, scheduler)
     model.train()
@@ -254,8 +279,14 @@ def train(args: TrainArgs) -> Path:
     bar = tqdm(total=rcfg.steps, initial=step, desc="reflow", disable=None if (main and args.progress) else True, dynamic_ncols=True)  # None: off when not a TTY
     loss_sum, loss_n = 0.0, 0
     while step < rcfg.steps:
-        batch = preprocessor(next(batches))
-        loss, _ = model(batch)
+        batch = next(batches)
+        if pairs is not None:
+            from .pairs import NOISE_KEY, TARGET_KEY
+
+            noise, target = batch.pop(NOISE_KEY).to(accelerator.device), batch.pop(TARGET_KEY).to(accelerator.device)
+            loss, _ = model(preprocessor(batch), noise=noise, target=target)
+        else:
+            loss, _ = model(preprocessor(batch))
         accelerator.backward(loss)
         if clip:
             accelerator.clip_grad_norm_(policy.trainable_parameters(), clip)
