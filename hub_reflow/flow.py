@@ -39,18 +39,20 @@ def target_velocity(noise: Tensor, data: Tensor) -> Tensor:
     return noise - data
 
 
-def sample_time(kind: str, batch_size: int, device: torch.device | str = "cpu") -> Tensor:
-    """Training times, float32 of shape (B,).
+def sample_time(kind: str, batch_size: int, device: torch.device | str = "cpu",
+                generator: torch.Generator | None = None) -> Tensor:
+    """Training times, float32 of shape (B,), drawn on the CPU (from ``generator`` when given).
 
     ``uniform``: U[0, 1], as in Rectified Flow. ``beta``: SmolVLA's own training distribution,
-    ``Beta(1.5, 1) * 0.999 + 0.001`` (more weight near t = 1, the noise end).
+    ``Beta(1.5, 1) * 0.999 + 0.001`` (more weight near t = 1, the noise end), drawn by inverting its
+    CDF ``x ** 1.5`` so that a generator can drive it.
     """
-    if kind == "uniform":
-        return torch.rand(batch_size, dtype=torch.float32, device=device)
+    if kind not in TIME_SAMPLERS:
+        raise ValueError(f"time sampling must be one of {TIME_SAMPLERS}, got {kind!r}")
+    u = torch.rand(batch_size, dtype=torch.float32, generator=generator)
     if kind == "beta":
-        dist = torch.distributions.Beta(torch.tensor(1.5), torch.tensor(1.0))
-        return (dist.sample((batch_size,)) * 0.999 + 0.001).to(device=device, dtype=torch.float32)
-    raise ValueError(f"time sampling must be one of {TIME_SAMPLERS}, got {kind!r}")
+        u = u ** (1 / 1.5) * 0.999 + 0.001
+    return u.to(device)
 
 
 def euler_times(num_steps: int) -> list[float]:

@@ -184,6 +184,10 @@ def _check_same_targets(saved: Lineage, now: Lineage) -> None:
         raise UserError(f"--resume: this run was trained with {was}; resume it with the same --pairs (or none)")
 
 
+def _step_seed(seed: int, process: int, step: int) -> int:
+    return (seed * 1_000_003 + process * 7_919 + step) % (2**63)
+
+
 def _cycle(dataloader):
     while True:  # each pass re-enters the sampler, which advances its epoch
         yield from dataloader
@@ -199,7 +203,9 @@ def train(args: TrainArgs) -> Path:
     from tqdm.auto import tqdm
 
     from .checkpoint import read_policy_config, resolve_checkpoint
+    from .flow import sample_time
     from .policy import ReflowPolicy
+    from .smolvla import noise_shape
 
     rcfg = args.reflow
     output_dir = Path(args.output_dir)
@@ -239,7 +245,7 @@ def train(args: TrainArgs) -> Path:
     )
     optimizer, scheduler, clip = _make_optimizer(policy, teacher_cfg, rcfg)
 
-    step = 0
+    step, sampler_state = 0, None
     if pairs is not None:  # one "episode" spanning every pairs row: a seeded shuffle per epoch, resumable
         sampler = EpisodeAwareSampler([0], [len(dataset)], shuffle=True, seed=rcfg.seed)
     else:
@@ -255,10 +261,11 @@ def train(args: TrainArgs) -> Path:
         step, optimizer, scheduler = load_training_state(ckpt, optimizer, scheduler)
         policy.lineage.training = Lineage.from_file(ckpt / "pretrained_model" / LINEAGE_NAME).training
         # LeRobot's sample-exact resume: the data order continues where the run stopped.
-        sampler.load_state_dict(compute_sampler_state(
+        sampler_state = compute_sampler_state(
             step, len(sampler), load_training_batch_size(ckpt) or rcfg.batch_size,
             load_training_num_processes(ckpt) or accelerator.num_processes,
-        ))
+        )
+        sampler.load_state_dict(sampler_state)
         if main:
             logger.info("resumed from %s at step %d", ckpt.name, step)
     if step >= rcfg.steps:
@@ -274,19 +281,30 @@ def train(args: TrainArgs) -> Path:
         collate_fn=lerobot_collate_fn if (dataset.frames if pairs else dataset).meta.has_language_columns else None,
     )
     model, optimizer, dataloader, scheduler = accelerator.prepare(policy, optimizer, dataloader, scheduler)
+    if sampler_state is not None and hasattr(dataloader, "set_epoch"):
+        # accelerate's loader sets the sampler's epoch to its own pass count (0 after a restart)
+        # each time it is iterated: start that count at the resumed epoch.
+        dataloader.set_epoch(sampler_state["epoch"])
     model.train()
     batches = _cycle(dataloader)
     bar = tqdm(total=rcfg.steps, initial=step, desc="reflow", disable=None if (main and args.progress) else True, dynamic_ncols=True)  # None: off when not a TTY
     loss_sum, loss_n = 0.0, 0
     while step < rcfg.steps:
         batch = next(batches)
+        # Noise and times from a generator seeded by (seed, process, step): a resumed run draws
+        # exactly what the uninterrupted one would have (the global RNG is also used by the loader).
+        gen = torch.Generator().manual_seed(_step_seed(rcfg.seed, accelerator.process_index, step))
+        target = None
         if pairs is not None:
             from .pairs import NOISE_KEY, TARGET_KEY
 
             noise, target = batch.pop(NOISE_KEY).to(accelerator.device), batch.pop(TARGET_KEY).to(accelerator.device)
-            loss, _ = model(preprocessor(batch), noise=noise, target=target)
-        else:
-            loss, _ = model(preprocessor(batch))
+        batch = preprocessor(batch)
+        bsz = batch["observation.state"].shape[0]
+        if target is None:
+            noise = torch.randn(noise_shape(policy.student, bsz), dtype=torch.float32, generator=gen).to(accelerator.device)
+        time = sample_time(rcfg.time_sampling, bsz, accelerator.device, generator=gen)
+        loss, _ = model(batch, noise=noise, time=time, target=target)
         accelerator.backward(loss)
         if clip:
             accelerator.clip_grad_norm_(policy.trainable_parameters(), clip)

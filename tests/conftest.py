@@ -58,21 +58,25 @@ def world(tmp_path_factory):
 
 
 def train_student(world, teacher: Path, out: Path, steps: int, *extra: str) -> Path:
-    final = out / "checkpoints" / "last" / "pretrained_model"
-    if CACHE and (final / "reflow_lineage.json").exists():
-        return final
     run_cli("train", "--teacher", str(teacher), "--dataset", world.repo_id, "--dataset-root", str(world.dataset_root),
             "--output-dir", str(out), "--steps", str(steps), "--batch-size", "32", "--lr", "1e-3",
             "--holdout-episodes", str(HOLDOUT), "--device", "cpu", "--log-freq", "50", *extra)
     return out / "checkpoints" / "last" / "pretrained_model"
 
 
+def _cached_student(world, teacher: Path, out: Path, steps: int) -> Path:
+    final = out / "checkpoints" / "last" / "pretrained_model"
+    if CACHE and (final / "reflow_lineage.json").exists():
+        return final
+    return train_student(world, teacher, out, steps)
+
+
 @pytest.fixture(scope="session")
 def student_bf16(world, tmp_path_factory):
     """The reflow student of the bf16-VLM teacher, trained long enough to be measured."""
-    return train_student(world, world.teacher, _cache_dir(tmp_path_factory, "run") / "bf16", 1000)
+    return _cached_student(world, world.teacher, _cache_dir(tmp_path_factory, "run") / "bf16", 1000)
 
 
 @pytest.fixture(scope="session")
 def student_fp32(world, tmp_path_factory):
-    return train_student(world, world.teacher_fp32, _cache_dir(tmp_path_factory, "run") / "fp32", 10)
+    return _cached_student(world, world.teacher_fp32, _cache_dir(tmp_path_factory, "run") / "fp32", 10)
