@@ -18,8 +18,6 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
-
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -48,8 +46,10 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def setup_device(device: str, prog: str) -> torch.device:
+def setup_device(device: str, prog: str):
     """``auto`` picks CUDA when visible; CPU threads are set to the usable cores."""
+    import torch
+
     if device not in ("auto", "cpu", "cuda"):
         raise OptionError(prog, f"--device must be auto, cpu or cuda, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
@@ -60,7 +60,9 @@ def setup_device(device: str, prog: str) -> torch.device:
     return torch.device(device)
 
 
-def hardware(device: torch.device) -> dict:
+def hardware(device) -> dict:
+    import torch
+
     info = {
         "device": device.type,
         "cpu": cpu_name(),
@@ -69,6 +71,8 @@ def hardware(device: torch.device) -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        # Other work on the machine shares the cores: the 1-minute load average when measured.
+        "load_average_1m": os.getloadavg()[0],
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -90,12 +94,14 @@ def hardware_line(hw: dict) -> str:
     return f"CPU {hw['cpu']}, {hw['torch_threads']} threads, torch {hw['torch']}"
 
 
-def sync(device: torch.device) -> None:
+def sync(device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def time_call(fn: Callable[[], object], device: torch.device, *, warmup: int, repeats: int) -> list[float]:
+def time_call(fn: Callable[[], object], device, *, warmup: int, repeats: int) -> list[float]:
     """Wall times in seconds of ``repeats`` calls after ``warmup`` discarded ones (device synced)."""
     for _ in range(warmup):
         fn()

@@ -39,8 +39,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-
 from common import (  # noqa: E402
     RESULTS,
     OptionError,
@@ -62,6 +60,8 @@ DECAY = 0.9  # p_y <- p_y - 0.1 p_y (tiny_world.make_tiny_dataset)
 
 def true_modes(states: torch.Tensor, frame_index: torch.Tensor, episode_length: torch.Tensor, chunk: int):
     """The two true chunks (2, B, chunk, 2) and the valid-position mask (B, chunk)."""
+    import torch
+
     j = torch.arange(chunk, dtype=torch.float32)
     y = -states[:, 1:2] * DECAY**j  # (B, chunk)
     modes = torch.stack([torch.stack([torch.full_like(y, d), y], dim=-1) for d in (1.0, -1.0)])
@@ -88,8 +88,9 @@ def path_at(states: list[torch.Tensor], t: float) -> torch.Tensor:
     return (1 - w) * states[i] + w * states[i + 1]
 
 
-@torch.no_grad()
 def straightness(policy, inputs, noise: torch.Tensor, steps: int, action_dim: int) -> dict:
+    import torch
+
     from hub_reflow import flow
     from hub_reflow.smolvla import velocity_field
 
@@ -156,6 +157,8 @@ def train_student(teacher: Path, dataset_root: Path, repo_id: str, out: Path, *,
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    import torch
+
     a.workdir = a.workdir.resolve()
     if a.teacher is None:  # before huggingface_hub is imported: the tiny backbone's private cache
         os.environ["HF_HOME"] = str(a.workdir / "hf_home")
@@ -240,7 +243,9 @@ def main(argv=None) -> int:
         inputs = policy_inputs(pol, pre(dict(raw)))
         row = {"name": name, "model": model, "steps": k, "noise": nz,
                "rmse_vs_teacher10": rmse(out, chunks["teacher @10"]) if name != "teacher @10" else 0.0,
-               **mode_metrics(out, modes, valid), **straightness(pol, inputs, z, k, adim)}
+               **mode_metrics(out, modes, valid)}
+        with torch.no_grad():
+            row.update(straightness(pol, inputs, z, k, adim))
         rows.append(row)
         print(f"  {name}: rmse {row['rmse_vs_teacher10']:.4f} mode-dist {row['mode_distance']:.4f} "
               f"hit {row['mode_hit_rate']:.2f} S_fine {row['S_fine']:.3f}", file=sys.stderr, flush=True)

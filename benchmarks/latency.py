@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import torch  # noqa: E402
 
 from common import (  # noqa: E402
     RESULTS,
@@ -105,6 +104,8 @@ SMOLVLA_BASE = {
 
 def write_real_size_backbone(folder: Path, seed: int = 0) -> Path:
     """A SmolVLM2-500M-Video-Instruct-shaped backbone folder with random bf16 weights."""
+    import torch
+
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import (
         PreTrainedTokenizerFast,
@@ -178,6 +179,8 @@ def policy_config(backbone: Path, *, smoke: bool, cameras: int, layout: str, dev
 
 def dtype_layout(policy) -> dict:
     """Parameter count per dtype in the VLM, the action expert and the rest (projections)."""
+    import torch
+
     out: dict[str, dict[str, int]] = {"vlm": {}, "expert": {}, "projections": {}}
     for name, p in policy.named_parameters():
         group = "vlm" if ".vlm_with_expert.vlm." in name else "expert" if ".lm_expert." in name else "projections"
@@ -188,6 +191,8 @@ def dtype_layout(policy) -> dict:
 
 def make_batch(policy, cameras: int, device: torch.device, seed: int = 0) -> dict:
     """One preprocessed observation (what LeRobot's preprocessor hands the policy)."""
+    import torch
+
     from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS
 
     g = torch.Generator().manual_seed(seed)
@@ -206,6 +211,8 @@ def make_batch(policy, cameras: int, device: torch.device, seed: int = 0) -> dic
 
 def prefix_fn(policy, batch: dict):
     """What ``sample_actions`` does before its Euler loop: images, state, prefix embedding, KV cache."""
+    import torch
+
     from lerobot.policies.common.vla_utils import make_att_2d_masks
     from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS
 
@@ -222,14 +229,19 @@ def prefix_fn(policy, batch: dict):
 
 
 def measure(policy, cameras: int, device: torch.device, steps: tuple[int, ...], repeats: int, warmup: int) -> dict:
+    import torch
+
     from hub_reflow.smolvla import num_steps
 
     cfg = policy.config
     batch = make_batch(policy, cameras, device)
     noise = torch.randn(1, cfg.chunk_size, cfg.max_action_dim, generator=torch.Generator().manual_seed(1)).to(device)
     with torch.inference_mode():
+        # One untimed pass through prefix and expert warms this configuration up; --warmup adds
+        # discarded calls before each measurement.
         pad_masks, cache = prefix_fn(policy, batch)
         t1 = torch.ones(1, dtype=torch.float32, device=device)
+        policy.model.denoise_step(prefix_pad_masks=pad_masks, past_key_values=cache, x_t=noise, timestep=t1)
         prefix_t = time_call(lambda: prefix_fn(policy, batch), device, warmup=warmup, repeats=repeats)
         step_t = time_call(lambda: policy.model.denoise_step(prefix_pad_masks=pad_masks, past_key_values=cache,
                                                              x_t=noise, timestep=t1),
@@ -257,7 +269,8 @@ def parse_args(argv=None):
     p.add_argument("--cameras", default="1,3", help="comma-separated camera counts (default 1,3)")
     p.add_argument("--layouts", default="lerobot,fp32", help=f"comma-separated, from {','.join(LAYOUTS)}")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median reported)")
-    p.add_argument("--warmup", type=int, default=1, help="discarded calls before timing")
+    p.add_argument("--warmup", type=int, default=0,
+                   help="discarded calls before each measurement (one untimed prefix + step pass is always made)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--workdir", type=Path, default=Path("outputs/bench"), help="where the backbone folder is written once")
     p.add_argument("--out", type=Path, default=RESULTS / "latency.json")
@@ -280,14 +293,16 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    import torch
+
     device = setup_device(a.device, PROG)
     quiet_imports()
-    import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 
     t_start = time.perf_counter()
+    load_at_start = os.getloadavg()[0]
     if a.smoke:
         from hub_reflow.testing.tiny_world import make_tiny_backbone
 
@@ -316,9 +331,25 @@ def main(argv=None) -> int:
                     "speedup_vs_10": tot[10] / tot[k], "prefix_tokens": m["prefix_tokens"], "lang_tokens": m["lang_tokens"],
                     "raw_s": m["raw_s"],
                 })
+            _write(a, device, load_at_start, rows, layouts, cfg, t_start, partial=True)
         del policy
+    out, table, hw = _write(a, device, load_at_start, rows, layouts, cfg, t_start, partial=False)
+    if not a.no_png:
+        _plot(rows, out.with_suffix(".png"), hardware_line(hw))
+    print(f"# SmolVLA chunk latency ({'smoke: tiny backbone' if a.smoke else 'smolvla_base architecture, random weights'})")
+    print(f"hardware: {hardware_line(hw)}; load average {load_at_start:.1f} at start, {hw['load_average_1m']:.1f} at end; "
+          f"batch 1; median of {a.repeats}; json: {out}")
+    for name, info in layouts.items():
+        print(f"layout {name}: {info['description']}; parameters by dtype: {json.dumps(info['parameters'])}")
+    print()
+    print(table)
+    return 0
 
+
+def _write(a, device, load_at_start, rows, layouts, cfg, t_start, *, partial: bool):
+    """The JSON (rewritten after each measured group, so an interrupted run keeps what it measured)."""
     hw = hardware(device)
+    hw["load_average_1m_at_start"] = load_at_start
     settings = {"smoke": a.smoke, "cameras": a.cameras, "layouts": a.layouts, "steps": list(STEPS),
                 "repeats": a.repeats, "warmup": a.warmup, "batch_size": 1, "task": TASK,
                 "image_size": list(cfg.resize_imgs_with_padding), "chunk_size": cfg.chunk_size,
@@ -331,17 +362,9 @@ def main(argv=None) -> int:
           fmt(r["measured_ratio_vs_10"], 3), fmt(r["structural_ratio_vs_10"], 3), fmt(r["speedup_vs_10"], 2)]
          for r in rows],
     )
-    out = write_json(a.out, {"benchmark": "latency", "hardware": hw, "settings": settings, "layouts": layouts,
-                             "rows": rows, "table": table, "wall_s": time.perf_counter() - t_start})
-    if not a.no_png:
-        _plot(rows, out.with_suffix(".png"), hardware_line(hw))
-    print(f"# SmolVLA chunk latency ({'smoke: tiny backbone' if a.smoke else 'smolvla_base architecture, random weights'})")
-    print(f"hardware: {hardware_line(hw)}; batch 1; median of {a.repeats}; json: {out}")
-    for name, info in layouts.items():
-        print(f"layout {name}: {info['description']}; parameters by dtype: {json.dumps(info['parameters'])}")
-    print()
-    print(table)
-    return 0
+    out = write_json(a.out, {"benchmark": "latency", "partial": partial, "hardware": hw, "settings": settings,
+                             "layouts": layouts, "rows": rows, "table": table, "wall_s": time.perf_counter() - t_start})
+    return out, table, hw
 
 
 def _plot(rows: list[dict], path: Path, title: str) -> None:
