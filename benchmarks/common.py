@@ -119,6 +119,11 @@ def median_ms(times: list[float]) -> float:
     return 1000 * statistics.median(times)
 
 
+def stat_ms(times: list[float], stat: str) -> float:
+    """``median`` or ``min`` (best of the repeats: the least disturbed run on a shared machine), in ms."""
+    return 1000 * (min(times) if stat == "min" else statistics.median(times))
+
+
 def command_line() -> str:
     return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
 

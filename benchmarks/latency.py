@@ -11,7 +11,7 @@ written locally once (``--workdir``) and LeRobot builds the policy from it exact
 VLM's text config. A second layout, ``fp32`` (``load_vlm_weights=false``: LeRobot builds
 everything in float32), is measured as an extra row.
 
-Per chunk (batch size 1, ``torch.inference_mode``, warm-up calls discarded, median of repeats):
+Per chunk (batch size 1, ``torch.inference_mode``, warm-up calls discarded, median (or, with --stat min, best) of repeats):
 
 - total: ``SmolVLAPolicy.predict_action_chunk`` (image resize/normalise, prefix, Euler loop);
 - prefix: ``prepare_images`` + ``embed_prefix`` + the VLM forward that fills the KV cache;
@@ -43,7 +43,7 @@ from common import (  # noqa: E402
     hardware,
     hardware_line,
     markdown,
-    median_ms,
+    stat_ms,
     quiet_imports,
     setup_device,
     time_call,
@@ -228,7 +228,8 @@ def prefix_fn(policy, batch: dict):
     return pad_masks, cache
 
 
-def measure(policy, cameras: int, device: torch.device, steps: tuple[int, ...], repeats: int, warmup: int) -> dict:
+def measure(policy, cameras: int, device: torch.device, steps: tuple[int, ...], repeats: int, warmup: int,
+            stat: str = "median") -> dict:
     import torch
 
     from hub_reflow.smolvla import num_steps
@@ -252,8 +253,8 @@ def measure(policy, cameras: int, device: torch.device, steps: tuple[int, ...], 
                 totals[k] = time_call(lambda: policy.predict_action_chunk(dict(batch), noise=noise),
                                       device, warmup=warmup, repeats=repeats)
     return {"prefix_tokens": int(pad_masks.shape[1]), "lang_tokens": int(batch["observation.language.tokens"].shape[1]),
-            "prefix_ms": median_ms(prefix_t), "step_ms": median_ms(step_t),
-            "total_ms": {k: median_ms(v) for k, v in totals.items()},
+            "prefix_ms": stat_ms(prefix_t, stat), "step_ms": stat_ms(step_t, stat),
+            "total_ms": {k: stat_ms(v, stat) for k, v in totals.items()},
             "raw_s": {"prefix": prefix_t, "step": step_t, **{f"total@{k}": v for k, v in totals.items()}}}
 
 
@@ -268,9 +269,11 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true", help="the tiny test backbone and config (seconds; for CI)")
     p.add_argument("--cameras", default="1,3", help="comma-separated camera counts (default 1,3)")
     p.add_argument("--layouts", default="lerobot,fp32", help=f"comma-separated, from {','.join(LAYOUTS)}")
-    p.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median reported)")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (their median, or min, is reported)")
     p.add_argument("--warmup", type=int, default=0,
                    help="discarded calls before each measurement (one untimed prefix + step pass is always made)")
+    p.add_argument("--stat", choices=["median", "min"], default="median",
+                   help="statistic of the repeats reported (min: best of, for a machine shared with other work)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--workdir", type=Path, default=Path("outputs/bench"), help="where the backbone folder is written once")
     p.add_argument("--out", type=Path, default=RESULTS / "latency.json")
@@ -321,7 +324,7 @@ def main(argv=None) -> int:
         layouts[layout] = {"description": LAYOUTS[layout], "parameters": dtype_layout(policy)}
         for cams in a.cameras:
             print(f"measuring layout={layout} cameras={cams}", file=sys.stderr, flush=True)
-            m = measure(policy, cams, device, STEPS, a.repeats, a.warmup)
+            m = measure(policy, cams, device, STEPS, a.repeats, a.warmup, a.stat)
             p, s, tot = m["prefix_ms"], m["step_ms"], m["total_ms"]
             for k in STEPS:
                 rows.append({
@@ -338,7 +341,7 @@ def main(argv=None) -> int:
         _plot(rows, out.with_suffix(".png"), hardware_line(hw))
     print(f"# SmolVLA chunk latency ({'smoke: tiny backbone' if a.smoke else 'smolvla_base architecture, random weights'})")
     print(f"hardware: {hardware_line(hw)}; load average {load_at_start:.1f} at start, {hw['load_average_1m']:.1f} at end; "
-          f"batch 1; median of {a.repeats}; json: {out}")
+          f"batch 1; {a.stat} of {a.repeats} repeats (raw times in the JSON); json: {out}")
     for name, info in layouts.items():
         print(f"layout {name}: {info['description']}; parameters by dtype: {json.dumps(info['parameters'])}")
     print()
@@ -351,7 +354,7 @@ def _write(a, device, load_at_start, rows, layouts, cfg, t_start, *, partial: bo
     hw = hardware(device)
     hw["load_average_1m_at_start"] = load_at_start
     settings = {"smoke": a.smoke, "cameras": a.cameras, "layouts": a.layouts, "steps": list(STEPS),
-                "repeats": a.repeats, "warmup": a.warmup, "batch_size": 1, "task": TASK,
+                "repeats": a.repeats, "warmup": a.warmup, "stat": a.stat, "batch_size": 1, "task": TASK,
                 "image_size": list(cfg.resize_imgs_with_padding), "chunk_size": cfg.chunk_size,
                 "num_vlm_layers": cfg.num_vlm_layers, "expert_width_multiplier": cfg.expert_width_multiplier,
                 "backbone": "tiny test SmolVLM" if a.smoke else "SmolVLM2-500M-Video-Instruct shape, random weights"}
