@@ -48,7 +48,10 @@ def _accelerator(device: str):
         raise UserError(f"--device must be cpu, cuda or auto, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA device is visible; use --device cpu or auto")
-    return Accelerator(cpu=device == "cpu")
+    # step_scheduler_with_optimizer=False: accelerate would otherwise step the scheduler once per
+    # process at every optimizer step (it assumes the step count shrinks with more processes); our
+    # schedule is written in optimizer steps, as LeRobot's (lerobot_train does the same).
+    return Accelerator(cpu=device == "cpu", step_scheduler_with_optimizer=False)
 
 
 def check_dataset_features(teacher_cfg, ds_meta, dataset_id: str) -> None:
@@ -216,7 +219,10 @@ def train(args: TrainArgs) -> Path:
         raise UserError(f"--output-dir {output_dir} already holds files; pass --resume to continue that run, or a new folder")
 
     accelerator = _accelerator(args.device)
-    set_seed(rcfg.seed, accelerator=accelerator)
+    # Each process draws its own noise and times (the seed is offset by the process index; process 0
+    # keeps the plain seed, so single-process runs are unchanged). The sampler shuffles with the
+    # plain seed on every process, which accelerate's sharding of its batches relies on.
+    set_seed(rcfg.seed + accelerator.process_index, accelerator=accelerator)
     device = accelerator.device.type
     main = accelerator.is_main_process
 
@@ -259,6 +265,8 @@ def train(args: TrainArgs) -> Path:
         _check_same_targets(Lineage.from_file(ckpt / "pretrained_model" / LINEAGE_NAME), policy.lineage)
         load_model(policy.student, str(ckpt / "pretrained_model" / "model.safetensors"), strict=True, device=device)
         step, optimizer, scheduler = load_training_state(ckpt, optimizer, scheduler)
+        if accelerator.process_index > 0:  # the saved RNG state is process 0's: keep the others distinct
+            torch.manual_seed(rcfg.seed + accelerator.process_index * 1_000_003 + step)
         policy.lineage.training = Lineage.from_file(ckpt / "pretrained_model" / LINEAGE_NAME).training
         # LeRobot's sample-exact resume: the data order continues where the run stopped.
         sampler_state = compute_sampler_state(
@@ -313,7 +321,8 @@ def train(args: TrainArgs) -> Path:
         optimizer.zero_grad(set_to_none=True)
         step += 1
         bar.update(1)
-        loss_sum += loss.item()  # a sync point; cheap next to the teacher's 10-step sampling
+        # The mean over processes (one all-reduce; a sync point, cheap next to the teacher's sampling).
+        loss_sum += accelerator.reduce(loss.detach(), reduction="mean").item()
         loss_n += 1
         if main and (step % args.log_freq == 0 or step == rcfg.steps):
             avg = loss_sum / loss_n

@@ -1,0 +1,161 @@
+"""Shared pieces of the benchmarks: hardware description, timing, tables, JSON output, option errors.
+
+Run the benchmarks from the repository root (``python benchmarks/latency.py ...``); they import
+``hub_reflow`` from the environment and this module from their own folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class OptionError(SystemExit):
+    """A bad command-line option: one line on stderr, exit status 2."""
+
+    def __init__(self, prog: str, msg: str):
+        print(f"{prog}: error: {msg}", file=sys.stderr)
+        super().__init__(2)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def setup_device(device: str, prog: str):
+    """``auto`` picks CUDA when visible; CPU threads are set to the usable cores."""
+    import torch
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise OptionError(prog, f"--device must be auto, cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise OptionError(prog, "--device cuda was asked for but no CUDA device is visible; use --device cpu or auto")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.set_num_threads(usable_cores())
+    return torch.device(device)
+
+
+def hardware(device) -> dict:
+    import torch
+
+    info = {
+        "device": device.type,
+        "cpu": cpu_name(),
+        "cpu_cores_usable": usable_cores(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        # Other work on the machine shares the cores: the 1-minute load average when measured.
+        "load_average_1m": os.getloadavg()[0],
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    try:
+        import lerobot
+        import transformers
+
+        info["lerobot"] = getattr(lerobot, "__version__", None)
+        info["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def hardware_line(hw: dict) -> str:
+    if hw["device"] == "cuda":
+        return f"{hw['gpu']} (CUDA {hw['cuda']}), torch {hw['torch']}"
+    return f"CPU {hw['cpu']}, {hw['torch_threads']} threads, torch {hw['torch']}"
+
+
+def sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], object], device, *, warmup: int, repeats: int) -> list[float]:
+    """Wall times in seconds of ``repeats`` calls after ``warmup`` discarded ones (device synced)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def median_ms(times: list[float]) -> float:
+    return 1000 * statistics.median(times)
+
+
+def stat_ms(times: list[float], stat: str) -> float:
+    """``median`` or ``min`` (best of the repeats: the least disturbed run on a shared machine), in ms."""
+    return 1000 * (min(times) if stat == "min" else statistics.median(times))
+
+
+def command_line() -> str:
+    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+
+
+def markdown(header: list[str], rows: list[list[str]], align: str | None = None) -> str:
+    align = align or "l" + "r" * (len(header) - 1)
+    sep = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(sep) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def fmt(x: float | None, digits: int = 1) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    return f"{x:.{digits}f}"
+
+
+def write_json(path: Path, payload: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": command_line(), **payload}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def quiet_imports() -> None:
+    """LeRobot warns at import, with a long traceback, when FFmpeg is missing: we read no videos."""
+    import logging
+    import warnings
+
+    logging.getLogger("lerobot.utils.import_utils").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*torchcodec.*")

@@ -1,0 +1,397 @@
+"""Latency of one SmolVLA action chunk at real size, split into prefix (VLM + KV cache) and
+per-Euler-step action-expert time, at 1, 2, 4 and 10 steps.
+
+The model is SmolVLA with the ``smolvla_base`` architecture (16 of the 32 layers of a
+SmolVLM2-500M-Video-Instruct backbone, expert width 0.75, chunk 50, 32-d padded state/action,
+512x512 images) with random weights: latency does not depend on the values. Nothing is downloaded:
+the backbone folder (config from the published SmolVLM2-500M-Video-Instruct values, a word-level
+tokenizer with SmolVLA's special tokens and the published vocabulary size, random bf16 weights) is
+written locally once (``--workdir``) and LeRobot builds the policy from it exactly as it builds
+``smolvla_base``: ``load_vlm_weights=true`` loads the VLM in bf16 and makes the expert from the
+VLM's text config. A second layout, ``fp32`` (``load_vlm_weights=false``: LeRobot builds
+everything in float32), is measured as an extra row.
+
+Per chunk (batch size 1, ``torch.inference_mode``, warm-up calls discarded, median (or, with --stat min, best) of repeats):
+
+- total: ``SmolVLAPolicy.predict_action_chunk`` (image resize/normalise, prefix, Euler loop);
+- prefix: ``prepare_images`` + ``embed_prefix`` + the VLM forward that fills the KV cache;
+- step: one ``denoise_step`` (the action expert attending to the cache);
+- structural limit of the k-step / 10-step ratio: ``(prefix + k*step) / (prefix + 10*step)``,
+  beside the measured ratio ``total_k / total_10``.
+
+    python benchmarks/latency.py                 # real size, 1 and 3 cameras, both layouts
+    python benchmarks/latency.py --smoke         # the tiny test backbone, seconds (CI)
+
+Prints a markdown table last; writes JSON (``--out``) and a PNG beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    RESULTS,
+    OptionError,
+    fmt,
+    hardware,
+    hardware_line,
+    markdown,
+    stat_ms,
+    quiet_imports,
+    setup_device,
+    time_call,
+    write_json,
+)
+
+PROG = "latency.py"
+STEPS = (1, 2, 4, 10)
+TASK = "pick up the red cube and place it in the box"
+STATE_DIM = ACTION_DIM = 6  # an SO-100 arm
+
+# SmolVLM2-500M-Video-Instruct's published configuration (HuggingFaceTB/SmolVLM2-500M-Video-Instruct
+# config.json): the fields the model's shapes and compute depend on.
+SMOLVLM2_500M_TEXT = {
+    "model_type": "llama",
+    "hidden_size": 960,
+    "intermediate_size": 2560,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 15,
+    "num_key_value_heads": 5,
+    "head_dim": 64,
+    "hidden_act": "silu",
+    "vocab_size": 49280,
+    "max_position_embeddings": 8192,
+    "rope_theta": 100000.0,
+    "rms_norm_eps": 1e-5,
+    "attention_bias": False,
+    "mlp_bias": False,
+    "tie_word_embeddings": False,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 2,
+}
+SMOLVLM2_500M_VISION = {
+    "model_type": "smolvlm_vision",
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "image_size": 512,
+    "patch_size": 16,
+}
+SMOLVLM2_500M_SCALE_FACTOR = 4
+# smolvla_base's policy settings (lerobot/smolvla_base config.json; also SmolVLAConfig's defaults).
+SMOLVLA_BASE = {
+    "chunk_size": 50,
+    "n_action_steps": 50,
+    "max_state_dim": 32,
+    "max_action_dim": 32,
+    "resize_imgs_with_padding": (512, 512),
+    "num_vlm_layers": 16,
+    "expert_width_multiplier": 0.75,
+    "attention_mode": "cross_attn",
+    "self_attn_every_n_layers": 2,
+    "tokenizer_max_length": 48,
+}
+
+
+def write_real_size_backbone(folder: Path, seed: int = 0) -> Path:
+    """A SmolVLM2-500M-Video-Instruct-shaped backbone folder with random bf16 weights."""
+    import torch
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (
+        PreTrainedTokenizerFast,
+        SmolVLMConfig,
+        SmolVLMForConditionalGeneration,
+        SmolVLMImageProcessor,
+        SmolVLMProcessor,
+        SmolVLMVideoProcessor,
+    )
+
+    from hub_reflow.testing.tiny_world import _EXTRA_SPECIAL_TOKENS, _SPECIAL_TOKENS
+
+    if (folder / "model.safetensors").exists():
+        return folder
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    vocab_size = SMOLVLM2_500M_TEXT["vocab_size"]
+    # Word-level vocabulary of the published size: special tokens, the task's words, fillers. Only
+    # the embedding table's size has to match; the token ids carry no meaning with random weights.
+    vocab: dict[str, int] = {}
+    for tok in [*_SPECIAL_TOKENS.values(), *_EXTRA_SPECIAL_TOKENS.values(), *TASK.split(), "\n"]:
+        vocab.setdefault(tok, len(vocab))
+    while len(vocab) < vocab_size:
+        vocab[f"<w{len(vocab)}>"] = len(vocab)
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=_SPECIAL_TOKENS["unk_token"]))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, extra_special_tokens=dict(_EXTRA_SPECIAL_TOKENS),
+                                        model_max_length=8192, **_SPECIAL_TOKENS)
+    size = SMOLVLM2_500M_VISION["image_size"]
+    tokens_per_image = (size // SMOLVLM2_500M_VISION["patch_size"]) ** 2 // SMOLVLM2_500M_SCALE_FACTOR**2
+    processor = SmolVLMProcessor(
+        image_processor=SmolVLMImageProcessor(size={"longest_edge": size}, max_image_size={"longest_edge": size},
+                                              do_image_splitting=False),
+        tokenizer=tokenizer, video_processor=SmolVLMVideoProcessor(), image_seq_len=tokens_per_image,
+    )
+    text = {**SMOLVLM2_500M_TEXT, "pad_token_id": vocab[_SPECIAL_TOKENS["pad_token"]]}
+    config = SmolVLMConfig(
+        vision_config=dict(SMOLVLM2_500M_VISION), text_config=text, scale_factor=SMOLVLM2_500M_SCALE_FACTOR,
+        image_token_id=vocab[_EXTRA_SPECIAL_TOKENS["image_token"]], pad_token_id=text["pad_token_id"],
+        vocab_size=vocab_size, tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = SmolVLMForConditionalGeneration(config).to(torch.bfloat16)
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    tmp.rename(folder)
+    return folder
+
+
+def policy_config(backbone: Path, *, smoke: bool, cameras: int, layout: str, device: torch.device):
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
+
+    if smoke:
+        from hub_reflow.testing.tiny_world import IMAGE_SIZE
+
+        size = IMAGE_SIZE
+        arch = {"chunk_size": 8, "n_action_steps": 8, "max_state_dim": 8, "max_action_dim": 8,
+                "resize_imgs_with_padding": (size, size), "num_vlm_layers": 2, "tokenizer_max_length": 16}
+    else:
+        size = SMOLVLA_BASE["resize_imgs_with_padding"][0]
+        arch = dict(SMOLVLA_BASE)
+    inputs = {f"observation.images.cam{i}": PolicyFeature(FeatureType.VISUAL, (3, size, size)) for i in range(cameras)}
+    inputs["observation.state"] = PolicyFeature(FeatureType.STATE, (STATE_DIM,))
+    return SmolVLAConfig(
+        vlm_model_name=str(backbone), load_vlm_weights=layout == "lerobot", device=device.type,
+        input_features=inputs, output_features={"action": PolicyFeature(FeatureType.ACTION, (ACTION_DIM,))},
+        **arch,
+    )
+
+
+def dtype_layout(policy) -> dict:
+    """Parameter count per dtype in the VLM, the action expert and the rest (projections)."""
+    import torch
+
+    out: dict[str, dict[str, int]] = {"vlm": {}, "expert": {}, "projections": {}}
+    for name, p in policy.named_parameters():
+        group = "vlm" if ".vlm_with_expert.vlm." in name else "expert" if ".lm_expert." in name else "projections"
+        key = str(p.dtype).replace("torch.", "")
+        out[group][key] = out[group].get(key, 0) + p.numel()
+    return out
+
+
+def make_batch(policy, cameras: int, device: torch.device, seed: int = 0) -> dict:
+    """One preprocessed observation (what LeRobot's preprocessor hands the policy)."""
+    import torch
+
+    from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS
+
+    g = torch.Generator().manual_seed(seed)
+    batch = {}
+    for key, feat in list(policy.config.image_features.items())[:cameras]:
+        batch[key] = torch.rand(1, *feat.shape, generator=g).to(device)
+    batch["observation.state"] = torch.randn(1, STATE_DIM, generator=g).to(device)
+    tok = policy.model.vlm_with_expert.processor.tokenizer(
+        [TASK + "\n"], padding="longest", truncation=True, max_length=policy.config.tokenizer_max_length,
+        return_tensors="pt",
+    )
+    batch[OBS_LANGUAGE_TOKENS] = tok["input_ids"].to(device)
+    batch[OBS_LANGUAGE_ATTENTION_MASK] = tok["attention_mask"].bool().to(device)
+    return batch
+
+
+def prefix_fn(policy, batch: dict):
+    """What ``sample_actions`` does before its Euler loop: images, state, prefix embedding, KV cache."""
+    import torch
+
+    from lerobot.policies.common.vla_utils import make_att_2d_masks
+    from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS
+
+    model = policy.model
+    images, img_masks = policy.prepare_images(batch)
+    state = policy.prepare_state(batch)
+    embs, pad_masks, att_masks = model.embed_prefix(
+        images, img_masks, batch[OBS_LANGUAGE_TOKENS], batch[OBS_LANGUAGE_ATTENTION_MASK], state=state)
+    att_2d = make_att_2d_masks(pad_masks, att_masks)
+    _, cache = model.vlm_with_expert.forward(
+        attention_mask=att_2d, position_ids=torch.cumsum(pad_masks, dim=1) - 1, past_key_values=None,
+        inputs_embeds=[embs, None], use_cache=model.config.use_cache)
+    return pad_masks, cache
+
+
+def measure(policy, cameras: int, device: torch.device, steps: tuple[int, ...], repeats: int, warmup: int,
+            stat: str = "median") -> dict:
+    import torch
+
+    from hub_reflow.smolvla import num_steps
+
+    cfg = policy.config
+    batch = make_batch(policy, cameras, device)
+    noise = torch.randn(1, cfg.chunk_size, cfg.max_action_dim, generator=torch.Generator().manual_seed(1)).to(device)
+    with torch.inference_mode():
+        # One untimed pass through prefix and expert warms this configuration up; --warmup adds
+        # discarded calls before each measurement.
+        pad_masks, cache = prefix_fn(policy, batch)
+        t1 = torch.ones(1, dtype=torch.float32, device=device)
+        policy.model.denoise_step(prefix_pad_masks=pad_masks, past_key_values=cache, x_t=noise, timestep=t1)
+        prefix_t = time_call(lambda: prefix_fn(policy, batch), device, warmup=warmup, repeats=repeats)
+        step_t = time_call(lambda: policy.model.denoise_step(prefix_pad_masks=pad_masks, past_key_values=cache,
+                                                             x_t=noise, timestep=t1),
+                           device, warmup=warmup, repeats=3 * repeats)
+        totals = {}
+        for k in steps:
+            with num_steps(policy, k):
+                totals[k] = time_call(lambda: policy.predict_action_chunk(dict(batch), noise=noise),
+                                      device, warmup=warmup, repeats=repeats)
+    return {"prefix_tokens": int(pad_masks.shape[1]), "lang_tokens": int(batch["observation.language.tokens"].shape[1]),
+            "prefix_ms": stat_ms(prefix_t, stat), "step_ms": stat_ms(step_t, stat),
+            "total_ms": {k: stat_ms(v, stat) for k, v in totals.items()},
+            "raw_s": {"prefix": prefix_t, "step": step_t, **{f"total@{k}": v for k, v in totals.items()}}}
+
+
+LAYOUTS = {
+    "lerobot": "load_vlm_weights=true: VLM + expert bf16, projections fp32 (as LeRobot builds smolvla_base)",
+    "fp32": "load_vlm_weights=false: everything fp32",
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true", help="the tiny test backbone and config (seconds; for CI)")
+    p.add_argument("--cameras", default="1,3", help="comma-separated camera counts (default 1,3)")
+    p.add_argument("--layouts", default="lerobot,fp32", help=f"comma-separated, from {','.join(LAYOUTS)}")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (their median, or min, is reported)")
+    p.add_argument("--warmup", type=int, default=0,
+                   help="discarded calls before each measurement (one untimed prefix + step pass is always made)")
+    p.add_argument("--stat", choices=["median", "min"], default="median",
+                   help="statistic of the repeats reported (min: best of, for a machine shared with other work)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--workdir", type=Path, default=Path("outputs/bench"), help="where the backbone folder is written once")
+    p.add_argument("--out", type=Path, default=RESULTS / "latency.json")
+    p.add_argument("--no-png", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        a.cameras = [int(c) for c in a.cameras.split(",")]
+    except ValueError:
+        raise OptionError(PROG, f"--cameras must be comma-separated integers, got {a.cameras!r}") from None
+    if not a.cameras or any(c < 1 or c > 8 for c in a.cameras):
+        raise OptionError(PROG, f"--cameras: each count must be between 1 and 8, got {a.cameras}")
+    a.layouts = a.layouts.split(",")
+    bad = [x for x in a.layouts if x not in LAYOUTS]
+    if bad or not a.layouts:
+        raise OptionError(PROG, f"--layouts: unknown {bad}; choose from {','.join(LAYOUTS)}")
+    if a.repeats < 1 or a.warmup < 0:
+        raise OptionError(PROG, "--repeats must be >= 1 and --warmup >= 0")
+    return a
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    import torch
+
+    device = setup_device(a.device, PROG)
+    quiet_imports()
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+
+    t_start = time.perf_counter()
+    load_at_start = os.getloadavg()[0]
+    if a.smoke:
+        from hub_reflow.testing.tiny_world import make_tiny_backbone
+
+        backbone = a.workdir / "tiny-smolvlm"
+        if not (backbone / "config.json").exists():
+            make_tiny_backbone(backbone)
+    else:
+        print(f"backbone: {a.workdir / 'smolvlm2-500m-shape'} (written once, ~1 GB)", file=sys.stderr)
+        backbone = write_real_size_backbone(a.workdir / "smolvlm2-500m-shape")
+
+    rows, layouts = [], {}
+    for layout in a.layouts:
+        torch.manual_seed(0)
+        cfg = policy_config(backbone, smoke=a.smoke, cameras=max(a.cameras), layout=layout, device=device)
+        policy = SmolVLAPolicy(cfg).to(device).eval()
+        layouts[layout] = {"description": LAYOUTS[layout], "parameters": dtype_layout(policy)}
+        for cams in a.cameras:
+            print(f"measuring layout={layout} cameras={cams}", file=sys.stderr, flush=True)
+            m = measure(policy, cams, device, STEPS, a.repeats, a.warmup, a.stat)
+            p, s, tot = m["prefix_ms"], m["step_ms"], m["total_ms"]
+            for k in STEPS:
+                rows.append({
+                    "name": f"{layout} {cams}cam @{k}", "layout": layout, "cameras": cams, "steps": k,
+                    "total_ms": tot[k], "prefix_ms": p, "step_ms": s,
+                    "measured_ratio_vs_10": tot[k] / tot[10], "structural_ratio_vs_10": (p + k * s) / (p + 10 * s),
+                    "speedup_vs_10": tot[10] / tot[k], "prefix_tokens": m["prefix_tokens"], "lang_tokens": m["lang_tokens"],
+                    "raw_s": m["raw_s"],
+                })
+            _write(a, device, load_at_start, rows, layouts, cfg, t_start, partial=True)
+        del policy
+    out, table, hw = _write(a, device, load_at_start, rows, layouts, cfg, t_start, partial=False)
+    if not a.no_png:
+        _plot(rows, out.with_suffix(".png"), hardware_line(hw))
+    print(f"# SmolVLA chunk latency ({'smoke: tiny backbone' if a.smoke else 'smolvla_base architecture, random weights'})")
+    print(f"hardware: {hardware_line(hw)}; load average {load_at_start:.1f} at start, {hw['load_average_1m']:.1f} at end; "
+          f"batch 1; {a.stat} of {a.repeats} repeats (raw times in the JSON); json: {out}")
+    for name, info in layouts.items():
+        print(f"layout {name}: {info['description']}; parameters by dtype: {json.dumps(info['parameters'])}")
+    print()
+    print(table)
+    return 0
+
+
+def _write(a, device, load_at_start, rows, layouts, cfg, t_start, *, partial: bool):
+    """The JSON (rewritten after each measured group, so an interrupted run keeps what it measured)."""
+    hw = hardware(device)
+    hw["load_average_1m_at_start"] = load_at_start
+    settings = {"smoke": a.smoke, "cameras": a.cameras, "layouts": a.layouts, "steps": list(STEPS),
+                "repeats": a.repeats, "warmup": a.warmup, "stat": a.stat, "batch_size": 1, "task": TASK,
+                "image_size": list(cfg.resize_imgs_with_padding), "chunk_size": cfg.chunk_size,
+                "num_vlm_layers": cfg.num_vlm_layers, "expert_width_multiplier": cfg.expert_width_multiplier,
+                "backbone": "tiny test SmolVLM" if a.smoke else "SmolVLM2-500M-Video-Instruct shape, random weights"}
+    table = markdown(
+        ["layout", "cameras", "Euler steps", "chunk (ms)", "prefix (ms)", "expert step (ms)",
+         "measured k/10", "structural (p+k·s)/(p+10·s)", "speed-up vs 10"],
+        [[r["layout"], str(r["cameras"]), str(r["steps"]), fmt(r["total_ms"]), fmt(r["prefix_ms"]), fmt(r["step_ms"]),
+          fmt(r["measured_ratio_vs_10"], 3), fmt(r["structural_ratio_vs_10"], 3), fmt(r["speedup_vs_10"], 2)]
+         for r in rows],
+    )
+    out = write_json(a.out, {"benchmark": "latency", "partial": partial, "hardware": hw, "settings": settings,
+                             "layouts": layouts, "rows": rows, "table": table, "wall_s": time.perf_counter() - t_start})
+    return out, table, hw
+
+
+def _plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    groups = sorted({(r["layout"], r["cameras"]) for r in rows})
+    for layout, cams in groups:
+        rs = [r for r in rows if r["layout"] == layout and r["cameras"] == cams]
+        line, = ax.plot([r["steps"] for r in rs], [r["total_ms"] for r in rs], "o-", label=f"{layout}, {cams} cam measured")
+        ax.plot([r["steps"] for r in rs], [r["prefix_ms"] + r["steps"] * r["step_ms"] for r in rs], "--",
+                color=line.get_color(), alpha=0.6, label=f"{layout}, {cams} cam prefix + k·step")
+    ax.set_xlabel("Euler steps per chunk")
+    ax.set_ylabel("chunk latency (ms)")
+    ax.set_xticks([1, 2, 4, 10])
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""The benchmarks run end to end in ``--smoke`` mode and write well-formed JSON; bad options are
+refused in one line."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _run(script: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH.parent), os.environ.get("PYTHONPATH")]))})
+    if check:
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    return r
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _table_last(stdout: str, rows: int) -> list[str]:
+    lines = stdout.rstrip().splitlines()
+    table = lines[-(rows + 2):]
+    assert all(ln.startswith("|") for ln in table) and set(table[1]) <= set("|-:"), stdout[-2000:]
+    return table
+
+
+def test_latency_smoke(tmp_path):
+    out = tmp_path / "latency.json"
+    r = _run("latency.py", "--smoke", "--cameras", "1,2", "--repeats", "1", "--warmup", "0",
+             "--workdir", str(tmp_path / "work"), "--out", str(out))
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "latency" and "latency.py" in data["command"]
+    assert data["hardware"]["device"] in ("cpu", "cuda") and data["hardware"]["torch"]
+    assert data["settings"]["smoke"] is True and data["settings"]["steps"] == [1, 2, 4, 10]
+    names = [f"{lay} {c}cam @{k}" for lay in ("lerobot", "fp32") for c in (1, 2) for k in (1, 2, 4, 10)]
+    assert [row["name"] for row in data["rows"]] == names
+    for row in data["rows"]:
+        for key in ("total_ms", "prefix_ms", "step_ms", "measured_ratio_vs_10", "structural_ratio_vs_10", "speedup_vs_10"):
+            assert _finite(row[key]) and row[key] > 0, (row["name"], key, row[key])
+        assert row["structural_ratio_vs_10"] <= 1 and row["prefix_tokens"] > row["lang_tokens"] > 0
+        if row["steps"] == 10:
+            assert row["measured_ratio_vs_10"] == 1.0
+    # The layouts LeRobot builds: bf16 VLM under load_vlm_weights=true, all fp32 otherwise.
+    params = data["layouts"]
+    assert set(params["lerobot"]["parameters"]["vlm"]) == {"bfloat16"}
+    assert set(params["fp32"]["parameters"]["vlm"]) == {"float32"}
+    assert set(params["lerobot"]["parameters"]["projections"]) == {"float32"}
+    _table_last(r.stdout, len(names))
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fidelity_smoke(world, tmp_path):
+    out = tmp_path / "fidelity.json"
+    r = _run("fidelity.py", "--smoke", "--teacher", str(world.teacher_fp32), "--dataset-root", str(world.dataset_root),
+             "--student-train-steps", "2", "--workdir", str(tmp_path / "work"), "--out", str(out))
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "fidelity" and "fidelity.py" in data["command"] and data["hardware"]["torch"]
+    names = ["teacher @10", "teacher @10 (other noise)", "teacher @2", "teacher @1", "student(2-step) @2",
+             "student(1-step) @1"]
+    assert [row["name"] for row in data["rows"]] == names
+    for row in data["rows"]:
+        for key in ("rmse_vs_teacher10", "mode_distance", "mode_hit_rate", "S_euler", "S_fine"):
+            assert _finite(row[key]) and row[key] >= 0, (row["name"], key, row[key])
+        assert 0 <= row["mode_hit_rate"] <= 1
+    rows = {row["name"]: row for row in data["rows"]}
+    assert rows["teacher @10"]["rmse_vs_teacher10"] == 0
+    assert rows["teacher @1"]["S_euler"] == pytest.approx(0, abs=1e-6)  # one step: the only velocity is z - x_0
+    assert rows["teacher @10"]["S_euler"] == pytest.approx(rows["teacher @10"]["S_fine"], rel=1e-4)  # the same grid
+    assert data["settings"]["student_train_steps"] == 2 and data["settings"]["round2"] is False
+    _table_last(r.stdout, len(names))
+    # Each student was trained once, by hub-reflow's own loop, into the workdir.
+    runs = tmp_path / "work" / "runs-smoke" / "steps2"
+    for k in (1, 2):
+        cfg = json.loads((runs / f"student{k}" / "checkpoints" / "last" / "pretrained_model" / "config.json").read_text())
+        assert cfg["num_steps"] == k
+
+
+def _one_line_error(script: str, *args: str) -> str:
+    r = _run(script, *args, check=False)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith(f"{script}: error:")]
+    assert len(lines) == 1, r.stderr[-2000:]
+    return lines[0]
+
+
+def test_bad_options(tmp_path):
+    assert "--cameras" in _one_line_error("latency.py", "--smoke", "--cameras", "0")
+    assert "--layouts" in _one_line_error("latency.py", "--smoke", "--layouts", "fp16")
+    assert "--device" in _one_line_error("latency.py", "--smoke", "--device", "tpu")
+    assert "--dataset-root" in _one_line_error("fidelity.py", "--smoke", "--teacher", str(tmp_path))
+    assert "not a pretrained_model" in _one_line_error("fidelity.py", "--teacher", str(tmp_path),
+                                                      "--dataset-root", str(tmp_path))
