@@ -56,7 +56,8 @@ def _cmd_train(a) -> int:
         save_freq=a.save_freq, log_freq=a.log_freq, num_workers=a.num_workers, resume=a.resume,
         progress=not a.no_progress, pairs=a.pairs, pairs_revision=a.pairs_revision,
     ))
-    print(f"student checkpoint: {out}")
+    if os.environ.get("RANK", "0") == "0":  # once, under torchrun / accelerate launch
+        print(f"student checkpoint: {out}")
     return 0
 
 

@@ -219,10 +219,9 @@ def train(args: TrainArgs) -> Path:
         raise UserError(f"--output-dir {output_dir} already holds files; pass --resume to continue that run, or a new folder")
 
     accelerator = _accelerator(args.device)
-    # Each process draws its own noise and times (the seed is offset by the process index; process 0
-    # keeps the plain seed, so single-process runs are unchanged). The sampler shuffles with the
-    # plain seed on every process, which accelerate's sharding of its batches relies on.
-    set_seed(rcfg.seed + accelerator.process_index, accelerator=accelerator)
+    # Noise and times come from per-(process, step) generators in the loop; the sampler shuffles
+    # with the plain seed on every process, which accelerate's sharding of its batches relies on.
+    set_seed(rcfg.seed, accelerator=accelerator)
     device = accelerator.device.type
     main = accelerator.is_main_process
 
@@ -265,8 +264,6 @@ def train(args: TrainArgs) -> Path:
         _check_same_targets(Lineage.from_file(ckpt / "pretrained_model" / LINEAGE_NAME), policy.lineage)
         load_model(policy.student, str(ckpt / "pretrained_model" / "model.safetensors"), strict=True, device=device)
         step, optimizer, scheduler = load_training_state(ckpt, optimizer, scheduler)
-        if accelerator.process_index > 0:  # the saved RNG state is process 0's: keep the others distinct
-            torch.manual_seed(rcfg.seed + accelerator.process_index * 1_000_003 + step)
         policy.lineage.training = Lineage.from_file(ckpt / "pretrained_model" / LINEAGE_NAME).training
         # LeRobot's sample-exact resume: the data order continues where the run stopped.
         sampler_state = compute_sampler_state(
