@@ -28,10 +28,10 @@ def run_demo(workdir: Path, *, teacher_train_steps: int = 1000, reflow_steps: in
     from .train import TrainArgs, train
 
     workdir = Path(workdir)
-    print(f"[1/5] tiny world in {workdir} (backbone, dataset, teacher by lerobot-train, {teacher_train_steps} steps)")
+    print(f"[1/6] tiny world in {workdir} (backbone, dataset, teacher by lerobot-train, {teacher_train_steps} steps)")
     world = build_tiny_world(workdir / "world", teacher_steps=teacher_train_steps)
 
-    print(f"[2/5] reflow student: {reflow_steps} steps, 1 Euler step, last {HOLDOUT} episodes held out")
+    print(f"[2/6] reflow student: {reflow_steps} steps, 1 Euler step, last {HOLDOUT} episodes held out")
     run_dir = workdir / "reflow"
     student_dir = train(TrainArgs(
         teacher=str(world.teacher), dataset=world.repo_id, dataset_root=world.dataset_root,
@@ -40,14 +40,14 @@ def run_demo(workdir: Path, *, teacher_train_steps: int = 1000, reflow_steps: in
                             holdout_episodes=HOLDOUT),
     ))
 
-    print("[3/5] loading both with plain LeRobot (SmolVLAPolicy.from_pretrained, make_pre_post_processors)")
+    print("[3/6] loading both with plain LeRobot (SmolVLAPolicy.from_pretrained, make_pre_post_processors)")
     loaded = {}
     for name, path in (("teacher", world.teacher), ("student", student_dir)):
         policy = SmolVLAPolicy.from_pretrained(str(path))
         pre, post = make_pre_post_processors(policy.config, pretrained_path=str(path))
         loaded[name] = (policy, pre, post)
 
-    print(f"[4/5] {frames} held-out frames, shared noise")
+    print(f"[4/6] {frames} held-out frames, shared noise")
     dataset = LeRobotDataset(world.repo_id, root=world.dataset_root)
     n_eps = dataset.meta.total_episodes
     start = int(dataset.meta.episodes["dataset_from_index"][n_eps - HOLDOUT])
@@ -57,11 +57,20 @@ def run_demo(workdir: Path, *, teacher_train_steps: int = 1000, reflow_steps: in
     table = markdown_table(rows)
     print()
     print(table)
-    print("[5/5] push to a local Hub, pull back with plain LeRobot in a fresh process")
+    print("[5/6] hub-reflow verify: the student against its teacher (structure, fidelity, speed)")
+    from .verify import verify
+
+    report = verify(str(student_dir), str(world.teacher), dataset=world.repo_id, dataset_root=world.dataset_root,
+                    frames=frames)
+    for line in report.lines():
+        print("  " + line)
+    print("  verdict: " + ("PASS" if report.passed else f"FAIL ({', '.join(sorted(report.failed_names()))})"))
+    print("[6/6] push to a local Hub, pull back with plain LeRobot in a fresh process")
     commit_url, pulled = push_and_pull(workdir, world, student_dir)
     print(f"pushed: {commit_url}")
     print(f"plain LeRobot in a fresh process, from the Hub: {pulled}")
     result = {"rows": [r.__dict__ for r in rows], "student": str(student_dir), "frames": len(idx),
+              "verify": report.to_dict(),
               "commit_url": commit_url, "pulled": pulled}
     (workdir / "demo_result.json").write_text(json.dumps(result, indent=2))
     return result
