@@ -89,7 +89,8 @@ def _weights_problems(weights: Path) -> list[str]:
     try:
         with safe_open(str(weights), framework="pt") as f:
             keys = list(f.keys())
-            teacher = [k for k in keys if k.startswith("teacher.")]
+            # Under any prefix (teacher., teacher_model., _teacher...): no SmolVLA key names a teacher.
+            teacher = [k for k in keys if any("teacher" in part.lower() for part in k.split(".")[:-1])]
             bad = []
             for k in keys:
                 t = f.get_tensor(k)

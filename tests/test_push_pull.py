@@ -265,3 +265,16 @@ def test_push_to_a_branch_leaves_main_alone(server, student_fp32):
     assert server.head(repo, "main") != server.head(repo, "dev")
     assert set(server.repo_files(repo, "main")) == {".gitattributes"}
     assert "model.safetensors" in server.repo_files(repo, "dev")
+
+
+def test_push_refuses_teacher_tensors_under_any_prefix(world, student_fp32, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    broken = shutil.copytree(student_fp32, tmp_path / "with-teacher")
+    weights = load_file(str(broken / "model.safetensors"))
+    teacher = load_file(str(world.teacher_fp32 / "model.safetensors"))
+    save_file({**weights, **{f"_teacher_policy.{k}": v for k, v in teacher.items()}}, str(broken / "model.safetensors"))
+    problems = structural_problems(broken)
+    assert problems == [f"weights check: model.safetensors holds {len(teacher)} teacher tensors "
+                        f"(e.g. _teacher_policy.{sorted(teacher)[0]}); save the student only"]
+    assert structural_problems(student_fp32) == []
