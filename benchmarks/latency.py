@@ -105,18 +105,9 @@ SMOLVLA_BASE = {
 def write_real_size_backbone(folder: Path, seed: int = 0) -> Path:
     """A SmolVLM2-500M-Video-Instruct-shaped backbone folder with random bf16 weights."""
     import torch
+    from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
 
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (
-        PreTrainedTokenizerFast,
-        SmolVLMConfig,
-        SmolVLMForConditionalGeneration,
-        SmolVLMImageProcessor,
-        SmolVLMProcessor,
-        SmolVLMVideoProcessor,
-    )
-
-    from hub_reflow.testing.tiny_world import _EXTRA_SPECIAL_TOKENS, _SPECIAL_TOKENS
+    from hub_reflow.testing.tiny_world import _EXTRA_SPECIAL_TOKENS, _SPECIAL_TOKENS, smolvlm_processor
 
     if (folder / "model.safetensors").exists():
         return folder
@@ -125,22 +116,10 @@ def write_real_size_backbone(folder: Path, seed: int = 0) -> Path:
     vocab_size = SMOLVLM2_500M_TEXT["vocab_size"]
     # Word-level vocabulary of the published size: special tokens, the task's words, fillers. Only
     # the embedding table's size has to match; the token ids carry no meaning with random weights.
-    vocab: dict[str, int] = {}
-    for tok in [*_SPECIAL_TOKENS.values(), *_EXTRA_SPECIAL_TOKENS.values(), *TASK.split(), "\n"]:
-        vocab.setdefault(tok, len(vocab))
-    while len(vocab) < vocab_size:
-        vocab[f"<w{len(vocab)}>"] = len(vocab)
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=_SPECIAL_TOKENS["unk_token"]))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, extra_special_tokens=dict(_EXTRA_SPECIAL_TOKENS),
-                                        model_max_length=8192, **_SPECIAL_TOKENS)
     size = SMOLVLM2_500M_VISION["image_size"]
     tokens_per_image = (size // SMOLVLM2_500M_VISION["patch_size"]) ** 2 // SMOLVLM2_500M_SCALE_FACTOR**2
-    processor = SmolVLMProcessor(
-        image_processor=SmolVLMImageProcessor(size={"longest_edge": size}, max_image_size={"longest_edge": size},
-                                              do_image_splitting=False),
-        tokenizer=tokenizer, video_processor=SmolVLMVideoProcessor(), image_seq_len=tokens_per_image,
-    )
+    processor, vocab = smolvlm_processor([*TASK.split(), "\n"], image_size=size, image_seq_len=tokens_per_image,
+                                         model_max_length=8192, vocab_size=vocab_size)
     text = {**SMOLVLM2_500M_TEXT, "pad_token_id": vocab[_SPECIAL_TOKENS["pad_token"]]}
     config = SmolVLMConfig(
         vision_config=dict(SMOLVLM2_500M_VISION), text_config=text, scale_factor=SMOLVLM2_500M_SCALE_FACTOR,

@@ -198,21 +198,24 @@ def push_checkpoint(
             raise UserError(f"push: cannot render the model card ({type(e).__name__}); pass --force only for a complete checkpoint") from None
         image_names = tuple(p.name for p in stage.glob("*.png"))
         render_card(lineage, config, repo_id=repo_id, image_names=image_names).save(stage / README_NAME)
-        try:
-            api.create_repo(repo_id, private=private, exist_ok=True)
-            if branch:
-                api.create_branch(repo_id, branch=branch, exist_ok=True)
-            info = api.upload_folder(
-                folder_path=stage,
-                repo_id=repo_id,
-                revision=branch,
-                commit_message=commit_message or "Upload reflow student (hub-reflow)",
-                ignore_patterns=["training_state/**", ".cache/**"],
-            )
-            if tag:
-                api.create_tag(repo_id, tag=tag, revision=info.oid, exist_ok=False)
-        except _hub_errors() as e:
-            raise _hub_error(e, repo_id, "push", token) from None
+        return _upload(api, stage, repo_id, "model", private=private, branch=branch, tag=tag, token=token,
+                       commit_message=commit_message or "Upload reflow student (hub-reflow)",
+                       ignore_patterns=["training_state/**", ".cache/**"])
+
+
+def _upload(api, folder: Path, repo_id: str, repo_type: str, *, private: bool, branch: str | None, tag: str | None,
+            token: str | None, commit_message: str, ignore_patterns: list[str]) -> str:
+    """Create the repo (and branch) if needed, upload ``folder`` in one commit, tag it; the commit URL."""
+    try:
+        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        if branch:
+            api.create_branch(repo_id, repo_type=repo_type, branch=branch, exist_ok=True)
+        info = api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type=repo_type, revision=branch,
+                                 commit_message=commit_message, ignore_patterns=ignore_patterns)
+        if tag:
+            api.create_tag(repo_id, repo_type=repo_type, tag=tag, revision=info.oid, exist_ok=False)
+    except _hub_errors() as e:
+        raise _hub_error(e, repo_id, "push", token) from None
     return str(info.commit_url)
 
 
@@ -236,21 +239,9 @@ def push_pairs(
     _validate_repo_id(repo_id, "push")
     folder = Path(folder).expanduser()
     read_pairs_meta(folder, str(folder), action="push")  # metadata readable, data sha256 as recorded
-    api = HfApi(token=token, endpoint=endpoint)
-    try:
-        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        if branch:
-            api.create_branch(repo_id, repo_type="dataset", branch=branch, exist_ok=True)
-        info = api.upload_folder(
-            folder_path=folder, repo_id=repo_id, repo_type="dataset", revision=branch,
-            commit_message=commit_message or "Upload reflow teacher pairs (hub-reflow)",
-            ignore_patterns=[".cache/**", ".tmp-*", ".old-*"],
-        )
-        if tag:
-            api.create_tag(repo_id, repo_type="dataset", tag=tag, revision=info.oid, exist_ok=False)
-    except _hub_errors() as e:
-        raise _hub_error(e, repo_id, "push", token) from None
-    return str(info.commit_url)
+    return _upload(HfApi(token=token, endpoint=endpoint), folder, repo_id, "dataset", private=private, branch=branch,
+                   tag=tag, token=token, commit_message=commit_message or "Upload reflow teacher pairs (hub-reflow)",
+                   ignore_patterns=[".cache/**", ".tmp-*", ".old-*"])
 
 
 def push_policy(policy, repo_id: str, **kwargs) -> str:

@@ -48,6 +48,31 @@ _EXTRA_SPECIAL_TOKENS = {
 _WORDS = "go around the post left right move to side pick place up down a an of \n".split(" ")
 
 
+def smolvlm_processor(words, *, image_size: int, image_seq_len: int, model_max_length: int,
+                      vocab_size: int | None = None):
+    """A ``SmolVLMProcessor`` with a word-level tokenizer carrying the special tokens SmolVLA reads
+    (special tokens first, at fixed ids, then ``words``, then fillers up to ``vocab_size``), no image
+    splitting. Returns (processor, vocab)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, SmolVLMImageProcessor, SmolVLMProcessor, SmolVLMVideoProcessor
+
+    vocab: dict[str, int] = {}
+    for tok in [*_SPECIAL_TOKENS.values(), *_EXTRA_SPECIAL_TOKENS.values(), *(w for w in words if w)]:
+        vocab.setdefault(tok, len(vocab))
+    while vocab_size is not None and len(vocab) < vocab_size:
+        vocab[f"<w{len(vocab)}>"] = len(vocab)
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=_SPECIAL_TOKENS["unk_token"]))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, extra_special_tokens=dict(_EXTRA_SPECIAL_TOKENS),
+                                        model_max_length=model_max_length, **_SPECIAL_TOKENS)
+    processor = SmolVLMProcessor(
+        image_processor=SmolVLMImageProcessor(size={"longest_edge": image_size}, max_image_size={"longest_edge": image_size},
+                                              do_image_splitting=False),
+        tokenizer=tokenizer, video_processor=SmolVLMVideoProcessor(), image_seq_len=image_seq_len,
+    )
+    return processor, vocab
+
+
 def make_tiny_backbone(folder: str | Path, *, hidden_size: int = 64, num_layers: int = 2, seed: int = 0) -> Path:
     """Write a tiny SmolVLM backbone (config, tokenizer, processor, weights) to ``folder``.
 
@@ -56,47 +81,14 @@ def make_tiny_backbone(folder: str | Path, *, hidden_size: int = 64, num_layers:
     num_layers`` in the policy config. Returns the folder.
     """
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (
-        PreTrainedTokenizerFast,
-        SmolVLMConfig,
-        SmolVLMForConditionalGeneration,
-        SmolVLMImageProcessor,
-        SmolVLMProcessor,
-        SmolVLMVideoProcessor,
-    )
+    from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
 
-    # Word-level vocabulary: special tokens first (fixed ids), then words.
-    vocab: dict[str, int] = {}
-    for tok in [*_SPECIAL_TOKENS.values(), *_EXTRA_SPECIAL_TOKENS.values()]:
-        vocab.setdefault(tok, len(vocab))
-    for word in _WORDS:
-        if word and word not in vocab:
-            vocab[word] = len(vocab)
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=_SPECIAL_TOKENS["unk_token"]))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        extra_special_tokens=dict(_EXTRA_SPECIAL_TOKENS),
-        model_max_length=512,
-        **_SPECIAL_TOKENS,
-    )
-
     vision_size = 32
-    processor = SmolVLMProcessor(
-        image_processor=SmolVLMImageProcessor(
-            size={"longest_edge": IMAGE_SIZE},
-            max_image_size={"longest_edge": IMAGE_SIZE},
-            do_image_splitting=False,
-        ),
-        tokenizer=tokenizer,
-        video_processor=SmolVLMVideoProcessor(),
-        # (image_size / patch_size)^2 / scale_factor^2 = (32 / 8)^2 / 2^2
-        image_seq_len=4,
-    )
+    # (image_size / patch_size)^2 / scale_factor^2 = (32 / 8)^2 / 2^2
+    processor, vocab = smolvlm_processor(_WORDS, image_size=IMAGE_SIZE, image_seq_len=4, model_max_length=512)
 
     num_heads = 4
     config = SmolVLMConfig(
