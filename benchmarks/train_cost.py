@@ -126,7 +126,7 @@ def run_variant(variant: str, spec: dict) -> dict:
     else:
         rp = ReflowPolicy.from_teacher(resolved, rcfg, device=device)
         rp.train()
-        optimizer, _, clip = _make_optimizer(rp, cfg, rcfg)
+        optimizer, _, clip, _ = _make_optimizer(rp.trainable_parameters(), cfg, rcfg)
         trainable = rp.trainable_parameters()
         model_bytes, teacher_bytes = _bytes(rp.student), _bytes(rp.teacher)
         if variant == "reflow_cached":

@@ -10,6 +10,9 @@ from pathlib import Path
 
 
 def _add_train(sub) -> None:
+    from .config import ReflowConfig
+    from .flow import TIME_SAMPLERS
+
     p = sub.add_parser("train", help="train a reflow student from a SmolVLA teacher and its dataset")
     p.add_argument("--teacher", required=True, help="teacher checkpoint: local pretrained_model/ folder or Hub repo id")
     p.add_argument("--teacher-revision", default=None, help="branch, tag or commit of a Hub teacher (recorded as a commit sha)")
@@ -21,8 +24,11 @@ def _add_train(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--student-steps", type=int, default=1, help="Euler steps of the student (its num_steps)")
     p.add_argument("--teacher-steps", type=int, default=10, help="Euler steps the teacher integrates per target")
-    p.add_argument("--time-sampling", choices=["uniform", "beta"], default="uniform")
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--time-sampling", choices=list(TIME_SAMPLERS), default=ReflowConfig.time_sampling,
+                   help="training times t: grid (the student's Euler times), mixed (half grid, half uniform), "
+                   "uniform, or beta (SmolVLA's); see docs/fidelity.md")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (default: the teacher config's optimizer_lr, LeRobot's preset)")
     p.add_argument("--warmup-steps", type=int, default=None)
     p.add_argument("--holdout-episodes", type=int, default=0, help="keep the last N episodes out of training")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")

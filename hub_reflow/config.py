@@ -14,15 +14,18 @@ class ReflowConfig:
     teacher_steps: int = 10
     # Euler steps the student is trained and saved for (written as `num_steps` in config.json).
     student_steps: int = 1
-    # Distribution of training times t: "uniform" on [0, 1] (Rectified Flow) or "beta" (SmolVLA's
-    # Beta(1.5, 1) * 0.999 + 0.001, which favours the noise end).
-    time_sampling: str = "uniform"
+    # Distribution of training times t (docs/fidelity.md): "grid", the student's own Euler times
+    # 1, 1 - 1/K, ..., 1/K (the only times a K-step student evaluates its field); "mixed", half on
+    # that grid, half uniform; "uniform" on [0, 1] (Rectified Flow: a field straight everywhere, for
+    # a student also run at other step counts); "beta" (SmolVLA's Beta(1.5, 1) * 0.999 + 0.001).
+    time_sampling: str = "grid"
     # Keep the student's VLM frozen (vision encoder, connector, text model). The expert and the
     # projections train. Unfreezing changes the KV cache the expert attends to and costs memory.
     freeze_vlm: bool = True
     # Optimizer: LeRobot's AdamW preset from the teacher's config, with these overrides (None keeps
-    # the teacher config's value).
-    lr: float | None = 1e-4
+    # the teacher config's value: the student's expert continues with the recipe that trained it;
+    # 1e-4 for teachers fine-tuned with LeRobot's defaults).
+    lr: float | None = None
     weight_decay: float | None = None
     grad_clip_norm: float | None = None
     # Scheduler: LeRobot's cosine-with-warmup preset; warmup steps (None: 5% of the run).

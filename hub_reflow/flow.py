@@ -20,7 +20,9 @@ from torch import Tensor
 
 VelocityField = Callable[[Tensor, Tensor], Tensor]
 
-TIME_SAMPLERS = ("uniform", "beta")
+TIME_SAMPLERS = ("grid", "mixed", "uniform", "beta")
+# Share of a batch's times drawn on the student's Euler grid in the ``mixed`` mode (the rest uniform).
+MIXED_GRID_SHARE = 0.5
 
 
 def _bcast(t: Tensor, like: Tensor) -> Tensor:
@@ -40,18 +42,29 @@ def target_velocity(noise: Tensor, data: Tensor) -> Tensor:
 
 
 def sample_time(kind: str, batch_size: int, device: torch.device | str = "cpu",
-                generator: torch.Generator | None = None) -> Tensor:
+                generator: torch.Generator | None = None, grid_steps: int = 1) -> Tensor:
     """Training times, float32 of shape (B,), drawn on the CPU (from ``generator`` when given).
 
-    ``uniform``: U[0, 1], as in Rectified Flow. ``beta``: SmolVLA's own training distribution,
-    ``Beta(1.5, 1) * 0.999 + 0.001`` (more weight near t = 1, the noise end), drawn by inverting its
-    CDF ``x ** 1.5`` so that a generator can drive it.
+    ``grid``: uniformly among the times a ``grid_steps``-step Euler sampler evaluates the field at,
+    ``1, 1 - 1/K, ..., 1/K`` (:func:`euler_times`); the only times the student is ever asked about
+    (docs/fidelity.md). ``mixed``: each time on that grid with probability ``MIXED_GRID_SHARE``, else
+    uniform. ``uniform``: U[0, 1], as in Rectified Flow. ``beta``: SmolVLA's own training
+    distribution, ``Beta(1.5, 1) * 0.999 + 0.001`` (more weight near t = 1, the noise end), drawn by
+    inverting its CDF ``x ** 1.5`` so that a generator can drive it.
     """
     if kind not in TIME_SAMPLERS:
         raise ValueError(f"time sampling must be one of {TIME_SAMPLERS}, got {kind!r}")
     u = torch.rand(batch_size, dtype=torch.float32, generator=generator)
     if kind == "beta":
         u = u ** (1 / 1.5) * 0.999 + 0.001
+    elif kind in ("grid", "mixed"):
+        grid = torch.tensor(euler_times(grid_steps), dtype=torch.float32)
+        on_grid = grid[torch.randint(grid_steps, (batch_size,), generator=generator)]
+        if kind == "grid":
+            u = on_grid
+        else:
+            pick = torch.rand(batch_size, generator=generator) < MIXED_GRID_SHARE
+            u = torch.where(pick, on_grid, u)
     return u.to(device)
 
 

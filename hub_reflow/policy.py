@@ -150,7 +150,8 @@ class ReflowPolicy(
         else:
             noise, data = self.make_pairs(inputs, noise)
         if time is None:
-            time = flow.sample_time(self.reflow_config.time_sampling, inputs.batch_size, device=noise.device)
+            time = flow.sample_time(self.reflow_config.time_sampling, inputs.batch_size, device=noise.device,
+                                    grid_steps=self.reflow_config.student_steps)
         loss = student_losses(self.student, inputs, data, noise, time).mean()
         return loss, {"loss": loss.detach()}
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +20,8 @@ import torch
 from .checkpoint import LINEAGE_NAME, Lineage, atomic_dir, teacher_card_data, write_canonical
 from .config import ReflowConfig
 from .errors import UserError
+from .precision import FILE_NAME as MASTER_FILE
+from .precision import MasterWeights
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +122,9 @@ def _dataset_commit(repo_id: str, root: Path | None, revision: str | None) -> st
         return None
 
 
-def _make_optimizer(policy, teacher_cfg, rcfg: ReflowConfig):
-    """LeRobot's AdamW + cosine-with-warmup presets from the teacher config, our overrides on top."""
+def _make_optimizer(params, teacher_cfg, rcfg: ReflowConfig):
+    """LeRobot's AdamW + cosine-with-warmup presets from the teacher config, our overrides on top,
+    over ``params``. Returns the optimizer, the scheduler, the clip norm and the settings used."""
     opt_cfg = teacher_cfg.get_optimizer_preset()
     if rcfg.lr is not None:
         opt_cfg.lr = rcfg.lr
@@ -132,8 +137,11 @@ def _make_optimizer(policy, teacher_cfg, rcfg: ReflowConfig):
     sched_cfg.decay_lr = min(sched_cfg.decay_lr, opt_cfg.lr)
     sched_cfg.num_decay_steps = rcfg.steps
     sched_cfg.num_warmup_steps = rcfg.warmup_steps if rcfg.warmup_steps is not None else max(1, rcfg.steps // 20)
-    optimizer = opt_cfg.build(policy.trainable_parameters())
-    return optimizer, sched_cfg.build(optimizer, rcfg.steps), opt_cfg.grad_clip_norm
+    optimizer = opt_cfg.build(params)
+    used = {"lr": opt_cfg.lr, "lr_from": "--lr" if rcfg.lr is not None else "teacher config (LeRobot preset)",
+            "betas": list(opt_cfg.betas), "weight_decay": opt_cfg.weight_decay, "grad_clip_norm": opt_cfg.grad_clip_norm,
+            "warmup_steps": sched_cfg.num_warmup_steps, "decay_lr": sched_cfg.decay_lr}
+    return optimizer, sched_cfg.build(optimizer, rcfg.steps), opt_cfg.grad_clip_norm, used
 
 
 def _update_last(checkpoints: Path, step_dir: Path) -> None:
@@ -144,8 +152,11 @@ def _update_last(checkpoints: Path, step_dir: Path) -> None:
     os.replace(tmp, checkpoints / "last")
 
 
-def save_checkpoint(output_dir: Path, step: int, policy, optimizer, scheduler, num_processes: int, batch_size: int) -> Path:
+def save_checkpoint(output_dir: Path, step: int, policy, optimizer, scheduler, num_processes: int, batch_size: int,
+                    master: MasterWeights | None = None) -> Path:
     from lerobot.common.train_utils import get_step_checkpoint_dir, save_training_state
+    from lerobot.utils.constants import TRAINING_STATE_DIR
+    from safetensors.torch import save_file
 
     final = get_step_checkpoint_dir(output_dir, policy.reflow_config.steps, step)
     policy.lineage.training["step"] = step
@@ -154,6 +165,8 @@ def save_checkpoint(output_dir: Path, step: int, policy, optimizer, scheduler, n
         pretrained.mkdir()
         write_canonical(pretrained, policy.student, policy.base, policy.reflow_config.student_steps, policy.lineage)
         save_training_state(tmp, step, optimizer, scheduler, num_processes=num_processes, batch_size=batch_size)
+        if master is not None and master.active:
+            save_file(master.state_dict(), str(tmp / TRAINING_STATE_DIR / MASTER_FILE))
     _update_last(final.parent, final)
     return final
 
@@ -187,6 +200,33 @@ def _check_same_targets(saved: Lineage, now: Lineage) -> None:
         raise UserError(f"--resume: this run was trained with {was}; resume it with the same --pairs (or none)")
 
 
+class PhaseTimer:
+    """Wall seconds per phase of a run (host time: on CUDA a phase that only launches kernels
+    looks cheap and the wait shows up at the next sync). Recorded in the lineage as
+    ``training.time_s`` so users and ``benchmarks/train_overhead.py`` can see where the time goes."""
+
+    def __init__(self):
+        self._totals: dict[str, float] = {}
+        self._started: dict[str, float] = {}
+
+    def start(self, name: str) -> None:
+        self._started[name] = time.perf_counter()
+
+    def stop(self, name: str) -> None:
+        self._totals[name] = self._totals.get(name, 0.0) + time.perf_counter() - self._started.pop(name)
+
+    @contextmanager
+    def __call__(self, name: str):
+        self.start(name)
+        try:
+            yield
+        finally:
+            self.stop(name)
+
+    def totals(self) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in self._totals.items()}
+
+
 def _step_seed(seed: int, process: int, step: int) -> int:
     return (seed * 1_000_003 + process * 7_919 + step) % (2**63)
 
@@ -202,13 +242,17 @@ def train(args: TrainArgs) -> Path:
     from lerobot.datasets import EpisodeAwareSampler, compute_sampler_state
     from lerobot.policies.factory import make_pre_post_processors
     from lerobot.utils.random_utils import set_seed
-    from safetensors.torch import load_model
+    from safetensors.torch import load_file, load_model
     from tqdm.auto import tqdm
 
     from .checkpoint import read_policy_config, resolve_checkpoint
     from .flow import sample_time
+    from .pairs import NOISE_KEY, TARGET_KEY
     from .policy import ReflowPolicy
-    from .smolvla import noise_shape
+    from .smolvla import noise_shape, policy_inputs
+
+    timer = PhaseTimer()
+    timer.start("setup")
 
     rcfg = args.reflow
     output_dir = Path(args.output_dir)
@@ -248,7 +292,9 @@ def train(args: TrainArgs) -> Path:
         teacher_cfg, pretrained_path=str(resolved.path),
         preprocessor_overrides={"device_processor": {"device": device}},
     )
-    optimizer, scheduler, clip = _make_optimizer(policy, teacher_cfg, rcfg)
+    master = MasterWeights(policy.trainable_parameters())
+    optimizer, scheduler, clip, opt_used = _make_optimizer(master.params, teacher_cfg, rcfg)
+    policy.lineage.training["optimizer"] = {**opt_used, "fp32_master_weights": master.active}
 
     step, sampler_state = 0, None
     if pairs is not None:  # one "episode" spanning every pairs row: a seeded shuffle per epoch, resumable
@@ -264,7 +310,12 @@ def train(args: TrainArgs) -> Path:
         _check_same_targets(Lineage.from_file(ckpt / "pretrained_model" / LINEAGE_NAME), policy.lineage)
         load_model(policy.student, str(ckpt / "pretrained_model" / "model.safetensors"), strict=True, device=device)
         step, optimizer, scheduler = load_training_state(ckpt, optimizer, scheduler)
-        policy.lineage.training = Lineage.from_file(ckpt / "pretrained_model" / LINEAGE_NAME).training
+        if master.active:  # the fp32 masters, not the rounded weights of pretrained_model/
+            from lerobot.utils.constants import TRAINING_STATE_DIR
+
+            master.load_state_dict(load_file(str(ckpt / TRAINING_STATE_DIR / MASTER_FILE)))
+        policy.lineage.training = {**Lineage.from_file(ckpt / "pretrained_model" / LINEAGE_NAME).training,
+                                   "optimizer": policy.lineage.training["optimizer"]}
         # LeRobot's sample-exact resume: the data order continues where the run stopped.
         sampler_state = compute_sampler_state(
             step, len(sampler), load_training_batch_size(ckpt) or rcfg.batch_size,
@@ -286,6 +337,7 @@ def train(args: TrainArgs) -> Path:
         collate_fn=lerobot_collate_fn if (dataset.frames if pairs else dataset).meta.has_language_columns else None,
     )
     model, optimizer, dataloader, scheduler = accelerator.prepare(policy, optimizer, dataloader, scheduler)
+    timer.stop("setup")
     if sampler_state is not None and hasattr(dataloader, "set_epoch"):
         # accelerate's loader sets the sampler's epoch to its own pass count (0 after a restart)
         # each time it is iterated: start that count at the resumed epoch.
@@ -293,52 +345,66 @@ def train(args: TrainArgs) -> Path:
     model.train()
     batches = _cycle(dataloader)
     bar = tqdm(total=rcfg.steps, initial=step, desc="reflow", disable=None if (main and args.progress) else True, dynamic_ncols=True)  # None: off when not a TTY
-    loss_sum, loss_n = 0.0, 0
+    # The loss is summed on the device and read once per log interval: an ``.item()`` every step
+    # would wait for the device each step (a sync point).
+    loss_sum, loss_n = torch.zeros((), device=accelerator.device), 0
     while step < rcfg.steps:
-        batch = next(batches)
+        with timer("data"):
+            batch = next(batches)
         # Noise and times from a generator seeded by (seed, process, step): a resumed run draws
         # exactly what the uninterrupted one would have (the global RNG is also used by the loader).
         gen = torch.Generator().manual_seed(_step_seed(rcfg.seed, accelerator.process_index, step))
         target = None
         if pairs is not None:
-            from .pairs import NOISE_KEY, TARGET_KEY
-
             noise, target = batch.pop(NOISE_KEY).to(accelerator.device), batch.pop(TARGET_KEY).to(accelerator.device)
-        batch = preprocessor(batch)
+        with timer("preprocess"):
+            batch = preprocessor(batch)
         bsz = batch["observation.state"].shape[0]
         if target is None:
             noise = torch.randn(noise_shape(policy.student, bsz), dtype=torch.float32, generator=gen).to(accelerator.device)
-        time = sample_time(rcfg.time_sampling, bsz, accelerator.device, generator=gen)
-        loss, _ = model(batch, noise=noise, time=time, target=target)
-        accelerator.backward(loss)
-        if clip:
-            accelerator.clip_grad_norm_(policy.trainable_parameters(), clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+            with timer("teacher"):
+                noise, target = policy.make_pairs(policy_inputs(policy.teacher, batch), noise)
+        times = sample_time(rcfg.time_sampling, bsz, accelerator.device, generator=gen, grid_steps=rcfg.student_steps)
+        with timer("student"):
+            loss, _ = model(batch, noise=noise, time=times, target=target)
+            accelerator.backward(loss)
+            master.grads_to_masters()
+            if clip:
+                accelerator.clip_grad_norm_(master.params, clip)
+            optimizer.step()
+            scheduler.step()
+            master.masters_to_params()
+            optimizer.zero_grad(set_to_none=True)
         step += 1
         bar.update(1)
-        # The mean over processes (one all-reduce; a sync point, cheap next to the teacher's sampling).
-        loss_sum += accelerator.reduce(loss.detach(), reduction="mean").item()
+        loss_sum += loss.detach()
         loss_n += 1
-        if main and (step % args.log_freq == 0 or step == rcfg.steps):
-            avg = loss_sum / loss_n
-            bar.set_postfix(loss=f"{avg:.4f}")
-            tqdm.write(f"step {step}/{rcfg.steps} loss {avg:.5f} lr {scheduler.get_last_lr()[0]:.2e}")
-            policy.lineage.training.setdefault("loss_curve", []).append([step, avg])
-            loss_sum, loss_n = 0.0, 0
+        if step % args.log_freq == 0 or step == rcfg.steps:
+            with timer("logging"):
+                # The mean over steps and processes (one all-reduce, at log steps only).
+                avg = accelerator.reduce(loss_sum, reduction="mean").item() / loss_n
+                if main:
+                    bar.set_postfix(loss=f"{avg:.4f}")
+                    tqdm.write(f"step {step}/{rcfg.steps} loss {avg:.5f} lr {scheduler.get_last_lr()[0]:.2e}")
+                    policy.lineage.training.setdefault("loss_curve", []).append([step, avg])
+                loss_sum.zero_()
+                loss_n = 0
         if (args.save_freq > 0 and step % args.save_freq == 0) or step == rcfg.steps:
             accelerator.wait_for_everyone()
             if main and step == rcfg.steps:
                 tqdm.write("measuring fidelity and latency against the teacher")
-                policy.lineage.evaluation = _evaluate(policy, args, ds_info, preprocessor, postprocessor)
+                with timer("final_measurement"):
+                    policy.lineage.evaluation = _evaluate(policy, args, ds_info, preprocessor, postprocessor)
                 model.train()
             if main:
                 policy.lineage.training.update({
                     "device": device, "num_processes": accelerator.num_processes,
                     "batch_size_per_process": rcfg.batch_size, "final_loss": policy.lineage.training.get("loss_curve", [[0, None]])[-1][1],
+                    "time_s": timer.totals(),
                 })
-                path = save_checkpoint(output_dir, step, policy, optimizer, scheduler, accelerator.num_processes, rcfg.batch_size)
+                with timer("checkpoint"):
+                    path = save_checkpoint(output_dir, step, policy, optimizer, scheduler, accelerator.num_processes,
+                                           rcfg.batch_size, master)
                 tqdm.write(f"checkpoint {path.name} written")
             accelerator.wait_for_everyone()
     bar.close()

@@ -77,3 +77,37 @@ def test_time_samplers():
     assert float(b.min()) >= 0.001 and abs(float(b.mean()) - (0.6 * 0.999 + 0.001)) < 0.02
     with pytest.raises(ValueError, match="time sampling"):
         flow.sample_time("normal", 3)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 7])
+def test_grid_times_are_the_times_lerobots_sampler_asks_for(steps):
+    # The times LeRobot's own Euler loop evaluates the field at, bit for bit.
+    asked = []
+    euler_integrate(lambda x, t: (asked.append(t[0].item()), torch.zeros_like(x))[1], torch.zeros(2, 3), steps)
+    g = torch.Generator().manual_seed(0)
+    drawn = flow.sample_time("grid", 6000, generator=g, grid_steps=steps)
+    assert drawn.dtype == torch.float32
+    values, counts = torch.unique(drawn, return_counts=True)
+    assert sorted(values.tolist()) == sorted(torch.tensor(asked, dtype=torch.float32).tolist())
+    # Each grid time about equally often (6000 / steps each; 5 standard deviations).
+    expected = 6000 / steps
+    assert all(abs(c - expected) <= 5 * math.sqrt(expected) + 1 for c in counts.tolist())
+
+
+def test_mixed_times_put_the_documented_share_on_the_grid():
+    g = torch.Generator().manual_seed(1)
+    n = 20000
+    t = flow.sample_time("mixed", n, generator=g, grid_steps=2)
+    on_grid = (t == 1.0) | (t == 0.5)
+    share = float(on_grid.float().mean())
+    sd = math.sqrt(flow.MIXED_GRID_SHARE * (1 - flow.MIXED_GRID_SHARE) / n)
+    assert abs(share - flow.MIXED_GRID_SHARE) < 5 * sd
+    rest = t[~on_grid]
+    assert float(rest.min()) >= 0 and float(rest.max()) < 1 and abs(float(rest.mean()) - 0.5) < 0.02
+
+
+def test_time_samplers_follow_the_generator():
+    for kind in flow.TIME_SAMPLERS:
+        a = flow.sample_time(kind, 16, generator=torch.Generator().manual_seed(3), grid_steps=4)
+        b = flow.sample_time(kind, 16, generator=torch.Generator().manual_seed(3), grid_steps=4)
+        assert torch.equal(a, b)

@@ -151,63 +151,6 @@ def publish_backbone(backbone: str | Path, repo_id: str = TINY_BACKBONE_ID, endp
         constants.HF_HUB_OFFLINE, constants.HF_HUB_DISABLE_XET = saved
 
 
-def _render(position: np.ndarray) -> np.ndarray:
-    """A 32x32 RGB uint8 frame: grey background, a bright dot at the robot, a dark post at 0."""
-    img = np.full((IMAGE_SIZE, IMAGE_SIZE, 3), 64, dtype=np.uint8)
-    c = IMAGE_SIZE // 2
-    img[c - 1 : c + 1, c - 1 : c + 1] = 0
-    col = int(np.clip(round((position[0] + 2) / 4 * (IMAGE_SIZE - 1)), 0, IMAGE_SIZE - 1))
-    row = int(np.clip(round((position[1] + 2) / 4 * (IMAGE_SIZE - 1)), 0, IMAGE_SIZE - 1))
-    img[max(row - 1, 0) : row + 2, max(col - 1, 0) : col + 2] = 255
-    return img
-
-
-def tiny_features(camera_key: str = CAMERA_KEY) -> dict:
-    return {
-        camera_key: {"dtype": "image", "shape": (IMAGE_SIZE, IMAGE_SIZE, 3), "names": ["height", "width", "channels"]},
-        "observation.state": {"dtype": "float32", "shape": (2,), "names": ["x", "y"]},
-        "action": {"dtype": "float32", "shape": (2,), "names": ["vx", "vy"]},
-    }
-
-
-def make_tiny_dataset(
-    root: str | Path,
-    *,
-    repo_id: str = TINY_REPO_ID,
-    num_episodes: int = 24,
-    episode_length: int = 20,
-    seed: int = 0,
-    fps: int = 10,
-    camera_key: str = CAMERA_KEY,
-):
-    """Write the multimodal "go around the post" LeRobotDataset (no videos) to ``root``.
-
-    Episode ``e`` goes right when ``e`` is even and left when odd, so every prefix of episodes is
-    balanced; start positions are random. Returns the ``LeRobotDataset``.
-    """
-    import datasets
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
-
-    datasets.disable_progress_bars()  # one bar per episode otherwise
-    rng = np.random.default_rng(seed)
-    dataset = LeRobotDataset.create(
-        repo_id=repo_id, fps=fps, features=tiny_features(camera_key), root=root, robot_type="tiny_point", use_videos=False
-    )
-    for episode in range(num_episodes):
-        side = 1.0 if episode % 2 == 0 else -1.0
-        pos = rng.uniform(-1.0, 1.0, size=2).astype(np.float32)
-        for _ in range(episode_length):
-            action = np.array([side, -pos[1]], dtype=np.float32)
-            dataset.add_frame(
-                {camera_key: _render(pos), "observation.state": pos.copy(), "action": action, "task": TINY_TASK}
-            )
-            # Only y moves: the camera and the state never reveal which side the episode takes.
-            pos = (pos + 0.1 * np.array([0.0, action[1]], dtype=np.float32)).astype(np.float32)
-        dataset.save_episode()
-    dataset.finalize()
-    return dataset
-
-
 # Policy settings shared by every tiny teacher: small chunk, small images, the tiny backbone's depth.
 TINY_POLICY_ARGS = (
     "--policy.chunk_size=8",
@@ -246,6 +189,7 @@ def train_teacher(
     load_vlm_weights: bool = True,
     seed: int = 1000,
     extra_args: tuple[str, ...] = (),
+    spec: WorldSpec | None = None,
 ) -> Path:
     """Train a SmolVLA teacher with the real ``lerobot-train``; return its ``pretrained_model`` folder."""
     output_dir = Path(output_dir)
@@ -257,8 +201,8 @@ def train_teacher(
         "--policy.device=cpu",
         "--policy.push_to_hub=false",
         f"--policy.scheduler_decay_steps={steps}",
-        *TINY_POLICY_ARGS,
-        f"--dataset.repo_id={repo_id}",
+        *(spec.policy_args() if spec else TINY_POLICY_ARGS),
+        f"--dataset.repo_id={spec.repo_id if spec else repo_id}",
         f"--dataset.root={dataset_root}",
         f"--output_dir={output_dir}",
         f"--steps={steps}",
@@ -276,6 +220,118 @@ def train_teacher(
     return output_dir / "checkpoints" / "last" / "pretrained_model"
 
 
+@dataclass(frozen=True)
+class WorldSpec:
+    """The shape of a tiny world: cameras, state and action dimensions, the teacher's chunk size.
+
+    Every world keeps the bimodal "go around the post" structure in its first two action dims
+    (``(d, -p_y)``, the side ``d`` unobservable); further state dims are static random values
+    ``q_i`` and further action dims are fixed functions of the state (``0.5 * q_i``, or
+    ``0.5 * sin(3 p_x)`` when there are more action than state dims), so they can be learned exactly.
+    """
+
+    name: str
+    repo_id: str
+    cameras: tuple[str, ...] = (CAMERA_KEY,)
+    state_dim: int = 2
+    action_dim: int = 2
+    chunk_size: int = 8
+    max_dim: int = 8  # max_state_dim = max_action_dim of the policy
+
+    def features(self) -> dict:
+        feats = {cam: {"dtype": "image", "shape": (IMAGE_SIZE, IMAGE_SIZE, 3), "names": ["height", "width", "channels"]}
+                 for cam in self.cameras}
+        feats["observation.state"] = {"dtype": "float32", "shape": (self.state_dim,), "names": _names("x y", "q", self.state_dim)}
+        feats["action"] = {"dtype": "float32", "shape": (self.action_dim,), "names": _names("vx vy", "u", self.action_dim)}
+        return feats
+
+    def policy_args(self) -> tuple[str, ...]:
+        return (
+            f"--policy.chunk_size={self.chunk_size}",
+            f"--policy.n_action_steps={self.chunk_size}",
+            f"--policy.max_state_dim={self.max_dim}",
+            f"--policy.max_action_dim={self.max_dim}",
+            *TINY_POLICY_ARGS[4:],
+        )
+
+    def action(self, side: float, state: np.ndarray) -> np.ndarray:
+        extra = [0.5 * state[2 + i] if 2 + i < self.state_dim else 0.5 * np.sin(3 * state[0])
+                 for i in range(self.action_dim - 2)]
+        return np.array([side, -state[1], *extra], dtype=np.float32)
+
+
+def _names(base: str, prefix: str, n: int) -> list[str]:
+    names = base.split()
+    return names + [f"{prefix}{i}" for i in range(n - len(names))]
+
+
+# The default world (tests, demo) and a second one with other cameras and dimensions (benchmarks).
+TINY_WORLD = WorldSpec("tiny", TINY_REPO_ID)
+TWO_CAMERA_WORLD = WorldSpec("two-camera", "hub-reflow-testing/tiny-go-around-2cam",
+                             cameras=("observation.images.top", "observation.images.side"),
+                             state_dim=3, action_dim=4, chunk_size=12, max_dim=6)
+WORLDS = {w.name: w for w in (TINY_WORLD, TWO_CAMERA_WORLD)}
+
+
+def _render(position: np.ndarray, view: int = 0) -> np.ndarray:
+    """A 32x32 RGB uint8 frame: grey background, a bright dot at the robot, a dark post at 0.
+    View 0 looks from the top (x, y); view 1 from the side (y against the static q, when there is one)."""
+    img = np.full((IMAGE_SIZE, IMAGE_SIZE, 3), 64 if view == 0 else 96, dtype=np.uint8)
+    c = IMAGE_SIZE // 2
+    img[c - 1 : c + 1, c - 1 : c + 1] = 0
+    u, v = (position[0], position[1]) if view == 0 else (position[1], position[2] if len(position) > 2 else 0.0)
+    col = int(np.clip(round((u + 2) / 4 * (IMAGE_SIZE - 1)), 0, IMAGE_SIZE - 1))
+    row = int(np.clip(round((v + 2) / 4 * (IMAGE_SIZE - 1)), 0, IMAGE_SIZE - 1))
+    img[max(row - 1, 0) : row + 2, max(col - 1, 0) : col + 2] = 255 if view == 0 else (255, 200, 0)
+    return img
+
+
+def tiny_features(camera_key: str = CAMERA_KEY) -> dict:
+    return WorldSpec("tiny", TINY_REPO_ID, cameras=(camera_key,)).features()
+
+
+def make_tiny_dataset(
+    root: str | Path,
+    *,
+    repo_id: str = TINY_REPO_ID,
+    num_episodes: int = 24,
+    episode_length: int = 20,
+    seed: int = 0,
+    fps: int = 10,
+    camera_key: str = CAMERA_KEY,
+    spec: WorldSpec | None = None,
+):
+    """Write the multimodal "go around the post" LeRobotDataset (no videos) to ``root``.
+
+    Episode ``e`` goes right when ``e`` is even and left when odd, so every prefix of episodes is
+    balanced; start positions are random. ``spec`` gives the cameras and dimensions (default: one
+    camera ``camera_key``, 2-d state and action). Returns the ``LeRobotDataset``.
+    """
+    import datasets
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    spec = spec or WorldSpec("tiny", repo_id, cameras=(camera_key,))
+    datasets.disable_progress_bars()  # one bar per episode otherwise
+    rng = np.random.default_rng(seed)
+    dataset = LeRobotDataset.create(
+        repo_id=repo_id, fps=fps, features=spec.features(), root=root, robot_type="tiny_point", use_videos=False
+    )
+    for episode in range(num_episodes):
+        side = 1.0 if episode % 2 == 0 else -1.0
+        pos = rng.uniform(-1.0, 1.0, size=spec.state_dim).astype(np.float32)
+        for _ in range(episode_length):
+            action = spec.action(side, pos)
+            frame = {cam: _render(pos, view=i % 2) for i, cam in enumerate(spec.cameras)}
+            dataset.add_frame({**frame, "observation.state": pos.copy(), "action": action, "task": TINY_TASK})
+            # Only y moves: the cameras and the state never reveal which side the episode takes.
+            step = np.zeros_like(pos)
+            step[1] = action[1]
+            pos = (pos + 0.1 * step).astype(np.float32)
+        dataset.save_episode()
+    dataset.finalize()
+    return dataset
+
+
 @dataclass
 class TinyWorld:
     """Paths of one built tiny world."""
@@ -288,21 +344,24 @@ class TinyWorld:
 
 
 def build_tiny_world(
-    root: str | Path, *, teacher_steps: int = 300, load_vlm_weights: bool = True, seed: int = 0
+    root: str | Path, *, teacher_steps: int = 300, load_vlm_weights: bool = True, seed: int = 0,
+    spec: WorldSpec = TINY_WORLD,
 ) -> TinyWorld:
-    """Backbone + dataset + one teacher under ``root`` (reused when already built there).
+    """Backbone + dataset + one teacher under ``root`` (reused when already built there); ``spec``
+    picks the world (default: the one-camera tiny world).
 
     The backbone is also put in this process's HF cache under ``TINY_BACKBONE_ID`` (set
     ``HF_HOME`` before importing huggingface_hub to choose where)."""
     root = Path(root)
     backbone = root / "tiny-smolvlm"
-    dataset_root = root / "dataset"
+    suffix = "" if spec == TINY_WORLD else f"-{spec.name}"
+    dataset_root = root / f"dataset{suffix}"
     if not (backbone / "config.json").exists():
         make_tiny_backbone(backbone, seed=seed)
     publish_backbone(backbone)
     if not (dataset_root / "meta" / "info.json").exists():
-        make_tiny_dataset(dataset_root, seed=seed)
-    name = f"teacher-vlm{'bf16' if load_vlm_weights else 'fp32'}-{teacher_steps}"
+        make_tiny_dataset(dataset_root, seed=seed, repo_id=spec.repo_id, spec=spec)
+    name = f"teacher{suffix}-vlm{'bf16' if load_vlm_weights else 'fp32'}-{teacher_steps}"
     teacher = root / name / "checkpoints" / "last" / "pretrained_model"
     if not (teacher / "model.safetensors").exists():
         teacher = train_teacher(
@@ -311,5 +370,6 @@ def build_tiny_world(
             dataset_root=dataset_root,
             steps=teacher_steps,
             load_vlm_weights=load_vlm_weights,
+            spec=spec,
         )
-    return TinyWorld(root=root, backbone=backbone, dataset_root=dataset_root, repo_id=TINY_REPO_ID, teacher=teacher)
+    return TinyWorld(root=root, backbone=backbone, dataset_root=dataset_root, repo_id=spec.repo_id, teacher=teacher)
