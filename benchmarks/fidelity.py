@@ -1,32 +1,35 @@
-"""Fidelity of reflow students on the multimodal tiny task: does a 1-2 step student land where the
-10-step teacher lands, and on a true mode of the data?
+"""Fidelity of reflow students on the multimodal tiny worlds: does a 1-2 step student land where the
+10-step teacher lands, and on a true mode of the data? And which training-time distribution gets it
+there (docs/fidelity.md)?
 
-The task (``hub_reflow/testing/tiny_world.py``): action = (d, -p_y) with d = +1 in even episodes and
--1 in odd ones, not observable; p_y <- 0.9 p_y each frame. So for a frame with state (p_x, p_y) at
-frame i of an episode, the two true action chunks are ``m_d[j] = (d, -0.9^j p_y)``, j = 0..chunk-1,
-d = +-1, in real action units (positions past the episode's end are left out: LeRobot pads them and
-trains nothing there).
+Worlds (``hub_reflow/testing/tiny_world.py`` ``WORLDS``): ``tiny`` (one camera, 2-d state and action,
+chunk 8) and ``two-camera`` (two cameras, 3-d state, 4-d action, chunk 12, max dims 6). In both the
+first action dim is the unobservable side d = +-1 of the episode (bimodal) and the others are
+deterministic in the state, so the two true chunks ``m_d`` of every frame are known exactly
+(positions past the episode's end are left out: LeRobot pads them and trains nothing there).
 
-Samplers, all with the same noise z per frame, on the held-out episodes:
-teacher at 10, 2 and 1 Euler steps (and at 10 with other noise: its own spread), reflow students
-trained with ``hub_reflow.train.train`` for 1 and 2 steps, and (``--round2``) a second reflow
-round: the 1-step student, integrated with 10 steps, as the teacher of a new 1-step student.
+Per world: a teacher trained by the real ``lerobot-train`` (``--teacher-train-steps``, default 1000);
+1-step students trained by ``hub-reflow``'s own loop with its defaults except the time sampling
+(``--modes``, default all four) for ``--student-train-steps`` (600) at ``--batch-size`` (8); a 2-step
+student and a second reflow round (the default 1-step student, run at 10 steps, as the teacher of a
+new 1-step student) with the default time sampling.
 
-Metrics (real action units unless said):
-- RMSE vs the 10-step teacher under the same noise (all chunk positions, both action dims);
-- distance to the nearest true mode: RMS over valid chunk positions and both dims of
-  ``chunk - m_d``, minimised over d; mode-hit rate: share of frames with that distance < ``HIT``;
-- straightness ``S = E_t E ||(z - x_0) - v(x_t, t)||^2`` (Rectified Flow's definition in SmolVLA's
-  convention, x_0 the sampled output, z the noise), in the model's normalised action space over the
-  real action dims (sum over chunk and dims, mean over frames). ``S_euler``: t on the sampler's own
-  Euler grid (identically 0 for one step: the only velocity *is* z - x_0). ``S_fine``: t on the
-  10-point grid 1, 0.9, ..., 0.1 along the sampled path (the Euler states joined by straight
-  segments), so 1-, 2- and 10-step paths are measured alike.
+Metrics on the held-out episodes, with shared noise (``--noises`` draws per frame):
+- MSE ratio: MSE(sampler, teacher@10) / MSE(teacher at the sampler's step count, teacher@10): the
+  issue's target is <= 0.01 for the 1-step student; an untrained copy scores exactly 1;
+- RMSE vs teacher@10 (real action units, first noise draw);
+- distance to the nearest true mode (RMS over valid chunk positions and action dims) and the mode-hit
+  rate (share of frame x noise draws with that distance < ``HIT``);
+- straightness ``S = E_t E ||(z - x_0) - v(x_t, t)||^2`` in normalised action space, first noise
+  draw. ``S_euler``: t on the sampler's own grid (0 for one step). ``S_fine``: t on 1, 0.9, ..., 0.1
+  along the sampled path (Euler states joined by segments).
 
-    python benchmarks/fidelity.py             # teacher 1000 lerobot-train steps, students 500 steps
-    python benchmarks/fidelity.py --smoke     # a few steps of everything (CI)
+    python benchmarks/fidelity.py                     # both worlds, all modes (about 20 min on 2 CPU cores)
+    python benchmarks/fidelity.py --worlds tiny --modes grid
+    python benchmarks/fidelity.py --smoke             # a few steps of everything (CI)
 
-Prints a markdown table last; writes JSON (``--out``) and a PNG of the x-action distributions.
+Prints one markdown table per world and a summary; writes JSON (``--out``) and a PNG of the first
+action dim's distributions per world.
 """
 
 from __future__ import annotations
@@ -53,27 +56,33 @@ from common import (  # noqa: E402
 
 PROG = "fidelity.py"
 HOLDOUT = 4
-HIT = 0.25  # real action units; the two modes are 2 apart in x
+HIT = 0.25  # real action units; the two modes are 2 apart in the first dim
 FINE_TIMES = [1.0 - i / 10 for i in range(10)]
 DECAY = 0.9  # p_y <- p_y - 0.1 p_y (tiny_world.make_tiny_dataset)
 
 
-def true_modes(states: torch.Tensor, frame_index: torch.Tensor, episode_length: torch.Tensor, chunk: int):
-    """The two true chunks (2, B, chunk, 2) and the valid-position mask (B, chunk)."""
+def true_modes(spec, states, frame_index, episode_length, chunk: int):
+    """The two true chunks (2, B, chunk, action_dim) and the valid-position mask (B, chunk)."""
+    import numpy as np
     import torch
 
-    j = torch.arange(chunk, dtype=torch.float32)
-    y = -states[:, 1:2] * DECAY**j  # (B, chunk)
-    modes = torch.stack([torch.stack([torch.full_like(y, d), y], dim=-1) for d in (1.0, -1.0)])
-    valid = (frame_index[:, None] + j[None].long()) < episode_length[:, None]
-    return modes, valid
+    modes = np.zeros((2, len(states), chunk, spec.action_dim), dtype=np.float32)
+    for b, state in enumerate(states.numpy()):
+        for j in range(chunk):
+            s = state.copy()
+            s[1] = state[1] * DECAY**j
+            for i, d in enumerate((1.0, -1.0)):
+                modes[i, b, j] = spec.action(d, s)
+    j = torch.arange(chunk)
+    valid = (frame_index[:, None] + j[None]) < episode_length[:, None]
+    return torch.from_numpy(modes), valid
 
 
 def mode_metrics(chunks: torch.Tensor, modes: torch.Tensor, valid: torch.Tensor) -> dict:
     """Distance to the nearest true mode per frame, its mean, and the hit rate."""
     err = ((chunks[None].float() - modes) ** 2).sum(-1)  # (2, B, chunk)
     v = valid[None].float()
-    dist = ((err * v).sum(-1) / (2 * v.sum(-1))).sqrt()  # RMS over valid positions and 2 dims
+    dist = ((err * v).sum(-1) / (chunks.shape[-1] * v.sum(-1))).sqrt()  # RMS over valid positions and dims
     nearest, which = dist.min(0)
     return {"mode_distance": float(nearest.mean()), "mode_hit_rate": float((nearest < HIT).float().mean()),
             "side_plus_share": float((which == 0).float().mean())}
@@ -107,15 +116,25 @@ def straightness(policy, inputs, noise: torch.Tensor, steps: int, action_dim: in
 
 
 def parse_args(argv=None):
+    from hub_reflow.config import ReflowConfig
+    from hub_reflow.flow import TIME_SAMPLERS
+    from hub_reflow.testing.tiny_world import WORLDS
+
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="a few steps of everything (CI)")
+    p.add_argument("--worlds", default=None, help=f"comma-separated, of {', '.join(WORLDS)} (default all; tiny with --teacher)")
+    p.add_argument("--modes", default=None, help=f"time samplings of the 1-step students, of {', '.join(TIME_SAMPLERS)} "
+                   "(default all; the default one only with --smoke)")
     p.add_argument("--workdir", type=Path, default=Path("outputs/bench/fidelity"),
-                   help="tiny world and students are built here (and reused when already there)")
+                   help="worlds and students are built here (and reused when already there)")
     p.add_argument("--teacher", type=Path, default=None,
                    help="an existing tiny-world teacher's pretrained_model/ (else one is trained by lerobot-train)")
     p.add_argument("--dataset-root", type=Path, default=None, help="the tiny dataset of --teacher")
     p.add_argument("--teacher-train-steps", type=int, default=None, help="lerobot-train steps (default 1000; smoke 20)")
-    p.add_argument("--student-train-steps", type=int, default=None, help="reflow steps per student (default 500; smoke 3)")
+    p.add_argument("--student-train-steps", type=int, default=None, help="reflow steps per student (default 600; smoke 3)")
+    p.add_argument("--batch-size", type=int, default=8, help="reflow batch size")
+    p.add_argument("--noises", type=int, default=None, help="noise draws per frame (default 4; smoke 1)")
+    p.add_argument("--two-step", action=argparse.BooleanOptionalAction, default=True, help="also a 2-step student")
     p.add_argument("--round2", action=argparse.BooleanOptionalAction, default=None,
                    help="also a second reflow round (default: on, off in --smoke)")
     p.add_argument("--seed", type=int, default=12345, help="the shared evaluation noise")
@@ -124,14 +143,25 @@ def parse_args(argv=None):
     p.add_argument("--no-png", action="store_true")
     a = p.parse_args(argv)
     a.teacher_train_steps = a.teacher_train_steps or (20 if a.smoke else 1000)
-    a.student_train_steps = a.student_train_steps or (3 if a.smoke else 500)
-    a.teacher_given = a.teacher is not None
+    a.student_train_steps = a.student_train_steps or (3 if a.smoke else 600)
+    a.noises = a.noises or (1 if a.smoke else 4)
+    a.default_mode = ReflowConfig().time_sampling
+    a.modes = a.modes.split(",") if a.modes else ([a.default_mode] if a.smoke else list(TIME_SAMPLERS))
+    a.worlds = a.worlds.split(",") if a.worlds else (["tiny"] if a.teacher else list(WORLDS))
     if a.round2 is None:
         a.round2 = not a.smoke
-    if a.teacher_train_steps < 1 or a.student_train_steps < 1:
-        raise OptionError(PROG, "--teacher-train-steps and --student-train-steps must be >= 1")
+    for m in a.modes:
+        if m not in TIME_SAMPLERS:
+            raise OptionError(PROG, f"--modes: {m!r} is not one of {', '.join(TIME_SAMPLERS)}")
+    for w in a.worlds:
+        if w not in WORLDS:
+            raise OptionError(PROG, f"--worlds: {w!r} is not one of {', '.join(WORLDS)}")
+    if min(a.teacher_train_steps, a.student_train_steps, a.batch_size, a.noises) < 1:
+        raise OptionError(PROG, "--teacher-train-steps, --student-train-steps, --batch-size and --noises must be >= 1")
     if (a.teacher is None) != (a.dataset_root is None):
         raise OptionError(PROG, "--teacher and --dataset-root go together (the teacher's tiny dataset)")
+    if a.teacher is not None and a.worlds != ["tiny"]:
+        raise OptionError(PROG, "--teacher is a tiny-world teacher: use it with --worlds tiny")
     if a.teacher is not None and not (a.teacher / "config.json").is_file():
         raise OptionError(PROG, f"--teacher {a.teacher} is not a pretrained_model/ folder (no config.json)")
     if a.dataset_root is not None and not (a.dataset_root / "meta" / "info.json").is_file():
@@ -139,8 +169,8 @@ def parse_args(argv=None):
     return a
 
 
-def train_student(teacher: Path, dataset_root: Path, repo_id: str, out: Path, *, steps: int, student_steps: int,
-                  device: str) -> Path:
+def train_student(teacher: Path, dataset_root: Path, repo_id: str, out: Path, *, steps: int, batch_size: int,
+                  student_steps: int, time_sampling: str, device: str) -> Path:
     from hub_reflow.config import ReflowConfig
     from hub_reflow.train import TrainArgs, train
 
@@ -150,14 +180,125 @@ def train_student(teacher: Path, dataset_root: Path, repo_id: str, out: Path, *,
     return train(TrainArgs(
         teacher=str(teacher), dataset=repo_id, dataset_root=dataset_root, output_dir=out, device=device,
         log_freq=max(steps // 5, 1), progress=False,
-        reflow=ReflowConfig(steps=steps, batch_size=32, lr=1e-3, student_steps=student_steps, teacher_steps=10,
+        reflow=ReflowConfig(steps=steps, batch_size=batch_size, student_steps=student_steps, time_sampling=time_sampling,
                             holdout_episodes=HOLDOUT),
     ))
 
 
+def evaluate_world(a, name: str, device) -> dict:
+    import torch
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from lerobot.policies.factory import make_pre_post_processors
+    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+
+    from hub_reflow.evaluate import chunk, observation_batch, rmse
+    from hub_reflow.smolvla import policy_inputs
+    from hub_reflow.testing.tiny_world import WORLDS, build_tiny_world
+
+    spec = WORLDS[name]
+    timings = {}
+    t0 = time.perf_counter()
+    if a.teacher is None:
+        print(f"[{name}] world + teacher ({a.teacher_train_steps} lerobot-train steps) in {a.workdir}", file=sys.stderr, flush=True)
+        world = build_tiny_world(a.workdir / "world", teacher_steps=a.teacher_train_steps, spec=spec)
+        teacher, dataset_root = world.teacher, world.dataset_root
+    else:
+        teacher, dataset_root = a.teacher.resolve(), a.dataset_root.resolve()
+    timings["world_and_teacher_s"] = time.perf_counter() - t0
+
+    runs = a.workdir / ("runs-smoke" if a.smoke else "runs") / name / f"steps{a.student_train_steps}-b{a.batch_size}"
+    plan = [(f"student(1-step, {m})", runs / f"k1-{m}", teacher, 1, m) for m in a.modes]
+    if a.two_step:
+        plan.append((f"student(2-step, {a.default_mode})", runs / f"k2-{a.default_mode}", teacher, 2, a.default_mode))
+    students = {}
+    for label, out, t, k, mode in plan:
+        t1 = time.perf_counter()
+        print(f"[{name}] {label}: {a.student_train_steps} steps at batch {a.batch_size}", file=sys.stderr, flush=True)
+        students[label] = train_student(t, dataset_root, spec.repo_id, out, steps=a.student_train_steps,
+                                        batch_size=a.batch_size, student_steps=k, time_sampling=mode, device=device.type)
+        timings[f"{label}_train_s"] = time.perf_counter() - t1
+    first = f"student(1-step, {a.default_mode})"
+    if a.round2 and first in students:
+        t1 = time.perf_counter()
+        print(f"[{name}] reflow round 2: {first} at 10 steps teaches a new 1-step student", file=sys.stderr, flush=True)
+        students["round-2 student(1-step)"] = train_student(
+            students[first], dataset_root, spec.repo_id, runs / f"round2-k1-{a.default_mode}", steps=a.student_train_steps,
+            batch_size=a.batch_size, student_steps=1, time_sampling=a.default_mode, device=device.type)
+        timings["round2_train_s"] = time.perf_counter() - t1
+
+    def load(path):
+        pol = SmolVLAPolicy.from_pretrained(str(path)).to(device).eval()
+        pre, post = make_pre_post_processors(pol.config, pretrained_path=str(path),
+                                             preprocessor_overrides={"device_processor": {"device": device.type}})
+        return pol, pre, post
+
+    models = {"teacher": load(teacher), **{label: load(path) for label, path in students.items()}}
+    samplers = [("teacher @10", "teacher", 10, "z"), ("teacher @10 (other noise)", "teacher", 10, "z_other"),
+                ("teacher @2", "teacher", 2, "z"), ("teacher @1", "teacher", 1, "z")]
+    for label in students:
+        k = 2 if label.startswith("student(2-step") else 1
+        samplers.append((f"{label} @{k}", label, k, "z"))
+    if a.round2 and first in students:
+        samplers.append((f"{first} @10", first, 10, "z"))
+
+    ds = LeRobotDataset(spec.repo_id, root=dataset_root)
+    n_eps = ds.meta.total_episodes
+    start = int(ds.meta.episodes["dataset_from_index"][n_eps - HOLDOUT])
+    idx = list(range(start, len(ds)))
+    if a.smoke:
+        idx = idx[::5]
+    raw = observation_batch(ds, idx)
+    frames = [ds[i] for i in idx]
+    ep_len = {int(e): int(t - f) for e, f, t in zip(ds.meta.episodes["episode_index"], ds.meta.episodes["dataset_from_index"],
+                                                     ds.meta.episodes["dataset_to_index"], strict=True)}
+    cfg = models["teacher"][0].config
+    adim = cfg.action_feature.shape[0]
+    modes, valid = true_modes(spec, raw["observation.state"].float(), torch.tensor([int(f["frame_index"]) for f in frames]),
+                              torch.tensor([ep_len[int(f["episode_index"])] for f in frames]), cfg.chunk_size)
+    g = torch.Generator().manual_seed(a.seed)
+    shape = (len(idx), cfg.chunk_size, cfg.max_action_dim)
+    draws = [{"z": torch.randn(*shape, generator=g), "z_other": torch.randn(*shape, generator=g)} for _ in range(a.noises)]
+
+    outs = {}  # sampler name -> list of chunks, one per draw
+    for sname, model, k, nz in samplers:
+        pol, pre, post = models[model]
+        outs[sname] = [chunk(pol, pre, post, raw, d[nz].to(device), k).cpu() for d in draws]
+    mse = lambda xs, ys: sum(float(((x - y) ** 2).mean()) for x, y in zip(xs, ys, strict=True)) / len(xs)  # noqa: E731
+    ref = outs["teacher @10"]
+    rows = []
+    for sname, model, k, nz in samplers:
+        teacher_k = outs[f"teacher @{k}"] if f"teacher @{k}" in outs else None
+        ratio = None
+        if model != "teacher" and teacher_k is not None:
+            ratio = mse(outs[sname], ref) / mse(teacher_k, ref)
+        cat = torch.cat(outs[sname])
+        row = {"name": sname, "model": model, "steps": k, "noise": nz, "mse_ratio": ratio,
+               "rmse_vs_teacher10": rmse(outs[sname][0], ref[0]) if sname != "teacher @10" else 0.0,
+               **mode_metrics(cat, modes.repeat(1, a.noises, 1, 1), valid.repeat(a.noises, 1))}
+        pol, pre, _ = models[model]
+        inputs = policy_inputs(pol, pre(dict(raw)))
+        with torch.no_grad():
+            row.update(straightness(pol, inputs, draws[0][nz].to(device), k, adim))
+        rows.append(row)
+        print(f"  [{name}] {sname}: mse-ratio {fmt(ratio, 4)} rmse {row['rmse_vs_teacher10']:.4f} "
+              f"hit {row['mode_hit_rate']:.2f} S_fine {row['S_fine']:.3f}", file=sys.stderr, flush=True)
+    table = markdown(
+        ["sampler", "Euler steps", "MSE ratio vs teacher@K", "RMSE vs teacher@10", "nearest-mode dist", "mode-hit rate",
+         "S (Euler grid)", "S (10-pt grid)"],
+        [[r["name"], str(r["steps"]), fmt(r["mse_ratio"], 4), fmt(r["rmse_vs_teacher10"], 4), fmt(r["mode_distance"], 4),
+          fmt(r["mode_hit_rate"], 2), fmt(r["S_euler"], 3), fmt(r["S_fine"], 3)] for r in rows],
+    )
+    settings = {"world": name, "cameras": list(spec.cameras), "state_dim": spec.state_dim, "action_dim": spec.action_dim,
+                "chunk_size": cfg.chunk_size, "teacher": "given" if a.teacher else "trained here",
+                "teacher_train_steps": None if a.teacher else a.teacher_train_steps, "frames": len(idx),
+                "noise_draws": a.noises, "teacher_dtype": str(next(models["teacher"][0].model.vlm_with_expert.vlm.parameters()).dtype)}
+    return {"settings": settings, "rows": rows, "table": table, "timings": timings,
+            "chunks": {k: torch.cat(v) for k, v in outs.items()}, "modes": modes, "valid": valid.repeat(a.noises, 1)}
+
+
 def main(argv=None) -> int:
     a = parse_args(argv)
-    import torch
+    import torch  # noqa: F401
 
     a.workdir = a.workdir.resolve()
     if a.teacher is None:  # before huggingface_hub is imported: the tiny backbone's private cache
@@ -166,115 +307,39 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
     device = setup_device(a.device, PROG)
     quiet_imports()
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
-    from lerobot.policies.factory import make_pre_post_processors
-    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
-
-    from hub_reflow.evaluate import chunk, observation_batch, rmse
-    from hub_reflow.smolvla import policy_inputs
-    from hub_reflow.testing.tiny_world import TINY_REPO_ID, build_tiny_world
-
     t_start = time.perf_counter()
-    timings = {}
-    if a.teacher is None:
-        print(f"tiny world + teacher ({a.teacher_train_steps} lerobot-train steps) in {a.workdir}", file=sys.stderr, flush=True)
-        world = build_tiny_world(a.workdir / "world", teacher_steps=a.teacher_train_steps)
-        teacher, dataset_root = world.teacher, world.dataset_root
-    else:
-        teacher, dataset_root = a.teacher.resolve(), a.dataset_root.resolve()
-    timings["world_and_teacher_s"] = time.perf_counter() - t_start
-
-    runs = a.workdir / ("runs-smoke" if a.smoke else "runs") / f"steps{a.student_train_steps}"
-    students = {}
-    for k in (1, 2):
-        t0 = time.perf_counter()
-        print(f"reflow student for {k} step(s): {a.student_train_steps} steps", file=sys.stderr, flush=True)
-        students[k] = train_student(teacher, dataset_root, TINY_REPO_ID, runs / f"student{k}",
-                                    steps=a.student_train_steps, student_steps=k, device=device.type)
-        timings[f"student{k}_train_s"] = time.perf_counter() - t0
-    if a.round2:
-        t0 = time.perf_counter()
-        print("reflow round 2: student 1 (at 10 steps) teaches a new 1-step student", file=sys.stderr, flush=True)
-        students["r2"] = train_student(students[1], dataset_root, TINY_REPO_ID, runs / "round2-student1",
-                                       steps=a.student_train_steps, student_steps=1, device=device.type)
-        timings["round2_train_s"] = time.perf_counter() - t0
-
-    def load(path):
-        pol = SmolVLAPolicy.from_pretrained(str(path)).to(device).eval()
-        pre, post = make_pre_post_processors(pol.config, pretrained_path=str(path),
-                                             preprocessor_overrides={"device_processor": {"device": device.type}})
-        return pol, pre, post
-
-    models = {"teacher": load(teacher), "student1": load(students[1]), "student2": load(students[2])}
-    if a.round2:
-        models["round2"] = load(students["r2"])
-    samplers = [  # (row name, model, Euler steps, noise)
-        ("teacher @10", "teacher", 10, "z"), ("teacher @10 (other noise)", "teacher", 10, "z_other"),
-        ("teacher @2", "teacher", 2, "z"), ("teacher @1", "teacher", 1, "z"),
-        ("student(2-step) @2", "student2", 2, "z"), ("student(1-step) @1", "student1", 1, "z"),
-    ]
-    if a.round2:
-        samplers += [("student(1-step) @10", "student1", 10, "z"), ("round-2 student(1-step) @1", "round2", 1, "z")]
-
-    ds = LeRobotDataset(TINY_REPO_ID, root=dataset_root)
-    n_eps = ds.meta.total_episodes
-    start = int(ds.meta.episodes["dataset_from_index"][n_eps - HOLDOUT])
-    idx = list(range(start, len(ds)))
-    if a.smoke:
-        idx = idx[::5]  # 16 of the 80 held-out frames, from all 4 episodes
-    raw = observation_batch(ds, idx)
-    frames = [ds[i] for i in idx]
-    ep_len = {int(e): int(t - f) for e, f, t in zip(ds.meta.episodes["episode_index"], ds.meta.episodes["dataset_from_index"],
-                                                     ds.meta.episodes["dataset_to_index"], strict=True)}
-    cfg = models["teacher"][0].config
-    adim = cfg.action_feature.shape[0]
-    modes, valid = true_modes(raw["observation.state"].float(), torch.tensor([int(f["frame_index"]) for f in frames]),
-                              torch.tensor([ep_len[int(f["episode_index"])] for f in frames]), cfg.chunk_size)
-    g = torch.Generator().manual_seed(a.seed)
-    noises = {"z": torch.randn(len(idx), cfg.chunk_size, cfg.max_action_dim, generator=g)}
-    noises["z_other"] = torch.randn(len(idx), cfg.chunk_size, cfg.max_action_dim, generator=g)
-
-    chunks, rows = {}, []
-    for name, model, k, nz in samplers:
-        pol, pre, post = models[model]
-        z = noises[nz].to(device)
-        out = chunk(pol, pre, post, raw, z, k).cpu()
-        chunks[name] = out
-        inputs = policy_inputs(pol, pre(dict(raw)))
-        row = {"name": name, "model": model, "steps": k, "noise": nz,
-               "rmse_vs_teacher10": rmse(out, chunks["teacher @10"]) if name != "teacher @10" else 0.0,
-               **mode_metrics(out, modes, valid)}
-        with torch.no_grad():
-            row.update(straightness(pol, inputs, z, k, adim))
-        rows.append(row)
-        print(f"  {name}: rmse {row['rmse_vs_teacher10']:.4f} mode-dist {row['mode_distance']:.4f} "
-              f"hit {row['mode_hit_rate']:.2f} S_fine {row['S_fine']:.3f}", file=sys.stderr, flush=True)
-
+    results = {name: evaluate_world(a, name, device) for name in a.worlds}
     hw = hardware(device)
-    settings = {"smoke": a.smoke, "teacher": "given" if a.teacher_given else "trained here",
-                "teacher_train_steps": None if a.teacher_given else a.teacher_train_steps,
-                "student_train_steps": a.student_train_steps, "student_batch_size": 32, "student_lr": 1e-3,
-                "teacher_steps_for_pairs": 10, "round2": a.round2, "holdout_episodes": HOLDOUT,
-                "frames": len(idx), "seed": a.seed, "hit_threshold": HIT, "fine_times": FINE_TIMES,
-                "chunk_size": cfg.chunk_size, "action_dim": adim,
-                "teacher_dtype": str(next(models["teacher"][0].model.vlm_with_expert.vlm.parameters()).dtype)}
-    table = markdown(
-        ["sampler", "Euler steps", "RMSE vs teacher@10", "nearest-mode dist", "mode-hit rate",
-         "S (Euler grid)", "S (10-pt grid)"],
-        [[r["name"], str(r["steps"]), fmt(r["rmse_vs_teacher10"], 4), fmt(r["mode_distance"], 4),
-          fmt(r["mode_hit_rate"], 2), fmt(r["S_euler"], 3), fmt(r["S_fine"], 3)] for r in rows],
-    )
-    timings["total_s"] = time.perf_counter() - t_start
-    out = write_json(a.out, {"benchmark": "fidelity", "hardware": hw, "settings": settings, "rows": rows,
-                             "timings": timings, "table": table})
+    summary_rows = []
+    for name, res in results.items():
+        by = {r["name"]: r for r in res["rows"]}
+        t10 = by["teacher @10"]
+        for r in res["rows"]:
+            if r["model"] != "teacher" and r["steps"] < 10:
+                summary_rows.append([name, r["name"], fmt(r["mse_ratio"], 4), fmt(r["mode_hit_rate"], 2),
+                                     fmt(r["mode_hit_rate"] / t10["mode_hit_rate"], 2) if t10["mode_hit_rate"] else "n/a"])
+    summary = markdown(["world", "student", "MSE ratio vs teacher@K (target <= 0.01)", "mode-hit rate",
+                        "hit / teacher@10's (target >= 0.9)"], summary_rows)
+    common = {"student_train_steps": a.student_train_steps, "student_batch_size": a.batch_size,
+              "student_settings": "hub-reflow train defaults (lr: the teacher config's) except the time sampling",
+              "default_time_sampling": a.default_mode, "modes": a.modes, "round2": a.round2, "holdout_episodes": HOLDOUT,
+              "seed": a.seed, "hit_threshold": HIT, "fine_times": FINE_TIMES, "smoke": a.smoke}
+    out = write_json(a.out, {"benchmark": "fidelity", "hardware": hw, "settings": common,
+                             "worlds": {n: {k: v for k, v in r.items() if k in ("settings", "rows", "table", "timings")}
+                                        for n, r in results.items()},
+                             "summary": summary, "total_s": time.perf_counter() - t_start})
     if not a.no_png:
-        _plot(chunks, modes, valid, out.with_suffix(".png"), hardware_line(hw))
-    print(f"# Reflow fidelity on the multimodal tiny task ({'smoke' if a.smoke else 'full run'})")
-    print(f"hardware: {hardware_line(hw)}; {len(idx)} held-out frames ({HOLDOUT} episodes), shared noise (seed {a.seed}); "
-          f"teacher {settings['teacher']}, students {a.student_train_steps} reflow steps; mode hit: distance < {HIT}; "
-          f"S in normalised action units; json: {out}")
-    print()
-    print(table)
+        for name, res in results.items():
+            _plot(res["chunks"], res["modes"], res["valid"], out.with_name(f"{out.stem}_{name}.png"), f"{name}: {hardware_line(hw)}")
+    print(f"# Reflow fidelity on the multimodal tiny worlds ({'smoke' if a.smoke else 'full run'})")
+    print(f"hardware: {hardware_line(hw)}; held-out episodes ({HOLDOUT}), {a.noises} shared noise draws per frame (seed {a.seed}); "
+          f"students {a.student_train_steps} reflow steps at batch {a.batch_size}, default time sampling {a.default_mode}; "
+          f"mode hit: distance < {HIT}; json: {out}")
+    for name, res in results.items():
+        print(f"\n## {name} ({res['settings']['frames']} frames)\n")
+        print(res["table"])
+    print("\n## summary\n")
+    print(summary)
     return 0
 
 

@@ -8,6 +8,7 @@ from importlib.resources import files
 from huggingface_hub import ModelCard, ModelCardData
 
 from .checkpoint import Lineage
+from .evaluate import fidelity_verdict
 from .plots import CHUNKS, LOSS_CURVE
 
 TAGS = ["lerobot", "smolvla", "reflow", "rectified-flow", "robotics"]
@@ -34,6 +35,14 @@ def card_data(lineage: Lineage, license: str | None = None) -> ModelCardData:
 
 
 IMAGES = [(LOSS_CURVE, "reflow training loss"), (CHUNKS, "teacher and student action chunks on a held-out frame")]
+
+
+def _verdict(evaluation: dict):
+    """The fidelity verdict of the recorded measurement, by the rule verify applies."""
+    keys = ("student_rmse", "teacher_rmse_at_student_steps", "teacher_spread_rmse")
+    if not all(isinstance(evaluation.get(k), (int, float)) for k in keys):
+        return None
+    return fidelity_verdict(*(evaluation[k] for k in keys), evaluation.get("action_scale"))
 
 
 def render_card(lineage: Lineage, policy_config, repo_id: str | None = None, license: str | None = None,
@@ -63,6 +72,7 @@ def render_card(lineage: Lineage, policy_config, repo_id: str | None = None, lic
         versions=sorted(lineage.versions.items()),
         teacher_base_model=lineage.teacher_card.get("base_model"),
         evaluation=lineage.evaluation,
+        verdict=_verdict(lineage.evaluation),
         features=[(name, f.type.value, list(f.shape)) for name, f in
                   {**policy_config.input_features, **policy_config.output_features}.items()],
         chunk_size=policy_config.chunk_size,

@@ -194,9 +194,9 @@ def _add_verify_args(p, teacher_help: str) -> None:
     p.add_argument("--dataset", default=None, help="LeRobotDataset repo id: also measure fidelity and speed against the teacher")
     p.add_argument("--dataset-root", type=Path, default=None, help="local folder of the dataset")
     p.add_argument("--frames", type=int, default=32, help="held-out frames for the fidelity check")
-    p.add_argument("--tolerance", type=float, default=1.1,
-                   help="fidelity passes when the student's error is at most this times the smaller of the teacher's "
-                   "own spread and the teacher's error at the student's step count")
+    p.add_argument("--tolerance", type=float, default=0.5,
+                   help="fidelity passes when the student's action error is at most this times the teacher's own error "
+                   "at the student's step count (and within the teacher's spread); see docs/fidelity.md")
     p.add_argument("--no-speed", action="store_true", help="skip the timing checks")
 
 

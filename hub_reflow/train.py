@@ -180,7 +180,7 @@ def _evaluate(policy, args: TrainArgs, ds_info: dict, preprocessor, postprocesso
     import numpy as np
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    from .evaluate import measure, observation_batch
+    from .evaluate import action_scale, measure, observation_batch
 
     lo, hi = ds_info["holdout_episodes"]
     held_out = hi > lo
@@ -189,7 +189,8 @@ def _evaluate(policy, args: TrainArgs, ds_info: dict, preprocessor, postprocesso
     idx = sorted({int(i) for i in np.linspace(0, len(ds) - 1, min(EVAL_FRAMES, len(ds)))})
     return measure(policy.teacher, policy.student, preprocessor, postprocessor, observation_batch(ds, idx),
                    teacher_steps=policy.reflow_config.teacher_steps, student_steps=policy.reflow_config.student_steps,
-                   frames_from="held-out episodes" if held_out else "training episode 0 (no episode was held out)")
+                   frames_from="held-out episodes" if held_out else "training episode 0 (no episode was held out)",
+                   scale=action_scale(ds.meta.stats))
 
 
 def _check_same_targets(saved: Lineage, now: Lineage) -> None:

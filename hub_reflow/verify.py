@@ -39,6 +39,7 @@ from .checkpoint import (
     processor_files,
 )
 from .errors import UserError
+from .evaluate import MAX_RATIO, action_scale, fidelity_verdict
 
 PASS, FAIL, SKIP, INFO = "pass", "fail", "skip", "info"
 # Fields a student may differ in from its teacher on purpose (step count; what push_to_hub sets).
@@ -447,11 +448,9 @@ def structure_checks(folder: Path, teacher: Path | None, teacher_ref: Checkpoint
 
 # ---- fidelity and speed --------------------------------------------------------------------------
 
-# The student's error (against the teacher, shared noise) may be at most this times the smaller of
-# the teacher's own spread (other noise) and the teacher's error at the student's step count: it
-# must act like the teacher, and better than the teacher run with as few steps. The 10% allow for
-# the sampling error of a few dozen frames.
-FIDELITY_TOLERANCE = 1.1
+# The fidelity rule and its thresholds live in evaluate.fidelity_verdict (docs/fidelity.md); this is
+# its default ratio, the --tolerance of the command line.
+FIDELITY_TOLERANCE = MAX_RATIO
 # Fraction of the dataset's action range allowed beyond its min / max before a value counts as out of
 # range: a few-step student overshoots a little near the edges (a 1-step chunk is an extrapolation);
 # a broken one (wrong statistics, a wild expert) lands far outside.
@@ -531,18 +530,15 @@ def fidelity_checks(student_dir: Path, teacher_dir: Path, dataset: str, dataset_
     details = {"frames": len(idx), "frames_from": source, "student_steps": s_steps, "teacher_steps": t_steps,
                "student_rmse": stu, "teacher_spread_rmse": spread, "teacher_rmse_at_student_steps": t_at_s,
                "tolerance": tolerance}
+    scale = action_scale(meta.stats)
+    verdict = fidelity_verdict(stu, t_at_s, spread, scale, max_ratio=tolerance)
+    details.update({"ratio": verdict.ratio, "threshold": verdict.threshold, "action_scale": scale})
     line = (f"{len(idx)} frames ({source}), shared noise, action RMSE vs teacher @{t_steps}: student @{s_steps} {stu:.4f}, "
             f"teacher @{s_steps} {t_at_s:.4f}, teacher's own spread (other noise) {spread:.4f}")
-    bar = min(spread, t_at_s)
-    ratio = stu / bar if bar > 0 else (0.0 if stu == 0 else float("inf"))
-    details["ratio"] = ratio
-    if not math.isfinite(stu) or ratio > tolerance:
-        worse = "further from the teacher than the teacher's own spread" if spread <= t_at_s else \
-            f"worse than the teacher itself at {s_steps} steps"
-        checks.append(Check("fidelity", FAIL, f"{line}: x{ratio:.2f} of the smaller (> {tolerance}): {worse}; "
-                            "it does not act like its teacher", details))
+    if verdict.passed:
+        checks.append(Check("fidelity", PASS, f"{line}: {verdict.reason}", details))
     else:
-        checks.append(Check("fidelity", PASS, f"{line}: x{ratio:.2f} of the smaller (<= {tolerance})", details))
+        checks.append(Check("fidelity", FAIL, f"{line}: {verdict.reason}; it does not act like a distilled teacher", details))
     bad = int((~torch.isfinite(student_actions)).sum())
     checks.append(Check("actions.finite", FAIL if bad else PASS,
                         f"{bad} NaN/Inf values in {student_actions.numel()} student action values", {"nonfinite": bad}))

@@ -124,6 +124,37 @@ def reinitialised_expert(student: Path, teacher: Path, dst: Path) -> Path:
     return dst
 
 
+def untrained_copy(student: Path, teacher: Path, dst: Path) -> Path:
+    """The teacher's own weights saved as a student (what a run that trained nothing would write)."""
+    _copy(student, dst)
+    shutil.copyfile(teacher / "model.safetensors", dst / "model.safetensors")
+    return dst
+
+
+def small_random_expert(student: Path, teacher: Path, dst: Path) -> Path:
+    """Every action-expert tensor replaced by small random values (std 0.01)."""
+    _copy(student, dst)
+    g = torch.Generator().manual_seed(7)
+    _edit_weights(dst, lambda s: {k: (0.01 * torch.randn(v.shape, generator=g)).to(v.dtype) if k in _expert_keys(s) else v
+                                  for k, v in s.items()})
+    return dst
+
+
+def zero_expert(student: Path, teacher: Path, dst: Path) -> Path:
+    """Every action-expert tensor set to zero."""
+    _copy(student, dst)
+    _edit_weights(dst, lambda s: {k: torch.zeros_like(v) if k in _expert_keys(s) else v for k, v in s.items()})
+    return dst
+
+
+# Students that are structurally perfect but useless: verify's fidelity check must fail each.
+USELESS = {
+    "untrained_copy": untrained_copy,
+    "lerobot_init_expert": reinitialised_expert,
+    "small_random_expert": small_random_expert,
+    "zero_expert": zero_expert,
+}
+
 # name -> (break, the check verify must fail, whether canonicalize repairs it)
 BREAKS = {
     "extra_config_fields": (extra_config_fields, "config", True),

@@ -21,6 +21,7 @@ os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 HOLDOUT = 4
 # Long enough for the teacher to learn both modes of the tiny task (see tiny_world.py).
 TEACHER_STEPS = 1000
+FP32_TEACHER_STEPS = 36
 
 
 def run_cli(*args: str, check: bool = True, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -50,10 +51,11 @@ def world(tmp_path_factory):
     from hub_reflow.testing.tiny_world import build_tiny_world, train_teacher
 
     w = build_tiny_world(_cache_dir(tmp_path_factory, "world"), teacher_steps=TEACHER_STEPS)
-    # A second teacher trained from scratch: load_vlm_weights=false, everything fp32.
+    # A second teacher trained from scratch for only a few dozen steps: load_vlm_weights=false,
+    # everything fp32.
     fp32 = w.root / "teacher-fp32" / "checkpoints" / "last" / "pretrained_model"
     w.teacher_fp32 = fp32 if (CACHE and (fp32 / "model.safetensors").exists()) else train_teacher(
-        w.root / "teacher-fp32", dataset_root=w.dataset_root, steps=20, load_vlm_weights=False)
+        w.root / "teacher-fp32", dataset_root=w.dataset_root, steps=FP32_TEACHER_STEPS, load_vlm_weights=False)
     return w
 
 
@@ -79,4 +81,6 @@ def student_bf16(world, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def student_fp32(world, tmp_path_factory):
-    return _cached_student(world, world.teacher_fp32, _cache_dir(tmp_path_factory, "run") / "fp32", 10)
+    """The reflow student of the briefly trained fp32 teacher (its 1-step error is small: a short run
+    is enough to be clearly better than it)."""
+    return _cached_student(world, world.teacher_fp32, _cache_dir(tmp_path_factory, "run") / "fp32", 60)

@@ -63,24 +63,28 @@ def test_fidelity_smoke(world, tmp_path):
              "--student-train-steps", "2", "--workdir", str(tmp_path / "work"), "--out", str(out))
     data = json.loads(out.read_text())
     assert data["benchmark"] == "fidelity" and "fidelity.py" in data["command"] and data["hardware"]["torch"]
-    names = ["teacher @10", "teacher @10 (other noise)", "teacher @2", "teacher @1", "student(2-step) @2",
-             "student(1-step) @1"]
-    assert [row["name"] for row in data["rows"]] == names
-    for row in data["rows"]:
+    names = ["teacher @10", "teacher @10 (other noise)", "teacher @2", "teacher @1", "student(1-step, grid) @1",
+             "student(2-step, grid) @2"]
+    rows = data["worlds"]["tiny"]["rows"]
+    assert [row["name"] for row in rows] == names
+    for row in rows:
         for key in ("rmse_vs_teacher10", "mode_distance", "mode_hit_rate", "S_euler", "S_fine"):
             assert _finite(row[key]) and row[key] >= 0, (row["name"], key, row[key])
         assert 0 <= row["mode_hit_rate"] <= 1
-    rows = {row["name"]: row for row in data["rows"]}
+        assert (row["mse_ratio"] is None) == (row["model"] == "teacher")
+    rows = {row["name"]: row for row in rows}
     assert rows["teacher @10"]["rmse_vs_teacher10"] == 0
     assert rows["teacher @1"]["S_euler"] == pytest.approx(0, abs=1e-6)  # one step: the only velocity is z - x_0
     assert rows["teacher @10"]["S_euler"] == pytest.approx(rows["teacher @10"]["S_fine"], rel=1e-4)  # the same grid
     assert data["settings"]["student_train_steps"] == 2 and data["settings"]["round2"] is False
-    _table_last(r.stdout, len(names))
-    # Each student was trained once, by hub-reflow's own loop, into the workdir.
-    runs = tmp_path / "work" / "runs-smoke" / "steps2"
+    assert data["settings"]["default_time_sampling"] == "grid"
+    _table_last(r.stdout, 2)  # the summary: one row per student
+    # Each student was trained once, by hub-reflow's own loop, into the workdir, with its time sampling.
+    runs = tmp_path / "work" / "runs-smoke" / "tiny" / "steps2-b8"
     for k in (1, 2):
-        cfg = json.loads((runs / f"student{k}" / "checkpoints" / "last" / "pretrained_model" / "config.json").read_text())
-        assert cfg["num_steps"] == k
+        folder = runs / f"k{k}-grid" / "checkpoints" / "last" / "pretrained_model"
+        assert json.loads((folder / "config.json").read_text())["num_steps"] == k
+        assert json.loads((folder / "reflow_lineage.json").read_text())["reflow"]["time_sampling"] == "grid"
 
 
 def _one_line_error(script: str, *args: str) -> str:
@@ -97,5 +101,6 @@ def test_bad_options(tmp_path):
     assert "--layouts" in _one_line_error("latency.py", "--smoke", "--layouts", "fp16")
     assert "--device" in _one_line_error("latency.py", "--smoke", "--device", "tpu")
     assert "--dataset-root" in _one_line_error("fidelity.py", "--smoke", "--teacher", str(tmp_path))
+    assert "--modes" in _one_line_error("fidelity.py", "--smoke", "--modes", "grid,sometimes")
     assert "not a pretrained_model" in _one_line_error("fidelity.py", "--teacher", str(tmp_path),
                                                       "--dataset-root", str(tmp_path))

@@ -2,14 +2,12 @@
 checkpoint is canonical, plain LeRobot loads it, reflow learns, resume works, bad input is refused."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from lerobot.policies.factory import make_pre_post_processors
@@ -17,9 +15,9 @@ from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import HOLDOUT, run_cli, train_student
+from conftest import run_cli
 from hub_reflow.checkpoint import processor_files
-from hub_reflow.evaluate import compare, observation_batch
+from hub_reflow.evaluate import observation_batch
 
 
 def _header(path: Path) -> dict:
@@ -95,26 +93,6 @@ def test_canonical_from_fp32_teacher(world, student_fp32):
     assert_canonical(student_fp32, world.teacher_fp32)
     assert {dt for _, dt in _header(student_fp32 / "model.safetensors").values()} == {"F32"}
     assert_plain_lerobot_loads(student_fp32, world)
-
-
-def test_reflow_learns_the_multimodal_task(world, student_bf16):
-    """On held-out frames, fresh shared noise: the 1-step student is much closer to the 10-step
-    teacher than the 1-step teacher (which averages the two modes) is."""
-    loaded = []
-    for path in (world.teacher, student_bf16):
-        policy = SmolVLAPolicy.from_pretrained(str(path))
-        loaded.extend([policy, *make_pre_post_processors(policy.config, pretrained_path=str(path))])
-    ds = LeRobotDataset(world.repo_id, root=world.dataset_root)
-    start = int(ds.meta.episodes["dataset_from_index"][ds.meta.total_episodes - HOLDOUT])
-    rows, chunks = compare(*loaded, observation_batch(ds, list(range(start, len(ds)))),
-                           teacher_steps=10, student_steps=1, seed=12345, latency_repeats=1)
-    err = {r.name: r.rmse for r in rows}
-    print(err)
-    # A broken student (the untrained copy) scores exactly 1.0 here; a random expert far above.
-    assert err["student @1"] < 0.8 * err["teacher @1"], err
-    # The mode: first action dim is +-1 for the 10-step teacher; the student picks the same side.
-    same_side = (torch.sign(chunks["student @1"][..., 0]) == torch.sign(chunks["reference"][..., 0])).float().mean()
-    assert same_side > 0.8, float(same_side)
 
 
 def test_resume_after_a_kill_ends_canonical(world, tmp_path):
