@@ -269,7 +269,7 @@ def write_canonical(folder: Path, student, teacher: ResolvedCheckpoint, num_step
     - config.json: the teacher's config parsed by LeRobot, ``num_steps`` set, written by LeRobot;
     - model.safetensors: the student only, saved by the same safetensors call LeRobot uses;
     - the teacher's processor files, byte for byte (same statistics, same tokenizer name);
-    - reflow_lineage.json, and the card images its data allow (loss curve, teacher vs student chunks).
+    - reflow_lineage.json (the model card and its images are drawn from it at push time).
     """
     from safetensors.torch import save_model
 
@@ -282,9 +282,6 @@ def write_canonical(folder: Path, student, teacher: ResolvedCheckpoint, num_step
     for name in processor_files(teacher.path):
         shutil.copyfile(teacher.path / name, folder / name)
     (folder / LINEAGE_NAME).write_text(lineage.to_json())
-    from .plots import draw_card_images
-
-    draw_card_images(lineage, folder)
 
 
 def teacher_card_data(folder: Path) -> dict:

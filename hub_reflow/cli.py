@@ -171,9 +171,9 @@ def _cmd_card(a) -> int:
 
     if not (a.checkpoint / LINEAGE_NAME).is_file():
         raise UserError(f"{a.checkpoint} has no {LINEAGE_NAME}; pass a reflow student's pretrained_model/ folder")
-    images = tuple(p.name for p in a.checkpoint.glob("*.png"))
+    # image_names=None: the images push draws from the lineage, as push's card names them.
     card = render_card(Lineage.from_file(a.checkpoint / LINEAGE_NAME), read_policy_config(a.checkpoint, "checkpoint"),
-                       repo_id=a.repo_id, image_names=images)
+                       repo_id=a.repo_id, image_names=None)
     print(str(card))
     return 0
 

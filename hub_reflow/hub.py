@@ -184,6 +184,7 @@ def push_checkpoint(
     from huggingface_hub import HfApi
 
     from .card import render_card
+    from .plots import draw_card_images
 
     api = HfApi(token=token, endpoint=endpoint)
     with tempfile.TemporaryDirectory(prefix="hub-reflow-push-") as tmp:
@@ -196,6 +197,8 @@ def push_checkpoint(
             raise
         except Exception as e:
             raise UserError(f"push: cannot render the model card ({type(e).__name__}); pass --force only for a complete checkpoint") from None
+        # The card's images are drawn here, from the lineage, not at every checkpoint of a run.
+        draw_card_images(lineage, stage)
         image_names = tuple(p.name for p in stage.glob("*.png"))
         render_card(lineage, config, repo_id=repo_id, image_names=image_names).save(stage / README_NAME)
         return _upload(api, stage, repo_id, "model", private=private, branch=branch, tag=tag, token=token,

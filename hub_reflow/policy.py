@@ -137,12 +137,15 @@ class ReflowPolicy(
                              self.student.config.action_feature.shape[0])
 
     def forward(self, batch: dict, noise: Tensor | None = None, time: Tensor | None = None,
-                target: Tensor | None = None) -> tuple[Tensor, dict]:
+                target: Tensor | None = None, inputs=None) -> tuple[Tensor, dict]:
         """The reflow loss on a preprocessed batch: student velocity error on straight paths between
         ``z`` and the teacher's output for ``z`` (DESIGN.md section 2).
 
-        ``target`` (with its ``noise``): a cached pair (``pairs.py``) used as is; the teacher is not run."""
-        inputs = policy_inputs(self.student, batch)
+        ``target`` (with its ``noise``): a cached pair (``pairs.py``) used as is; the teacher is not run.
+        ``inputs``: ``policy_inputs(student, batch)`` when the caller has it already (the images are
+        prepared once per batch for teacher and student alike)."""
+        if inputs is None:
+            inputs = policy_inputs(self.student, batch)
         if target is not None:
             if noise is None:
                 raise ValueError("a cached target needs the noise it was made from")

@@ -360,14 +360,15 @@ def train(args: TrainArgs) -> Path:
             noise, target = batch.pop(NOISE_KEY).to(accelerator.device), batch.pop(TARGET_KEY).to(accelerator.device)
         with timer("preprocess"):
             batch = preprocessor(batch)
-        bsz = batch["observation.state"].shape[0]
+            inputs = policy_inputs(policy.student, batch)  # images prepared once, for teacher and student
+        bsz = inputs.batch_size
         if target is None:
             noise = torch.randn(noise_shape(policy.student, bsz), dtype=torch.float32, generator=gen).to(accelerator.device)
             with timer("teacher"):
-                noise, target = policy.make_pairs(policy_inputs(policy.teacher, batch), noise)
+                noise, target = policy.make_pairs(inputs, noise)
         times = sample_time(rcfg.time_sampling, bsz, accelerator.device, generator=gen, grid_steps=rcfg.student_steps)
         with timer("student"):
-            loss, _ = model(batch, noise=noise, time=times, target=target)
+            loss, _ = model(batch, noise=noise, time=times, target=target, inputs=inputs)
             accelerator.backward(loss)
             master.grads_to_masters()
             if clip:
