@@ -2,6 +2,7 @@
 checkpoint is canonical, plain LeRobot loads it, reflow learns, resume works, bad input is refused."""
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -140,3 +141,24 @@ def test_bad_input_one_line_errors(world, tmp_path):
     msg = _bad("train", "--teacher", str(world.teacher_fp32), "--output-dir", str(tmp_path / "o4"),
                "--dataset", "local/other", "--dataset-root", str(other), "--steps", "1", "--device", "cpu")
     assert "observation.images.cam" in msg
+
+
+def test_resume_with_fp32_master_weights_is_bit_exact(world, tmp_path):
+    """The bf16 teacher's student trains through fp32 masters; they are saved in training_state/ so
+    a run resumed from step 4 ends bit-identical to the uninterrupted one."""
+    from conftest import train_student
+
+    args = ("--batch-size", "4", "--save-freq", "4", "--holdout-episodes", "0")
+    full = train_student(world, world.teacher, tmp_path / "full", 6, *args)
+    state = tmp_path / "full" / "checkpoints" / "000004" / "training_state"
+    assert (state / "fp32_master_weights.safetensors").is_file()
+    lineage = json.loads((full / "reflow_lineage.json").read_text())
+    assert lineage["training"]["optimizer"]["fp32_master_weights"] is True
+    part = tmp_path / "part"
+    shutil.copytree(tmp_path / "full", part, symlinks=True)
+    shutil.rmtree(part / "checkpoints" / "000006")
+    (part / "checkpoints" / "last").unlink()
+    (part / "checkpoints" / "last").symlink_to("000004")
+    resumed = train_student(world, world.teacher, part, 6, *args, "--resume")
+    a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
