@@ -306,11 +306,23 @@ def train(args: TrainArgs) -> Path:
         if main:
             logger.info("nothing to do: the run is already at step %d of %d", step, rcfg.steps)
         return last / "pretrained_model"
-    if main:  # before training, not at the first save: every checkpoint this run will write
+    # Before training, not at the first save: room for every checkpoint this run will write (where
+    # the main process writes them; every process stops on its verdict).
+    problem = [None]
+    if main:
         count = checkpoints_to_write(step, rcfg.steps, args.save_freq)
         one = checkpoint_bytes((resolved.path / "model.safetensors").stat().st_size,
                                sum(p.numel() for p in policy.trainable_parameters()))
-        check_free_space(output_dir, count * one, "--output-dir", f"the {count} checkpoint{'s' if count > 1 else ''} of this run")
+        try:
+            check_free_space(output_dir, count * one, "--output-dir", f"the {count} checkpoint{'s' if count > 1 else ''} of this run")
+        except UserError as e:
+            problem = [str(e)]
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(problem)
+    if problem[0]:
+        raise UserError(problem[0])
 
     from lerobot.utils.collate import lerobot_collate_fn
 

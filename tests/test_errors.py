@@ -265,6 +265,10 @@ CASES = [
     Case("train --pairs is a file", lambda c: c.train("--pairs", str(c.file)), 2, "--pairs", kept=("file",)),
     Case("card of a folder without lineage", lambda c: ["card", str(c.teacher)], 2, "has no reflow_lineage.json"),
     Case("verify missing checkpoint", lambda c: ["verify", str(c.tmp / "nope")], 2, "does not exist"),
+    Case("push a folder that is not a checkpoint", lambda c: ["push", str(c.full), "--repo-id", "user/x"], 2, "no config.json in",
+         kept=("full",)),
+    Case("canonicalize DST inside SRC", lambda c: ["canonicalize", str(c.student), str(c.student / "canonical")], 2,
+         "DST must be outside SRC", kept=("run",)),
     # -- corrupt weight files: one line naming the file, exit 2, nothing written ----------------------
     Case("train zero-byte teacher weights", lambda c: c.train("--teacher", str(c.zero_teacher())), 2,
          "model.safetensors cannot be read as a safetensors file (Error while deserializing header: header too small)"),
@@ -310,6 +314,10 @@ CASES = [
          "someone/another-dataset"), 2, "--resume: --dataset differs", kept=("run",)),
     Case("resume with another --log-freq is allowed", lambda c: c.resume("--log-freq", "7", "--save-freq", "3"), 0, None, kept=("run",)),
     Case("resume without a checkpoint", lambda c: c.train("--resume"), 2, "--resume: no checkpoint at"),
+    Case("resume with an unreadable lineage", lambda c: c.resume() if (c.student / "reflow_lineage.json").write_text("{") else [], 2,
+         "reflow_lineage.json cannot be read (JSONDecodeError)", kept=("run",)),
+    Case("resume without its training state", lambda c: c.resume() if shutil.rmtree(c.run / "checkpoints" / "000002" /
+         "training_state") is None else [], 2, "--resume: the training state in", kept=("run",)),
     Case("dangling last, resume", lambda c: c.resume() if c.dangling() else [], 2,
          "points to 000002, which does not exist", kept=("run",)),
     Case("dangling last, new run", lambda c: c.train("--output-dir", str(c.dangling())), 2,
@@ -327,10 +335,12 @@ CASES = [
     Case("push --force of a failing checkpoint warns", lambda c: ["push", str(c.nan_student()), "--repo-id", "user/forced", "--force"], 0,
          "push --force: pushing a checkpoint that fails the weights check", how="hub", hub_changes=True),
     Case("pull a repo that fails the checks, --local-dir", lambda c: ["pull", "user/broken", "--local-dir", str(c.dst)], 2,
-         f"nothing was written to", how="hub"),
+         "nothing was written to", how="hub"),
     Case("pull a repo that fails the checks, HF cache", lambda c: ["pull", "user/broken"], 2,
          "the download is left in the Hugging Face cache at", how="hub"),
     Case("pull a missing repo", lambda c: ["pull", "user/missing", "--local-dir", str(c.dst)], 2, "user/missing not found", how="hub"),
+    Case("pull a missing --revision", lambda c: ["pull", "user/reflow", "--revision", "v9", "--local-dir", str(c.dst)], 2,
+         "revision not found in user/reflow", how="hub"),
     Case("pull into an earlier pull of another repo", lambda c: ["pull", "user/tagged", "--local-dir", str(c.pulled("user/reflow"))], 2,
          "already holds a pull of user/reflow", how="hub", kept=("pulled_dir",)),
     Case("pull again into an earlier pull of the same repo", lambda c: ["pull", "user/reflow", "--local-dir", str(c.pulled("user/reflow"))],
@@ -350,9 +360,13 @@ def _nan_student(self: Ctx) -> Path:
 
 def _pulled(self: Ctx, repo: str) -> Path:
     """A folder an earlier `hub-reflow pull REPO --local-dir` made."""
+    from hub_reflow.hub import pull_checkpoint
+
     self.pulled_dir = self.tmp / "pulled"
     if not self.pulled_dir.exists():
-        run_cli("pull", repo, "--local-dir", str(self.pulled_dir), env=hub_env(self))
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(constants, "HF_HUB_OFFLINE", False)
+            pull_checkpoint(repo, local_dir=self.pulled_dir, token=WRITE, endpoint=self.hub.url)
     return self.pulled_dir
 
 
@@ -542,6 +556,45 @@ def test_library_chatter_is_silenced_unless_verbose(world, offline):
     assert "verdict: PASS" in out
     code, out, err = _in_process(["verify", str(world.teacher), "-v"])
     assert code == 0 and "Reducing the number of VLM layers" in out + err
+
+
+def test_a_dataset_folder_names_its_own_repo_id(tmp_path, monkeypatch):
+    """Where --dataset-root's own id comes from: LeRobot's dataset card, the Hugging Face cache
+    layout, LeRobot's own cache layout; a plain folder has none (nothing to compare)."""
+    from hub_reflow.validation import dataset_root_repo_id
+
+    snapshot_dir = tmp_path / "hub" / "datasets--someone--ds" / "snapshots" / ("a" * 40)
+    snapshot_dir.mkdir(parents=True)
+    assert dataset_root_repo_id(snapshot_dir) == "someone/ds"
+    monkeypatch.setenv("HF_LEROBOT_HOME", str(tmp_path / "lerobot"))
+    (tmp_path / "lerobot" / "org" / "name").mkdir(parents=True)
+    assert dataset_root_repo_id(tmp_path / "lerobot" / "org" / "name") == "org/name"
+    plain = tmp_path / "my-data"
+    plain.mkdir()
+    assert dataset_root_repo_id(plain) is None
+    (plain / "README.md").write_text("[x](https://huggingface.co/spaces/lerobot/visualize_dataset?path=me/my-data)\n")
+    assert dataset_root_repo_id(plain) == "me/my-data"
+
+
+def test_hub_errors_show_the_servers_words():
+    """An HTTP error whose first line is an empty "Bad request:" shows what the server said."""
+    import httpx
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from hub_reflow.hub import _hub_error
+
+    response = httpx.Response(400, request=httpx.Request("POST", "http://hub/api/models/user/x/branch/a%20b"))
+    error = HfHubHTTPError("Bad request:\n", response=response, server_message="Invalid branch name: 'a b'")
+    assert str(_hub_error(error, "user/x", "push", None)) == \
+        "push: the Hub refused the request for user/x (HTTP 400): Invalid branch name: 'a b'"
+
+
+def test_verbose_flag_before_or_after_the_command(offline):
+    from hub_reflow.cli import build_parser
+
+    assert build_parser().parse_args(["-v", "card", "x"]).verbose is True
+    assert build_parser().parse_args(["card", "x", "-v"]).verbose is True
+    assert build_parser().parse_args(["card", "x"]).verbose is False
 
 
 def test_help_shows_defaults(offline):
