@@ -6,7 +6,6 @@ Run the benchmarks from the repository root (``python benchmarks/latency.py ...`
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -147,7 +146,9 @@ def write_json(path: Path, payload: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": command_line(), **payload}
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    from hub_reflow.safeio import dumps  # strict JSON: a NaN measurement is null, never a bare NaN token
+
+    tmp.write_text(dumps(payload, indent=2) + "\n")
     os.replace(tmp, path)
     return path
 

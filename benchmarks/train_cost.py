@@ -307,7 +307,9 @@ def main(argv=None) -> int:
     }
     path = a.json or Path("outputs/benchmarks") / ("train_cost_smoke.json" if a.smoke else "train_cost.json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2))
+    from hub_reflow.safeio import dumps
+
+    path.write_text(dumps(out, indent=2))
     for t in targets.values():
         print(f"- {t['target']}: {'met' if t['met'] else 'NOT met'} ({t['detail']})")
     print(f"{size}; batch {a.batch_size}; device {device}; JSON: {path}")

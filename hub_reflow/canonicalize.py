@@ -67,7 +67,7 @@ def _plan_config(raw: dict, teacher_raw: dict | None, plan: Plan) -> dict:
 
 
 def _plan_weights(src: Path, ref: dict, teacher_weights: Path | None, plan: Plan) -> dict[str, torch.Tensor] | None:
-    from safetensors import safe_open
+    from .safeio import safe_open
 
     header = read_header(src / WEIGHTS_NAME)
     mapping, by_prefix = split_prefixed(header, set(ref))
@@ -99,8 +99,8 @@ def _plan_weights(src: Path, ref: dict, teacher_weights: Path | None, plan: Plan
     out: dict[str, torch.Tensor] = {}
     casts: dict[str, int] = {}
     nonfinite, vlm_diff = [], []
-    t_file = safe_open(str(teacher_weights), framework="pt") if teacher_weights is not None else None
-    with safe_open(str(src / WEIGHTS_NAME), framework="pt") as f:
+    t_file = safe_open(teacher_weights, "teacher") if teacher_weights is not None else None
+    with safe_open(src / WEIGHTS_NAME, "source") as f:
         for k, name in names.items():
             t = f.get_tensor(k)
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
@@ -127,13 +127,13 @@ def _plan_weights(src: Path, ref: dict, teacher_weights: Path | None, plan: Plan
 def _check_stats(src: Path, teacher: Path, present: list[str], plan: Plan) -> None:
     """Normalisation statistics that differ from the teacher's are not replaced: which ones the
     student was trained with cannot be told from the files."""
-    from safetensors.torch import load_file
+    from .safeio import load_file
 
     differ = set()
     for name in present:
         if not name.endswith(".safetensors"):
             continue
-        mine, theirs = load_file(str(src / name)), load_file(str(teacher / name))
+        mine, theirs = load_file(src / name, "source"), load_file(teacher / name, "teacher")
         differ |= {k for k in mine.keys() | theirs.keys() if k not in mine or k not in theirs or not torch.equal(mine[k], theirs[k])}
     if differ:
         plan.problems.append(f"processors: normalisation statistics differ from the teacher's ({', '.join(sorted(differ)[:6])}); "
@@ -147,11 +147,16 @@ def canonicalize(src: str, dst: str | Path, teacher: str | None = None, *, revis
     Raises ``NotRepairable`` (nothing written) when the checkpoint cannot be made canonical."""
     from safetensors.torch import save_file
 
+    from .safeio import check_folder
+    from .validation import check_output_folder
+
     resolved = resolve_checkpoint(src, revision, what="source", validate=False)
     src_dir = resolved.path
     dst = Path(dst).expanduser()
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise UserError(f"canonicalize: {dst} already exists; pass a new folder as DST (SRC is never overwritten)")
+    check_output_folder(dst, "canonicalize: DST")  # not under a file, writable
+    check_folder(src_dir, "source")  # truncated / empty weight files: one line, nothing written
     if dst.resolve() == src_dir.resolve() or src_dir.resolve() in dst.resolve().parents:
         raise UserError("canonicalize: DST must be outside SRC")
     t = resolve_checkpoint(teacher, teacher_revision, what="teacher") if teacher else None

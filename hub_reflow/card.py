@@ -34,6 +34,32 @@ def card_data(lineage: Lineage, license: str | None = None) -> ModelCardData:
     return data
 
 
+# ReflowConfig fields whose None means "the teacher config's LeRobot preset": the config field it reads.
+PRESETS = {"lr": "optimizer_lr", "weight_decay": "optimizer_weight_decay", "grad_clip_norm": "optimizer_grad_clip_norm"}
+
+
+def human(value) -> str:
+    """A value as a reader wants it: rounded numbers (4 significant digits), yes/no, n/a."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def human_setting(name: str, value, reflow: dict, policy_config) -> str:
+    """A reflow setting, with what None stands for spelled out."""
+    if value is None and name in PRESETS:
+        preset = getattr(policy_config, PRESETS[name], None)
+        return f"LeRobot preset ({human(preset)})" if preset is not None else "LeRobot preset"
+    if value is None and name == "warmup_steps":
+        steps = reflow.get("steps")
+        return f"5% of the run ({max(1, steps // 20)})" if isinstance(steps, int) else "5% of the run"
+    return human(value)
+
+
 IMAGES = [(LOSS_CURVE, "reflow training loss"), (CHUNKS, "teacher and student action chunks on a held-out frame")]
 
 
@@ -67,8 +93,8 @@ def render_card(lineage: Lineage, policy_config, repo_id: str | None = None, lic
         teacher_steps=reflow.get("teacher_steps", lineage.teacher_num_steps),
         dataset_name=lineage.dataset.get("repo_id", "n/a"),
         dataset_commit=lineage.dataset.get("commit"),
-        reflow_settings=sorted((k, v) for k, v in reflow.items()),
-        training=sorted((k, v) for k, v in lineage.training.items() if not isinstance(v, (list, dict))),
+        reflow_settings=sorted((k, human_setting(k, v, reflow, policy_config)) for k, v in reflow.items()),
+        training=sorted((k, human(v)) for k, v in lineage.training.items() if not isinstance(v, (list, dict))),
         versions=sorted(lineage.versions.items()),
         teacher_base_model=lineage.teacher_card.get("base_model"),
         evaluation=lineage.evaluation,

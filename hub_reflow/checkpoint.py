@@ -81,6 +81,9 @@ def validate_smolvla_folder(folder: Path, what: str = "teacher") -> dict:
     missing = [n for n in (WEIGHTS_NAME, *PROCESSOR_CONFIGS) if not (folder / n).is_file()]
     if missing:
         raise UserError(f"{what}: the checkpoint lacks {', '.join(missing)}; pass a complete lerobot-train pretrained_model/ folder")
+    from .safeio import check_folder
+
+    check_folder(folder, what)  # weights and processor state files: a truncated file is one line, not a traceback
     return raw
 
 
@@ -253,7 +256,9 @@ class Lineage:
     format_version: int = 1
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        from .safeio import dumps
+
+        return dumps(dataclasses.asdict(self), indent=2, sort_keys=True)  # strict JSON: NaN -> null
 
     @classmethod
     def from_file(cls, path: Path) -> Lineage:
@@ -273,11 +278,14 @@ def write_canonical(folder: Path, student, teacher: ResolvedCheckpoint, num_step
     """
     from safetensors.torch import save_model
 
+    from .finite import require_finite_weights
+
     folder = Path(folder)
+    model = student.module if hasattr(student, "module") else student
+    require_finite_weights(model)  # never a checkpoint full of NaN (and never `last` pointing at one)
     cfg = read_policy_config(teacher.path)
     cfg.num_steps = num_steps
     cfg._save_pretrained(folder)
-    model = student.module if hasattr(student, "module") else student
     save_model(model, str(folder / WEIGHTS_NAME))
     for name in processor_files(teacher.path):
         shutil.copyfile(teacher.path / name, folder / name)

@@ -1,12 +1,17 @@
-"""``hub-reflow``: a thin command line over the library. User mistakes print one line, exit 2."""
+"""``hub-reflow``: a thin command line over the library. User mistakes print one line.
+
+Exit codes: 0 ok, 1 a check failed, 2 bad input, 130 interrupted."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
+
+from .validation import MAX_SEED, MAX_TEACHER_STEPS, float_in, int_in, ref_name, repo_id
+
+POSITIVE, NON_NEGATIVE = int_in(1), int_in(0)
 
 
 def _add_train(sub) -> None:
@@ -18,26 +23,27 @@ def _add_train(sub) -> None:
     p.add_argument("--teacher-revision", default=None, help="branch, tag or commit of a Hub teacher (recorded as a commit sha)")
     p.add_argument("--dataset", required=True, help="LeRobotDataset repo id")
     p.add_argument("--dataset-root", type=Path, default=None, help="local folder of the dataset (else the Hub)")
-    p.add_argument("--dataset-revision", default=None)
-    p.add_argument("--output-dir", type=Path, required=True)
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--student-steps", type=int, default=1, help="Euler steps of the student (its num_steps)")
-    p.add_argument("--teacher-steps", type=int, default=10, help="Euler steps the teacher integrates per target")
+    p.add_argument("--dataset-revision", default=None, help="branch, tag or commit of a Hub dataset")
+    p.add_argument("--output-dir", type=Path, required=True, help="new folder for the run (or the run to --resume)")
+    p.add_argument("--steps", type=POSITIVE, default=1000, help="training steps")
+    p.add_argument("--batch-size", type=POSITIVE, default=8, help="frames per step and process")
+    p.add_argument("--student-steps", type=POSITIVE, default=1, help="Euler steps of the student (its num_steps), at most --teacher-steps")
+    p.add_argument("--teacher-steps", type=int_in(1, MAX_TEACHER_STEPS, "more gives no better targets, only slower steps"),
+                   default=10, help=f"Euler steps the teacher integrates per target (at most {MAX_TEACHER_STEPS})")
     p.add_argument("--time-sampling", choices=list(TIME_SAMPLERS), default=ReflowConfig.time_sampling,
                    help="training times t: grid (the student's Euler times), mixed (half grid, half uniform), "
                    "uniform, or beta (SmolVLA's); see docs/fidelity.md")
-    p.add_argument("--lr", type=float, default=None,
+    p.add_argument("--lr", type=float_in(0), default=None,
                    help="peak learning rate (default: the teacher config's optimizer_lr, LeRobot's preset)")
-    p.add_argument("--warmup-steps", type=int, default=None)
-    p.add_argument("--holdout-episodes", type=int, default=0, help="keep the last N episodes out of training")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    p.add_argument("--seed", type=int, default=1000)
-    p.add_argument("--save-freq", type=int, default=0, help="checkpoint every N steps (0: only at the end)")
-    p.add_argument("--log-freq", type=int, default=50)
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--warmup-steps", type=NON_NEGATIVE, default=None, help="warm-up steps (default: 5%% of --steps)")
+    p.add_argument("--holdout-episodes", type=NON_NEGATIVE, default=0, help="keep the last N episodes out of training")
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto", help="where to train")
+    p.add_argument("--seed", type=int_in(0, MAX_SEED), default=1000, help="seed of the data order, noise and times")
+    p.add_argument("--save-freq", type=NON_NEGATIVE, default=0, help="checkpoint every N steps (0: only at the end)")
+    p.add_argument("--log-freq", type=POSITIVE, default=50, help="print the mean loss every N steps")
+    p.add_argument("--num-workers", type=NON_NEGATIVE, default=0, help="data loader worker processes")
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from checkpoints/last")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--pairs", default=None, help="train on cached teacher pairs (hub-reflow pairs): folder or Hub dataset repo id")
     p.add_argument("--pairs-revision", default=None, help="branch, tag or commit of a Hub pairs repo")
     p.set_defaults(func=_cmd_train)
@@ -73,15 +79,16 @@ def _add_pairs(sub) -> None:
     p.add_argument("--teacher-revision", default=None)
     p.add_argument("--dataset", required=True, help="LeRobotDataset repo id")
     p.add_argument("--dataset-root", type=Path, default=None, help="local folder of the dataset (else the Hub)")
-    p.add_argument("--dataset-revision", default=None)
+    p.add_argument("--dataset-revision", default=None, help="branch, tag or commit of a Hub dataset")
     p.add_argument("--output", type=Path, required=True, help="new folder for the pairs (a Hub dataset repo layout)")
-    p.add_argument("--per-frame", type=int, default=1, help="noise draws per training frame")
-    p.add_argument("--teacher-steps", type=int, default=10, help="Euler steps the teacher integrates per target")
-    p.add_argument("--holdout-episodes", type=int, default=0, help="leave the last N episodes out (as train will)")
-    p.add_argument("--seed", type=int, default=1000, help="seed of the noise generator")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--per-frame", type=POSITIVE, default=1, help="noise draws per training frame")
+    p.add_argument("--teacher-steps", type=int_in(1, MAX_TEACHER_STEPS, "more gives no better targets, only slower steps"),
+                   default=10, help=f"Euler steps the teacher integrates per target (at most {MAX_TEACHER_STEPS})")
+    p.add_argument("--holdout-episodes", type=NON_NEGATIVE, default=0, help="leave the last N episodes out (as train will)")
+    p.add_argument("--seed", type=int_in(0, MAX_SEED), default=1000, help="seed of the noise generator")
+    p.add_argument("--batch-size", type=POSITIVE, default=32, help="frames per teacher batch")
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto", help="where to run the teacher")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_pairs)
 
 
@@ -100,10 +107,10 @@ def _cmd_pairs(a) -> int:
 
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the offline demo: tiny world -> teacher -> reflow student -> table")
-    p.add_argument("--workdir", type=Path, default=Path("outputs/demo"))
-    p.add_argument("--teacher-train-steps", type=int, default=1000)
-    p.add_argument("--reflow-steps", type=int, default=400)
-    p.add_argument("--frames", type=int, default=32, help="held-out frames in the table")
+    p.add_argument("--workdir", type=Path, default=Path("outputs/demo"), help="folder for everything the demo makes")
+    p.add_argument("--teacher-train-steps", type=POSITIVE, default=1000, help="lerobot-train steps of the teacher")
+    p.add_argument("--reflow-steps", type=POSITIVE, default=400, help="reflow training steps of the student")
+    p.add_argument("--frames", type=POSITIVE, default=32, help="held-out frames in the table")
     p.set_defaults(func=_cmd_demo)
 
 
@@ -118,10 +125,10 @@ def _add_push(sub) -> None:
     p = sub.add_parser("push", help="push a reflow student checkpoint (or a teacher pairs folder) to the Hub in one commit")
     p.add_argument("checkpoint", type=Path, help="pretrained_model/ folder (or its checkpoints/<step>/ parent), or a "
                    "folder made by `hub-reflow pairs` (pushed as a dataset repo)")
-    p.add_argument("--repo-id", required=True, help="Hub repo id, namespace/name")
+    p.add_argument("--repo-id", required=True, type=repo_id, help="Hub repo id, namespace/name")
     p.add_argument("--private", action="store_true", help="create the repo private")
-    p.add_argument("--branch", default=None, help="push to this branch (created if missing)")
-    p.add_argument("--tag", default=None, help="tag the new commit")
+    p.add_argument("--branch", default=None, type=ref_name("branch"), help="push to this branch (created if missing)")
+    p.add_argument("--tag", default=None, type=ref_name("tag"), help="tag the new commit (a new tag)")
     p.add_argument("--message", default=None, help="commit message")
     p.add_argument("--force", action="store_true", help="push even if the checkpoint fails the structural checks")
     p.set_defaults(func=_cmd_push)
@@ -138,7 +145,7 @@ def _cmd_push(a) -> int:
         return 0
 
     print(push_checkpoint(a.checkpoint, a.repo_id, private=a.private, branch=a.branch, commit_message=a.message,
-                          tag=a.tag, force=a.force))
+                          tag=a.tag, force=a.force, warn=lambda msg: print(f"hub-reflow: warning: {msg}", file=sys.stderr)))
     return 0
 
 
@@ -146,7 +153,8 @@ def _add_pull(sub) -> None:
     p = sub.add_parser("pull", help="download a reflow student from the Hub and check it")
     p.add_argument("repo_id", help="Hub repo id, namespace/name")
     p.add_argument("--revision", default=None, help="branch, tag or commit sha (pinned to its commit)")
-    p.add_argument("--local-dir", type=Path, default=None, help="download into this folder (else the HF cache)")
+    p.add_argument("--local-dir", type=Path, default=None, help="download into this folder (new, empty, or an earlier pull "
+                   "of the same repo; else the HF cache)")
     p.set_defaults(func=_cmd_pull)
 
 
@@ -160,20 +168,24 @@ def _cmd_pull(a) -> int:
 def _add_card(sub) -> None:
     p = sub.add_parser("card", help="print the model card that push would write for a checkpoint")
     p.add_argument("checkpoint", type=Path, help="a reflow student's pretrained_model/ folder")
-    p.add_argument("--repo-id", default=None, help="the repo id the card should name")
+    p.add_argument("--repo-id", default=None, type=repo_id, help="the repo id the card should name (namespace/name)")
     p.set_defaults(func=_cmd_card)
 
 
 def _cmd_card(a) -> int:
     from .card import render_card
-    from .checkpoint import LINEAGE_NAME, Lineage, read_policy_config
+    from .checkpoint import CONFIG_NAME, LINEAGE_NAME, Lineage, read_policy_config
     from .errors import UserError
 
-    if not (a.checkpoint / LINEAGE_NAME).is_file():
-        raise UserError(f"{a.checkpoint} has no {LINEAGE_NAME}; pass a reflow student's pretrained_model/ folder")
+    if not (a.checkpoint / LINEAGE_NAME).is_file() or not (a.checkpoint / CONFIG_NAME).is_file():
+        raise UserError(f"{a.checkpoint} has no {LINEAGE_NAME} or {CONFIG_NAME}; pass a reflow student's pretrained_model/ folder")
+    try:
+        lineage = Lineage.from_file(a.checkpoint / LINEAGE_NAME)
+    except Exception as e:  # not JSON, fields missing
+        raise UserError(f"{a.checkpoint / LINEAGE_NAME} cannot be read ({type(e).__name__}); pass a reflow student's "
+                        "pretrained_model/ folder") from None
     # image_names=None: the images push draws from the lineage, as push's card names them.
-    card = render_card(Lineage.from_file(a.checkpoint / LINEAGE_NAME), read_policy_config(a.checkpoint, "checkpoint"),
-                       repo_id=a.repo_id, image_names=None)
+    card = render_card(lineage, read_policy_config(a.checkpoint, "checkpoint"), repo_id=a.repo_id, image_names=None)
     print(str(card))
     return 0
 
@@ -189,22 +201,22 @@ def _add_verify(sub) -> None:
 def _add_verify_args(p, teacher_help: str) -> None:
     p.add_argument("--revision", default=None, help="branch, tag or commit of a Hub checkpoint")
     p.add_argument("--teacher", default=None, help=teacher_help)
-    p.add_argument("--teacher-revision", default=None)
+    p.add_argument("--teacher-revision", default=None, help="branch, tag or commit of a Hub teacher")
     p.add_argument("--json", action="store_true", help="print the verify report as JSON")
     p.add_argument("--dataset", default=None, help="LeRobotDataset repo id: also measure fidelity and speed against the teacher")
     p.add_argument("--dataset-root", type=Path, default=None, help="local folder of the dataset")
-    p.add_argument("--frames", type=int, default=32, help="held-out frames for the fidelity check")
-    p.add_argument("--tolerance", type=float, default=0.5,
+    p.add_argument("--frames", type=POSITIVE, default=32, help="held-out frames for the fidelity check")
+    p.add_argument("--tolerance", type=float_in(0, 1), default=0.5,
                    help="fidelity passes when the student's action error is at most this times the teacher's own error "
                    "at the student's step count (and within the teacher's spread); see docs/fidelity.md")
     p.add_argument("--no-speed", action="store_true", help="skip the timing checks")
 
 
 def _print_report(report, as_json: bool) -> int:
-    import json
+    from .safeio import dumps
 
     if as_json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(dumps(report.to_dict(), indent=2))  # strict JSON: a NaN measurement is null
     else:
         print(f"checkpoint: {report.checkpoint}")
         print(f"teacher:    {report.teacher or '(none: structure against the architecture of its config)'}")
@@ -216,11 +228,8 @@ def _print_report(report, as_json: bool) -> int:
 
 
 def _run_verify(a, checkpoint: str, revision: str | None):
-    from .errors import UserError
     from .verify import verify
 
-    if a.frames < 1:
-        raise UserError("--frames must be at least 1")
     return verify(checkpoint, a.teacher, revision=revision, teacher_revision=a.teacher_revision, dataset=a.dataset,
                   dataset_root=a.dataset_root, frames=a.frames, tolerance=a.tolerance, speed=not a.no_speed)
 
@@ -249,6 +258,9 @@ def _add_canonicalize(sub) -> None:
 
 def _cmd_canonicalize(a) -> int:
     from .canonicalize import canonicalize
+    from .validation import check_output_folder
+
+    check_output_folder(a.dst, "DST", hint="pass a new folder as DST (SRC is never overwritten)")
 
     with _quiet_stdout(a.json):
         changes = canonicalize(a.src, a.dst, a.teacher, revision=a.revision, teacher_revision=a.teacher_revision)
@@ -259,36 +271,50 @@ def _cmd_canonicalize(a) -> int:
     return _print_report(report, a.json)
 
 
-def _fail(msg: str) -> int:
+def _fail(msg: str, code: int = 2) -> int:
     print(f"hub-reflow: error: {msg}", file=sys.stderr)
-    return 2
+    return code
+
+
+def _interrupted(args) -> str:
+    """What an interrupt (Ctrl-C) left behind, for the command that was running."""
+    if getattr(args, "command", None) != "train":
+        return "interrupted; nothing was written (a partial output is never left in place)"
+    last = Path(args.output_dir) / "checkpoints" / "last"
+    if last.exists():
+        return f"interrupted; checkpoints/last ({last.resolve().name}) is intact: continue with --resume"
+    return ("interrupted before the first checkpoint: nothing was saved, so there is nothing to resume; "
+            "run the same command again to start over")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .validation import Parser
+
+    parser = Parser(prog="hub-reflow", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="show other libraries' warnings and progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for add in (_add_train, _add_pairs, _add_demo, _add_push, _add_pull, _add_card, _add_verify, _add_canonicalize):
+        add(sub)
+    for p in sub.choices.values():  # -v after the command too (`hub-reflow train ... -v`)
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="show other libraries' warnings and progress bars")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hub-reflow", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_train(sub)
-    _add_pairs(sub)
-    _add_demo(sub)
-    _add_push(sub)
-    _add_pull(sub)
-    _add_card(sub)
-    _add_verify(sub)
-    _add_canonicalize(sub)
-    args = parser.parse_args(argv)
-    # LeRobot warns at import, with a long traceback, when FFmpeg is missing: we read no videos.
-    logging.getLogger("lerobot.utils.import_utils").setLevel(logging.ERROR)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "huggingface_hub", "datasets", "accelerate", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    from .errors import UserError
+    from .errors import EXIT_INTERRUPTED, UserError
+    from .logs import configured, quiet_environment
 
-    try:
-        return args.func(args)
-    except UserError as e:
-        return _fail(str(e))
-    except KeyboardInterrupt:
-        return _fail("interrupted; the last complete checkpoint is intact, continue with --resume")
+    args = build_parser().parse_args(argv)
+    if not args.verbose:
+        quiet_environment()  # before the libraries are imported: their switches are read at import
+    with configured(args.verbose):
+        try:
+            return args.func(args)
+        except UserError as e:
+            return _fail(str(e), e.exit_code)
+        except KeyboardInterrupt:
+            return _fail(_interrupted(args), EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

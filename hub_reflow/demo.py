@@ -72,7 +72,9 @@ def run_demo(workdir: Path, *, teacher_train_steps: int = 1000, reflow_steps: in
     result = {"rows": [r.__dict__ for r in rows], "student": str(student_dir), "frames": len(idx),
               "verify": report.to_dict(),
               "commit_url": commit_url, "pulled": pulled}
-    (workdir / "demo_result.json").write_text(json.dumps(result, indent=2))
+    from .safeio import dumps
+
+    (workdir / "demo_result.json").write_text(dumps(result, indent=2))
     return result
 
 

@@ -4,6 +4,7 @@ refusing checkpoints that LeRobot could not load as a plain SmolVLA policy."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -84,10 +85,11 @@ def structural_problems(folder: Path) -> list[str]:
 
 def _weights_problems(weights: Path) -> list[str]:
     import torch
-    from safetensors import safe_open
+
+    from .safeio import open_safetensors
 
     try:
-        with safe_open(str(weights), framework="pt") as f:
+        with open_safetensors(weights, "weights check") as f:
             keys = list(f.keys())
             # Under any prefix (teacher., teacher_model., _teacher...): no SmolVLA key names a teacher.
             teacher = [k for k in keys if any("teacher" in part.lower() for part in k.split(".")[:-1])]
@@ -96,7 +98,9 @@ def _weights_problems(weights: Path) -> list[str]:
                 t = f.get_tensor(k)
                 if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
                     bad.append(k)
-    except Exception as e:  # not a safetensors file
+    except UserError:  # zero bytes, truncated, not a safetensors file
+        return [f"weights check: {WEIGHTS_NAME} cannot be read (empty, truncated or not a safetensors file)"]
+    except Exception as e:  # a tensor that cannot be decoded
         return [f"weights check: {WEIGHTS_NAME} cannot be read ({type(e).__name__})"]
     out = []
     if teacher:
@@ -106,11 +110,15 @@ def _weights_problems(weights: Path) -> list[str]:
     return out
 
 
-def check_checkpoint(folder: Path, *, force: bool = False, what: str = "checkpoint") -> None:
+def check_checkpoint(folder: Path, *, force: bool = False, what: str = "checkpoint", warn=None) -> None:
     problems = structural_problems(folder)
     if problems and not force:
         hint = " (pass --force to push anyway)" if what == "push" else ""
         raise UserError(f"{what}: the checkpoint fails the {'; '.join(problems)}{hint}")
+    if problems:
+        message = (f"{what} --force: pushing a checkpoint that fails the {'; '.join(problems)}; plain LeRobot may not "
+                   "load it")
+        (warn or logging.getLogger(__name__).warning)(message)
 
 
 def _redact(msg: str, token: str | None) -> str:
@@ -140,14 +148,17 @@ def _hub_error(e: Exception, repo_id: str, action: str, token: str | None) -> Us
     elif status in (401, 403):
         msg = f"{action}: the Hub refused access to {repo_id}: set HF_TOKEN to a valid token"
     elif isinstance(e, HfHubHTTPError):
-        first = (str(e).splitlines() or [type(e).__name__])[0][:300]
-        msg = f"{action}: the Hub answered an error for {repo_id}: {first}"
+        # The server's own words (the exception's first line may be an empty "Bad request:").
+        said = (getattr(e, "server_message", None) or "").strip() or " ".join(
+            line.strip() for line in str(e).splitlines() if line.strip() and not line.strip().startswith(("http", "Request ID")))
+        said = " ".join(said.split())[:300] or type(e).__name__
+        msg = f"{action}: the Hub refused the request for {repo_id} (HTTP {status}): {said}"
     else:
         msg = f"{action}: could not reach the Hub for {repo_id} ({type(e).__name__}); check HF_ENDPOINT / network"
     return UserError(_redact(msg, token))
 
 
-def _validate_repo_id(repo_id: str, action: str) -> None:
+def _validate_repo_id(repo_id: str, action: str, need_namespace: bool = False) -> None:
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
@@ -155,6 +166,19 @@ def _validate_repo_id(repo_id: str, action: str) -> None:
         validate_repo_id(repo_id)
     except HFValidationError as e:
         raise UserError(f"{action}: invalid repo id {repo_id!r} ({str(e).splitlines()[0][:200]}); use namespace/name") from None
+    if need_namespace and "/" not in repo_id:
+        # The Hub would put it under the token's user, or answer "not found": name the namespace.
+        raise UserError(f"{action}: repo id {repo_id!r} has no namespace; use namespace/name (your user or "
+                        f"organisation name, e.g. you/{repo_id})")
+
+
+def _validate_refs(branch: str | None, tag: str | None, action: str) -> None:
+    from .validation import ref_problem
+
+    for what, name in (("--branch", branch), ("--tag", tag)):
+        problem = ref_problem(name) if name is not None else None
+        if problem:
+            raise UserError(f"{action}: {what} {name!r} is not a valid name: {problem}")
 
 
 def _hub_errors():
@@ -175,11 +199,14 @@ def push_checkpoint(
     tag: str | None = None,
     force: bool = False,
     endpoint: str | None = None,
+    warn=None,
 ) -> str:
-    """Upload a canonical checkpoint (and its rendered model card) in one commit; return the commit URL."""
-    _validate_repo_id(repo_id, "push")
+    """Upload a canonical checkpoint (and its rendered model card) in one commit; return the commit URL.
+    ``warn``: called with one line when ``force`` pushes a checkpoint that fails the checks."""
+    _validate_repo_id(repo_id, "push", need_namespace=True)
+    _validate_refs(branch, tag, "push")
     src = _pretrained_dir(folder)
-    check_checkpoint(src, force=force, what="push")
+    check_checkpoint(src, force=force, what="push", warn=warn)
 
     from huggingface_hub import HfApi
 
@@ -208,8 +235,11 @@ def push_checkpoint(
 
 def _upload(api, folder: Path, repo_id: str, repo_type: str, *, private: bool, branch: str | None, tag: str | None,
             token: str | None, commit_message: str, ignore_patterns: list[str]) -> str:
-    """Create the repo (and branch) if needed, upload ``folder`` in one commit, tag it; the commit URL."""
+    """Create the repo (and branch) if needed, upload ``folder`` in one commit, tag it; the commit URL.
+    A tag that already exists is refused before anything is changed on the Hub."""
     try:
+        if tag:
+            _refuse_existing_tag(api, repo_id, repo_type, tag)
         api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
         if branch:
             api.create_branch(repo_id, repo_type=repo_type, branch=branch, exist_ok=True)
@@ -220,6 +250,19 @@ def _upload(api, folder: Path, repo_id: str, repo_type: str, *, private: bool, b
     except _hub_errors() as e:
         raise _hub_error(e, repo_id, "push", token) from None
     return str(info.commit_url)
+
+
+def _refuse_existing_tag(api, repo_id: str, repo_type: str, tag: str) -> None:
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        refs = api.list_repo_refs(repo_id, repo_type=repo_type)
+    except RepositoryNotFoundError:
+        return  # a new repo has no tags
+    existing = {t.name: t.target_commit for t in refs.tags}
+    if tag in existing:
+        raise UserError(f"push: tag {tag!r} already exists in {repo_id} (commit {existing[tag][:12]}); pass another --tag; "
+                        "nothing was pushed")
 
 
 def push_pairs(
@@ -239,7 +282,8 @@ def push_pairs(
 
     from .pairs import read_pairs_meta
 
-    _validate_repo_id(repo_id, "push")
+    _validate_repo_id(repo_id, "push", need_namespace=True)
+    _validate_refs(branch, tag, "push")
     folder = Path(folder).expanduser()
     read_pairs_meta(folder, str(folder), action="push")  # metadata readable, data sha256 as recorded
     return _upload(HfApi(token=token, endpoint=endpoint), folder, repo_id, "dataset", private=private, branch=branch,
@@ -249,10 +293,30 @@ def push_pairs(
 
 def push_policy(policy, repo_id: str, **kwargs) -> str:
     """``ReflowPolicy.push_to_hub``: save the canonical checkpoint into a temp dir, then ``push_checkpoint``."""
-    _validate_repo_id(repo_id, "push")
+    _validate_repo_id(repo_id, "push", need_namespace=True)
     with tempfile.TemporaryDirectory(prefix="hub-reflow-save-") as tmp:
         policy.save_pretrained(tmp)
         return push_checkpoint(tmp, repo_id, **kwargs)
+
+
+PULL_RECORD = Path(".cache") / "hub-reflow" / "pull.json"  # in --local-dir: which repo was pulled there
+
+
+def _check_local_dir(local_dir: Path, repo_id: str) -> None:
+    """New, empty, or an earlier pull of the same repo: never a folder holding something else."""
+    from .validation import check_output_folder
+
+    if local_dir.is_dir() and any(local_dir.iterdir()):
+        record = local_dir / PULL_RECORD
+        try:
+            pulled = json.loads(record.read_text()).get("repo_id") if record.is_file() else None
+        except (OSError, ValueError, AttributeError):
+            pulled = None
+        if pulled != repo_id:
+            was = f"a pull of {pulled}" if pulled else "files that are not a pull of it"
+            raise UserError(f"pull: --local-dir {local_dir} already holds {was}; pass a new or empty folder "
+                            "(nothing was downloaded)")
+    check_output_folder(local_dir, "--local-dir", may_hold_files=True)
 
 
 def pull_checkpoint(
@@ -263,14 +327,43 @@ def pull_checkpoint(
     token: str | None = None,
     endpoint: str | None = None,
 ) -> Path:
-    """Download ``repo_id`` at ``revision`` (pinned to its commit sha) and check it; return the folder."""
-    _validate_repo_id(repo_id, "pull")
+    """Download ``repo_id`` at ``revision`` (pinned to its commit sha) and check it; return the folder.
+
+    With ``local_dir``, the files are downloaded into a temporary sibling and moved into place only
+    when the checkpoint passes the checks: a refused checkpoint leaves ``local_dir`` as it was."""
     from huggingface_hub import HfApi, snapshot_download
 
+    from .checkpoint import atomic_dir
+
+    _validate_repo_id(repo_id, "pull")
+    if local_dir is not None:
+        local_dir = Path(local_dir).expanduser()
+        _check_local_dir(local_dir, repo_id)
     try:
         sha = HfApi(token=token, endpoint=endpoint).model_info(repo_id, revision=revision).sha
-        path = Path(snapshot_download(repo_id, revision=sha, local_dir=local_dir, token=token, endpoint=endpoint))
     except _hub_errors() as e:
         raise _hub_error(e, repo_id, "pull", token) from None
-    check_checkpoint(path, what="pull")
-    return path
+    if local_dir is None:
+        try:
+            path = Path(snapshot_download(repo_id, revision=sha, token=token, endpoint=endpoint))
+        except _hub_errors() as e:
+            raise _hub_error(e, repo_id, "pull", token) from None
+        _check_pulled(path, f"the download is left in the Hugging Face cache at {path}")
+        return path
+    with atomic_dir(local_dir) as stage:
+        try:
+            snapshot_download(repo_id, revision=sha, local_dir=stage, token=token, endpoint=endpoint)
+        except _hub_errors() as e:
+            raise _hub_error(e, repo_id, "pull", token) from None
+        _check_pulled(stage, f"nothing was written to {local_dir}")
+        (stage / PULL_RECORD).parent.mkdir(parents=True, exist_ok=True)
+        (stage / PULL_RECORD).write_text(json.dumps({"repo_id": repo_id, "commit": sha}))
+        stage.chmod(0o755)  # atomic_dir's temporary folder is private; a downloaded checkpoint is not
+    return local_dir
+
+
+def _check_pulled(folder: Path, left: str) -> None:
+    try:
+        check_checkpoint(folder, what="pull")
+    except UserError as e:
+        raise UserError(f"{e}; {left}") from None

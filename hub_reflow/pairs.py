@@ -94,15 +94,20 @@ def make_pairs(args: PairsArgs) -> Path:
             raise UserError(f"{flag} must be >= 1, got {value}")
     if args.holdout_episodes < 0:
         raise UserError(f"--holdout-episodes must be >= 0, got {args.holdout_episodes}")
-    out = Path(args.output)
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"--output {out} already holds files; pass a new folder")
+    from .finite import require_finite_teacher
+    from .safeio import dumps
+    from .validation import MAX_TEACHER_STEPS, check_output_folder
+
+    if args.teacher_steps > MAX_TEACHER_STEPS:
+        raise UserError(f"--teacher-steps must be <= {MAX_TEACHER_STEPS}, got {args.teacher_steps}")
+    out = check_output_folder(Path(args.output), "--output")  # not a file, empty, writable
     device = _device(args.device)
 
     resolved = resolve_checkpoint(args.teacher, args.teacher_revision, what="teacher")
     cfg = read_policy_config(resolved.path)
     dataset, ds_info = load_dataset(cfg, args.dataset, args.dataset_root, args.dataset_revision, args.holdout_episodes)
     teacher = load_smolvla(resolved.path, device=device, what="teacher")
+    require_finite_teacher(teacher)
     teacher.requires_grad_(False)
     teacher.eval()
     preprocessor, _ = make_pre_post_processors(
@@ -173,7 +178,7 @@ def make_pairs(args: PairsArgs) -> Path:
             "data_sha256": data_sha256(tmp),
             "versions": package_versions(),
         }
-        (tmp / PAIRS_META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        (tmp / PAIRS_META_NAME).write_text(dumps(meta, indent=2, sort_keys=True))
         pairs_card(meta).save(tmp / "README.md")
         tmp.chmod(0o755)  # atomic_dir's temporary folder is private; a dataset folder is not
     return out

@@ -85,8 +85,10 @@ def load_dataset(teacher_cfg, repo_id: str, root: Path | None, revision: str | N
     from lerobot.datasets.factory import resolve_delta_timestamps
     from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
 
-    if root is not None and not Path(root).is_dir():
-        raise UserError(f"--dataset-root {root} does not exist; pass the folder of the LeRobotDataset")
+    from .validation import check_dataset_root
+
+    if root is not None:  # a folder that is not a LeRobotDataset: never fall back to the Hub
+        check_dataset_root(Path(root), repo_id)
     try:
         meta = LeRobotDatasetMetadata(repo_id, root=root, revision=revision)
     except Exception as e:  # missing files, not a LeRobotDataset, no network
@@ -158,15 +160,24 @@ def save_checkpoint(output_dir: Path, step: int, policy, optimizer, scheduler, n
     from lerobot.utils.constants import TRAINING_STATE_DIR
     from safetensors.torch import save_file
 
+    from .validation import disk_full
+
     final = get_step_checkpoint_dir(output_dir, policy.reflow_config.steps, step)
     policy.lineage.training["step"] = step
-    with atomic_dir(final) as tmp:
-        pretrained = tmp / "pretrained_model"
-        pretrained.mkdir()
-        write_canonical(pretrained, policy.student, policy.base, policy.reflow_config.student_steps, policy.lineage)
-        save_training_state(tmp, step, optimizer, scheduler, num_processes=num_processes, batch_size=batch_size)
-        if master is not None and master.active:
-            save_file(master.state_dict(), str(tmp / TRAINING_STATE_DIR / MASTER_FILE))
+    try:
+        with atomic_dir(final) as tmp:
+            pretrained = tmp / "pretrained_model"
+            pretrained.mkdir()
+            write_canonical(pretrained, policy.student, policy.base, policy.reflow_config.student_steps, policy.lineage)
+            save_training_state(tmp, step, optimizer, scheduler, num_processes=num_processes, batch_size=batch_size)
+            if master is not None and master.active:
+                save_file(master.state_dict(), str(tmp / TRAINING_STATE_DIR / MASTER_FILE))
+    except OSError as e:  # disk full, quota, permissions changed during the run: `last` is untouched
+        reason = "the disk is full" if disk_full(e) else (e.strerror or type(e).__name__)
+        last = final.parent / "last"
+        kept = (f"checkpoints/last ({last.resolve().name}) is unchanged: free space, then continue with --resume"
+                if last.exists() else "no checkpoint was saved before: free space and run again")
+        raise UserError(f"train: checkpoint {final.name} could not be written in {final.parent} ({reason}); {kept}") from None
     _update_last(final.parent, final)
     return final
 
@@ -193,12 +204,18 @@ def _evaluate(policy, args: TrainArgs, ds_info: dict, preprocessor, postprocesso
                    scale=action_scale(ds.meta.stats))
 
 
-def _check_same_targets(saved: Lineage, now: Lineage) -> None:
-    """--resume continues with the targets the run started with (online, or the same cached pairs)."""
-    before, after = saved.dataset.get("pairs"), now.dataset.get("pairs")
-    if (before or {}).get("data_sha256") != (after or {}).get("data_sha256"):
-        was = f"cached pairs {before.get('repo_id') or 'from a local folder'} (sha256 {before['data_sha256'][:12]}...)" if before else "online pairs"
-        raise UserError(f"--resume: this run was trained with {was}; resume it with the same --pairs (or none)")
+def _read_lineage(ckpt: Path) -> Lineage:
+    try:
+        return Lineage.from_file(ckpt / "pretrained_model" / LINEAGE_NAME)
+    except Exception as e:  # missing, not JSON, fields missing
+        raise UserError(f"--resume: {ckpt / 'pretrained_model' / LINEAGE_NAME} cannot be read ({type(e).__name__}); "
+                        "the run's record is needed to resume it: start a new --output-dir") from None
+
+
+def _divergence_hint(lr: float, warmup: int, pairs) -> str:
+    hint = (f"a learning rate too high for this model (lr {lr:g} with {warmup} warm-up steps): "
+            "lower --lr or raise --warmup-steps")
+    return hint + (", or NaN targets in the cached --pairs" if pairs is not None else "") + " (the teacher's weights are finite)"
 
 
 class PhaseTimer:
@@ -239,14 +256,19 @@ def _cycle(dataloader):
 
 def train(args: TrainArgs) -> Path:
     """Run reflow training; return the final ``pretrained_model`` folder."""
+    from .validation import check_batch_size, check_free_space, check_resume, check_train_args, checkpoint_bytes, checkpoints_to_write
+
+    check_train_args(args)  # values, combinations, output folder (writable), dataset folder: before the heavy imports
+
     from lerobot.common.train_utils import load_training_batch_size, load_training_num_processes, load_training_state
     from lerobot.datasets import EpisodeAwareSampler, compute_sampler_state
     from lerobot.policies.factory import make_pre_post_processors
     from lerobot.utils.random_utils import set_seed
-    from safetensors.torch import load_file, load_model
     from tqdm.auto import tqdm
 
+    from . import safeio
     from .checkpoint import read_policy_config, resolve_checkpoint
+    from .finite import FiniteGuard, require_finite_teacher
     from .flow import sample_time
     from .pairs import NOISE_KEY, TARGET_KEY
     from .policy import ReflowPolicy
@@ -258,10 +280,6 @@ def train(args: TrainArgs) -> Path:
     rcfg = args.reflow
     output_dir = Path(args.output_dir)
     last = output_dir / "checkpoints" / "last"
-    if args.resume and not last.exists():
-        raise UserError(f"--resume: no checkpoint at {last}; start without --resume")
-    if not args.resume and output_dir.exists() and any(output_dir.iterdir()):
-        raise UserError(f"--output-dir {output_dir} already holds files; pass --resume to continue that run, or a new folder")
 
     accelerator = _accelerator(args.device)
     # Noise and times come from per-(process, step) generators in the loop; the sampler shuffles
@@ -282,8 +300,14 @@ def train(args: TrainArgs) -> Path:
             pairs = load_pairs(args.pairs, args.pairs_revision)
         check_pairs(pairs, resolved.ref, ds_info, rcfg.teacher_steps)
         dataset = PairsDataset(dataset, pairs)  # frames by index, the teacher's targets from the cache
+    check_batch_size(rcfg.batch_size, len(dataset), "pairs rows" if pairs is not None else "training frames")
+    if args.resume:  # every setting that changes what is trained must be the run's own
+        saved = _read_lineage(last.resolve())
+        check_resume(saved, Lineage(teacher=resolved.ref, reflow=rcfg.to_dict(), dataset={
+            **ds_info, **({"pairs": pairs.lineage_record()} if pairs is not None else {})}))
 
     policy = ReflowPolicy.from_teacher(resolved, rcfg, device=device)  # keeps the Hub ref (repo id + sha)
+    require_finite_teacher(policy.teacher)
     policy.lineage = Lineage(teacher=resolved.ref, reflow=rcfg.to_dict(), dataset=ds_info,
                              teacher_num_steps=teacher_cfg.num_steps, teacher_card=teacher_card_data(resolved.path))
     if pairs is not None:
@@ -308,15 +332,18 @@ def train(args: TrainArgs) -> Path:
         )
     if args.resume:
         ckpt = last.resolve()
-        _check_same_targets(Lineage.from_file(ckpt / "pretrained_model" / LINEAGE_NAME), policy.lineage)
-        load_model(policy.student, str(ckpt / "pretrained_model" / "model.safetensors"), strict=True, device=device)
-        step, optimizer, scheduler = load_training_state(ckpt, optimizer, scheduler)
+        safeio.load_model(policy.student, ckpt / "pretrained_model" / "model.safetensors", "--resume", strict=True, device=device)
+        safeio.check_folder(ckpt / "training_state", "--resume")
+        try:
+            step, optimizer, scheduler = load_training_state(ckpt, optimizer, scheduler)
+        except Exception as e:  # missing or malformed training_state files
+            raise UserError(f"--resume: the training state in {ckpt / 'training_state'} cannot be read "
+                            f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); start a new --output-dir") from None
         if master.active:  # the fp32 masters, not the rounded weights of pretrained_model/
             from lerobot.utils.constants import TRAINING_STATE_DIR
 
-            master.load_state_dict(load_file(str(ckpt / TRAINING_STATE_DIR / MASTER_FILE)))
-        policy.lineage.training = {**Lineage.from_file(ckpt / "pretrained_model" / LINEAGE_NAME).training,
-                                   "optimizer": policy.lineage.training["optimizer"]}
+            master.load_state_dict(safeio.load_file(ckpt / TRAINING_STATE_DIR / MASTER_FILE, "--resume"))
+        policy.lineage.training = {**saved.training, "optimizer": policy.lineage.training["optimizer"]}
         # LeRobot's sample-exact resume: the data order continues where the run stopped.
         sampler_state = compute_sampler_state(
             step, len(sampler), load_training_batch_size(ckpt) or rcfg.batch_size,
@@ -329,6 +356,23 @@ def train(args: TrainArgs) -> Path:
         if main:
             logger.info("nothing to do: the run is already at step %d of %d", step, rcfg.steps)
         return last / "pretrained_model"
+    # Before training, not at the first save: room for every checkpoint this run will write (where
+    # the main process writes them; every process stops on its verdict).
+    problem = [None]
+    if main:
+        count = checkpoints_to_write(step, rcfg.steps, args.save_freq)
+        one = checkpoint_bytes((resolved.path / "model.safetensors").stat().st_size,
+                               sum(p.numel() for p in policy.trainable_parameters()))
+        try:
+            check_free_space(output_dir, count * one, "--output-dir", f"the {count} checkpoint{'s' if count > 1 else ''} of this run")
+        except UserError as e:
+            problem = [str(e)]
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(problem)
+    if problem[0]:
+        raise UserError(problem[0])
 
     from lerobot.utils.collate import lerobot_collate_fn
 
@@ -349,6 +393,9 @@ def train(args: TrainArgs) -> Path:
     # The loss is summed on the device and read once per log interval: an ``.item()`` every step
     # would wait for the device each step (a sync point).
     loss_sum, loss_n = torch.zeros((), device=accelerator.device), 0
+    guard = FiniteGuard()  # the first non-finite loss / gradient norm, recorded on the device
+    hint = _divergence_hint(opt_used["lr"], opt_used["warmup_steps"], pairs)
+    saved_name = last.resolve().name if args.resume else None
     while step < rcfg.steps:
         with timer("data"):
             batch = next(batches)
@@ -371,8 +418,9 @@ def train(args: TrainArgs) -> Path:
             loss, _ = model(batch, noise=noise, time=times, target=target, inputs=inputs)
             accelerator.backward(loss)
             master.grads_to_masters()
-            if clip:
-                accelerator.clip_grad_norm_(master.params, clip)
+            # The total norm (clip_grad_norm_ returns it; an infinite bound clips nothing) for the guard.
+            grad_norm = accelerator.clip_grad_norm_(master.params, clip or float("inf"))
+            guard.observe(step + 1, loss, grad_norm)
             optimizer.step()
             scheduler.step()
             master.masters_to_params()
@@ -383,6 +431,7 @@ def train(args: TrainArgs) -> Path:
         loss_n += 1
         if step % args.log_freq == 0 or step == rcfg.steps:
             with timer("logging"):
+                guard.check(hint, accelerator.gather if accelerator.num_processes > 1 else None, saved_name)
                 # The mean over steps and processes (one all-reduce, at log steps only).
                 avg = accelerator.reduce(loss_sum, reduction="mean").item() / loss_n
                 if main:
@@ -392,6 +441,7 @@ def train(args: TrainArgs) -> Path:
                 loss_sum.zero_()
                 loss_n = 0
         if (args.save_freq > 0 and step % args.save_freq == 0) or step == rcfg.steps:
+            guard.check(hint, accelerator.gather if accelerator.num_processes > 1 else None, saved_name)
             accelerator.wait_for_everyone()
             if main and step == rcfg.steps:
                 tqdm.write("measuring fidelity and latency against the teacher")
@@ -407,6 +457,7 @@ def train(args: TrainArgs) -> Path:
                 with timer("checkpoint"):
                     path = save_checkpoint(output_dir, step, policy, optimizer, scheduler, accelerator.num_processes,
                                            rcfg.batch_size, master)
+                saved_name = path.name
                 tqdm.write(f"checkpoint {path.name} written")
             accelerator.wait_for_everyone()
     bar.close()

@@ -112,12 +112,12 @@ def _fmt_counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{name} {n}" for name, n in counts.items() if n or name != "other")
 
 
-def read_header(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
-    """key -> (shape, dtype name) from a safetensors file, without loading any tensor."""
-    from safetensors import safe_open
+def read_header(path: Path, what: str = "weights") -> dict[str, tuple[tuple[int, ...], str]]:
+    """key -> (shape, dtype name) from a safetensors file, without loading any tensor (an unreadable
+    file is a one-line ``UserError`` naming it)."""
+    from .safeio import read_header as _read
 
-    with safe_open(str(path), framework="pt") as f:
-        return {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+    return _read(path, what)
 
 
 _ST_DTYPE = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64",
@@ -236,7 +236,7 @@ def _config_checks(folder: Path, teacher: Path | None) -> tuple[list[Check], dic
 
 
 def _weights_checks(folder: Path, raw_cfg: dict | None, teacher: Path | None) -> list[Check]:
-    from safetensors import safe_open
+    from .safeio import safe_open
 
     weights = folder / WEIGHTS_NAME
     names = ("weights.teacher", "weights.keys", "weights.dtypes", "weights.finite", "weights.vlm")
@@ -321,8 +321,8 @@ def _weights_checks(folder: Path, raw_cfg: dict | None, teacher: Path | None) ->
     nonfinite: list[str] = []
     vlm_total, vlm_diff, worst = 0, [], 0.0
     expert_changed = expert_total = 0
-    t_file = safe_open(str(teacher / WEIGHTS_NAME), framework="pt") if teacher is not None else None
-    with safe_open(str(weights), framework="pt") as f:
+    t_file = safe_open(teacher / WEIGHTS_NAME, "teacher") if teacher is not None else None
+    with safe_open(weights, "checkpoint") as f:
         for k in header:
             t = f.get_tensor(k)
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
@@ -367,7 +367,7 @@ def _nbytes(entry) -> int:
 
 
 def _processor_checks(folder: Path, teacher: Path | None) -> list[Check]:
-    from safetensors.torch import load_file
+    from .safeio import load_file
 
     base = teacher if teacher is not None else folder
     try:
@@ -393,8 +393,8 @@ def _processor_checks(folder: Path, teacher: Path | None) -> list[Check]:
         return [files, Check("processors.stats", SKIP, "no normalisation state file to compare")]
     bad, compared, nonfinite = [], 0, []
     for n in state_files:
-        mine = load_file(str(folder / n))
-        theirs = load_file(str(teacher / n)) if teacher is not None else None
+        mine = load_file(folder / n, "checkpoint")
+        theirs = load_file(teacher / n, "teacher") if teacher is not None else None
         for k, v in mine.items():
             if v.is_floating_point() and not bool(torch.isfinite(v).all()):
                 nonfinite.append(f"{n}:{k}")
@@ -634,7 +634,10 @@ def verify(checkpoint: str, teacher: str | None = None, *, revision: str | None 
            frames: int = 32, tolerance: float = FIDELITY_TOLERANCE, speed: bool = True) -> Report:
     from .checkpoint import resolve_checkpoint
 
+    from .safeio import check_folder
+
     ckpt = resolve_checkpoint(checkpoint, revision, what="checkpoint", validate=False)
+    check_folder(ckpt.path, "checkpoint")  # a truncated or empty file is bad input (exit 2), not a failed check
     notes: list[Check] = []
     if teacher is None:
         teacher, teacher_revision, note = _teacher_from_lineage(ckpt.path)

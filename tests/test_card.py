@@ -36,3 +36,24 @@ def test_model_card_md_example_matches_the_template_sections():
     # A local teacher (the demo's): no base_model; that case is tested against the local Hub.
     for field in ("library_name: lerobot", "pipeline_tag: robotics", "- reflow", "datasets:"):
         assert field in example
+
+
+def test_card_shows_human_values(world):
+    """None settings spelled out from the teacher config's LeRobot presets, numbers rounded."""
+    import json
+
+    from hub_reflow.card import render_card
+    from hub_reflow.checkpoint import CheckpointRef, Lineage, read_policy_config
+    from hub_reflow.config import ReflowConfig
+
+    reflow = {**ReflowConfig(lr=None, steps=400).to_dict(), "warmup_steps": None}
+    lineage = Lineage(teacher=CheckpointRef(None, None, None, "0" * 64), reflow=reflow,
+                      training={"step": 400, "final_loss": 0.06512918911874294, "device": "cpu"})
+    card = str(render_card(lineage, read_policy_config(world.teacher), repo_id="you/student"))
+    preset = json.loads((world.teacher / "config.json").read_text())
+    assert f"| lr | LeRobot preset ({preset['optimizer_lr']:.4g}) |" in card
+    assert f"| weight_decay | LeRobot preset ({preset['optimizer_weight_decay']:.4g}) |" in card
+    assert "| grad_clip_norm | LeRobot preset (10) |" in card
+    assert "| warmup_steps | 5% of the run (20) |" in card
+    assert "| freeze_vlm | yes |" in card and "| final_loss | 0.06513 |" in card
+    assert "None" not in card.split("## Reflow settings", 1)[1]
