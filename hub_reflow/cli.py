@@ -34,6 +34,8 @@ def _add_train(sub) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--pairs", default=None, help="train on cached teacher pairs (hub-reflow pairs): folder or Hub dataset repo id")
     p.add_argument("--pairs-revision", default=None, help="branch, tag or commit of a Hub pairs repo")
+    p.add_argument("--no-cuda-graphs", action="store_true",
+                   help="sample the teacher eagerly (LeRobot's sample_actions) instead of through CUDA graphs on CUDA")
     p.set_defaults(func=_cmd_train)
 
 
@@ -45,7 +47,7 @@ def _cmd_train(a) -> int:
         rcfg = ReflowConfig(
             teacher_steps=a.teacher_steps, student_steps=a.student_steps, time_sampling=a.time_sampling,
             lr=a.lr, warmup_steps=a.warmup_steps, steps=a.steps, batch_size=a.batch_size, seed=a.seed,
-            holdout_episodes=a.holdout_episodes,
+            holdout_episodes=a.holdout_episodes, cuda_graphs=not a.no_cuda_graphs,
         )
     except ValueError as e:
         flag = str(e).split(" ")[0].replace("_", "-")
@@ -76,6 +78,8 @@ def _add_pairs(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-cuda-graphs", action="store_true",
+                   help="sample the teacher eagerly (LeRobot's sample_actions) instead of through CUDA graphs on CUDA")
     p.set_defaults(func=_cmd_pairs)
 
 
@@ -86,7 +90,7 @@ def _cmd_pairs(a) -> int:
         teacher=a.teacher, teacher_revision=a.teacher_revision, dataset=a.dataset, dataset_root=a.dataset_root,
         dataset_revision=a.dataset_revision, output=a.output, per_frame=a.per_frame, teacher_steps=a.teacher_steps,
         holdout_episodes=a.holdout_episodes, seed=a.seed, batch_size=a.batch_size, device=a.device,
-        progress=not a.no_progress,
+        progress=not a.no_progress, cuda_graphs=not a.no_cuda_graphs,
     ))
     print(f"teacher pairs: {out}")
     return 0

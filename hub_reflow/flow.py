@@ -52,7 +52,7 @@ def sample_time(kind: str, batch_size: int, device: torch.device | str = "cpu",
     u = torch.rand(batch_size, dtype=torch.float32, generator=generator)
     if kind == "beta":
         u = u ** (1 / 1.5) * 0.999 + 0.001
-    return u.to(device)
+    return u.to(device, non_blocking=True)  # no wait for the device's queued work
 
 
 def euler_times(num_steps: int) -> list[float]:

@@ -149,6 +149,8 @@ def save_checkpoint(output_dir: Path, step: int, policy, optimizer, scheduler, n
 
     final = get_step_checkpoint_dir(output_dir, policy.reflow_config.steps, step)
     policy.lineage.training["step"] = step
+    if policy.teacher_sampling:  # online pairs: eager or CUDA graphs (fastpath.py)
+        policy.lineage.training["teacher_sampling"] = policy.teacher_sampling
     with atomic_dir(final) as tmp:
         pretrained = tmp / "pretrained_model"
         pretrained.mkdir()
@@ -307,7 +309,7 @@ def train(args: TrainArgs) -> Path:
         batch = preprocessor(batch)
         bsz = batch["observation.state"].shape[0]
         if target is None:
-            noise = torch.randn(noise_shape(policy.student, bsz), dtype=torch.float32, generator=gen).to(accelerator.device)
+            noise = torch.randn(noise_shape(policy.student, bsz), dtype=torch.float32, generator=gen).to(accelerator.device, non_blocking=True)
         time = sample_time(rcfg.time_sampling, bsz, accelerator.device, generator=gen)
         loss, _ = model(batch, noise=noise, time=time, target=target)
         accelerator.backward(loss)
