@@ -181,6 +181,12 @@ def _add_verify(sub) -> None:
     p.add_argument("checkpoint", help="student checkpoint: local pretrained_model/ folder or Hub repo id")
     _add_verify_args(p, "teacher checkpoint (folder or Hub repo id); default: the lineage's Hub teacher, else the "
                      "structure is checked against what LeRobot builds from the checkpoint's config")
+    p.add_argument("--compile", action="store_true",
+                   help="also time student and teacher through LeRobot's compile_model path (torch.compile) on CUDA "
+                   "when visible: compile time, steady-state chunk latency, speed-up (minutes per checkpoint)")
+    p.add_argument("--compile-mode", default="reduce-overhead",
+                   choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                   help="SmolVLAConfig.compile_mode for --compile (default reduce-overhead: CUDA graphs)")
     p.set_defaults(func=_cmd_verify)
 
 
@@ -220,7 +226,8 @@ def _run_verify(a, checkpoint: str, revision: str | None):
     if a.frames < 1:
         raise UserError("--frames must be at least 1")
     return verify(checkpoint, a.teacher, revision=revision, teacher_revision=a.teacher_revision, dataset=a.dataset,
-                  dataset_root=a.dataset_root, frames=a.frames, tolerance=a.tolerance, speed=not a.no_speed)
+                  dataset_root=a.dataset_root, frames=a.frames, tolerance=a.tolerance, speed=not a.no_speed,
+                  compile_mode=a.compile_mode if getattr(a, "compile", False) else None)
 
 
 def _quiet_stdout(as_json: bool):
