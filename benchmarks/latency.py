@@ -271,6 +271,8 @@ def parse_args(argv=None):
     p.add_argument("--compile-steps", default="1,10", help="comma-separated Euler step counts compiled (default 1,10)")
     p.add_argument("--compile-timeout", type=float, default=600.0,
                    help="seconds one compiled measurement (load, compile, timing) may take before it is recorded as not finished")
+    p.add_argument("--compile-budget", type=float, default=None,
+                   help="seconds all compiled measurements together may take (each gets at most what is left)")
     p.add_argument("--compile-child", default=None, help=argparse.SUPPRESS)  # one compiled measurement
     a = p.parse_args(argv)
     if a.compile_child:
@@ -345,11 +347,15 @@ def main(argv=None) -> int:
         del policy
     compiled_rows = []
     if a.compile:
+        t_compile = time.perf_counter()
         for layout in a.layouts:
             for cams in a.cameras:
                 for k in a.compile_steps:
-                    print(f"compiling layout={layout} cameras={cams} steps={k} (mode {a.compile_mode})", file=sys.stderr, flush=True)
-                    compiled_rows.append(measure_compiled(a, backbone, layout, cams, k, device, rows))
+                    left = a.compile_timeout if a.compile_budget is None else \
+                        min(a.compile_timeout, a.compile_budget - (time.perf_counter() - t_compile))
+                    print(f"compiling layout={layout} cameras={cams} steps={k} (mode {a.compile_mode}, at most {left:.0f} s)",
+                          file=sys.stderr, flush=True)
+                    compiled_rows.append(measure_compiled(a, backbone, layout, cams, k, device, rows, max(left, 1.0)))
                     _write(a, device, load_at_start, rows, layouts, cfg, t_start, partial=True, compiled_rows=compiled_rows)
     out, table, hw = _write(a, device, load_at_start, rows, layouts, cfg, t_start, partial=False, compiled_rows=compiled_rows)
     if not a.no_png:
@@ -398,7 +404,7 @@ def compiled_child(spec: dict) -> dict:
             "steady_ms": stat_ms(times, spec["stat"]), "raw_s": times}
 
 
-def measure_compiled(a, backbone: Path, layout: str, cams: int, k: int, device, rows: list[dict]) -> dict:
+def measure_compiled(a, backbone: Path, layout: str, cams: int, k: int, device, rows: list[dict], timeout: float) -> dict:
     import subprocess
 
     spec = {"backbone": str(Path(backbone).resolve()), "smoke": a.smoke, "cameras": cams, "layout": layout,
@@ -408,14 +414,14 @@ def measure_compiled(a, backbone: Path, layout: str, cams: int, k: int, device, 
             "stat": a.stat}
     eager = next((r["total_ms"] for r in rows if (r["layout"], r["cameras"], r["steps"]) == (layout, cams, k)), None)
     row = {"name": f"{layout} {cams}cam @{k} compiled", "layout": layout, "cameras": cams, "steps": k,
-           "compile_mode": a.compile_mode, "timeout_s": a.compile_timeout, "eager_ms": eager}
+           "compile_mode": a.compile_mode, "timeout_s": timeout, "eager_ms": eager}
     t0 = time.perf_counter()
     # Its own process group: a compile that runs out of time is stopped with its compile workers.
     proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--compile-child", json.dumps(spec)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ,
                             start_new_session=True)
     try:
-        stdout, stderr = proc.communicate(timeout=a.compile_timeout)
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         import signal
 
