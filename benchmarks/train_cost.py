@@ -309,10 +309,16 @@ def run_variant(variant: str, spec: dict) -> list[dict]:
         if cuda:
             from common import count_cuda_syncs
 
+            before = torch.cuda.memory_stats()
             row["cuda_syncs_per_step"] = count_cuda_syncs(step)
             torch.cuda.synchronize()
+            after = torch.cuda.memory_stats()
+            # cudaMalloc calls (new allocator segments) and allocator retries (frees + re-mallocs
+            # under memory pressure) in that one steady-state step: 0 when the cache serves it.
+            row["cuda_mallocs_per_step"] = after.get("segment.all.allocated", 0) - before.get("segment.all.allocated", 0)
+            row["cuda_alloc_retries_per_step"] = after.get("num_alloc_retries", 0) - before.get("num_alloc_retries", 0)
         else:
-            row["cuda_syncs_per_step"] = None
+            row["cuda_syncs_per_step"] = row["cuda_mallocs_per_step"] = row["cuda_alloc_retries_per_step"] = None
         if rp is not None and variant != "reflow_cached":
             row["teacher_sampling"] = rp.teacher_sampling
             row["teacher_sampler_stats"] = dict(rp.teacher_sampler.stats)
@@ -436,13 +442,13 @@ def markdown(rows: list[dict]) -> str:
 def ops_markdown(rows: list[dict]) -> str:
     """Operator counts per step (hardware-free), and launches per step where profiled on CUDA."""
     normal = {r["batch_size"]: r for r in rows if r["name"] == "normal"}
-    lines = ["| step | batch | aten ops / step | vs normal | preprocess | forward | backward | optimizer | item() / step | CUDA syncs / step | kernel launches / step | graph launches / step |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| step | batch | aten ops / step | vs normal | preprocess | forward | backward | optimizer | item() / step | CUDA syncs / step | cudaMalloc / step | kernel launches / step | graph launches / step |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         n, ph, prof = normal[r["batch_size"]], r["aten_ops_by_phase"], r.get("profile") or {}
         lines.append(f"| {r['name']} | {r['batch_size']} | {r['aten_ops_per_step']} | {r['aten_ops_per_step'] / n['aten_ops_per_step']:.2f} | "
                      + " | ".join(str(ph[k]) for k in PHASES)
-                     + f" | {r['item_calls_per_step']} | {_fmt(r['cuda_syncs_per_step'], 0)} | "
+                     + f" | {r['item_calls_per_step']} | {_fmt(r['cuda_syncs_per_step'], 0)} | {_fmt(r['cuda_mallocs_per_step'], 0)} | "
                      f"{_fmt(prof.get('kernel_launches_per_step'), 0)} | {_fmt(prof.get('graph_launches_per_step'), 0)} |")
     return "\n".join(lines)
 

@@ -31,6 +31,7 @@ def test_train_cost_smoke(world, tmp_path):
             assert isinstance(row[key], float) and math.isfinite(row[key]), (row["name"], key, row[key])
         assert row["median_step_ms"] > 0 and row["peak_rss_mb"] > 0 and row["repeats"] == 3 and row["batch_size"] == 4
         assert row["cuda_peak_allocated_mb"] is None and row["cuda_syncs_per_step"] is None
+        assert row["cuda_mallocs_per_step"] is None and row["cuda_alloc_retries_per_step"] is None
         # Operator counts: per phase, summing to the total; by name, summing to it too.
         assert list(row["aten_ops_by_phase"]) == PHASES
         assert sum(row["aten_ops_by_phase"].values()) == row["aten_ops_per_step"] == sum(row["aten_ops_by_name"].values())
