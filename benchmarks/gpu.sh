@@ -119,6 +119,8 @@ if tc.exists():
     print(f"\n## Training step ({d['size']}; {hw.get('gpu') or hw['cpu']}, torch {d['torch']})\n")
     for t in d["targets"].values():
         print(f"- {t['target']}: {'met' if t['met'] else 'NOT met'} ({t['detail']})")
+    for e in d.get("errors", []):
+        print(f"- FAILED: {e['name']} batch {e['batch_size']}: {e['error']}")
     print()
     print(train_cost.ops_markdown(d["rows"]))
     print()

@@ -245,8 +245,7 @@ def run_variant(variant: str, spec: dict) -> list[dict]:
         rp.train()
         model_bytes, teacher_bytes = _bytes(rp.student), _bytes(rp.teacher)
 
-    rows = []
-    for b in spec["batch_sizes"]:
+    def one(b: int) -> dict:
         raw = _raw_batch(ds, b)
         if cuda:
             torch.cuda.reset_peak_memory_stats()
@@ -324,8 +323,16 @@ def run_variant(variant: str, spec: dict) -> list[dict]:
             row["teacher_sampler_stats"] = dict(rp.teacher_sampler.stats)
         if spec.get("profile"):
             row["profile"] = _profile(step, device, spec["profile_steps"])
-        rows.append(row)
-        del step, optimizer
+        return row
+
+    rows = []
+    for b in spec["batch_sizes"]:
+        try:
+            rows.append(one(b))
+        except Exception as e:  # e.g. out of memory at the larger batch: keep the other rows
+            rows.append({"name": variant, "batch_size": b, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"})
+        if cuda:
+            torch.cuda.empty_cache()
     return rows
 
 
@@ -549,22 +556,31 @@ def main(argv=None) -> int:
     spec = {"teacher": teacher, "dataset": dataset, "dataset_root": str(dataset_root) if dataset_root else None,
             "batch_sizes": a.batch_sizes, "teacher_steps": a.teacher_steps, "warmup": a.warmup, "repeats": a.repeats,
             "device": device, "profile": a.profile, "profile_steps": a.profile_steps}
-    rows = []
+    rows, errors = [], []
     for variant in variants:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--variant", variant, "--spec", json.dumps(spec)]
         r = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
         line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if r.returncode != 0 or line is None:
+        if r.returncode != 0 or line is None:  # keep going: the other variants' numbers still count
             print(r.stderr[-4000:], file=sys.stderr)
-            print(f"{PROG}: error: variant {variant} failed (exit {r.returncode})", file=sys.stderr)
-            return 1
-        got = json.loads(line[len("RESULT "):])
-        rows.extend(got)
-        for row in got:
+            print(f"{PROG}: variant {variant} failed (exit {r.returncode})", file=sys.stderr)
+            errors.append({"name": variant, "batch_size": None, "error": f"exit {r.returncode}: "
+                           + ((r.stderr.strip().splitlines() or ["no output"])[-1][:300])})
+            continue
+        for row in json.loads(line[len("RESULT "):]):
+            if "error" in row:
+                print(f"{variant} batch {row['batch_size']}: FAILED {row['error']}", file=sys.stderr, flush=True)
+                errors.append(row)
+                continue
+            rows.append(row)
             print(f"{variant} batch {row['batch_size']}: {row['median_step_ms']:.1f} ms, {row['aten_ops_per_step']} aten ops, "
                   f"peak RSS {row['peak_rss_mb']:.0f} MB", file=sys.stderr, flush=True)
+    # Ratios need LeRobot's own step at the same batch size.
+    normal_bs = {r["batch_size"] for r in rows if r["name"] == "normal"}
+    errors += [{**r, "error": "no normal step at this batch size to compare with"} for r in rows if r["batch_size"] not in normal_bs]
+    rows = [r for r in rows if r["batch_size"] in normal_bs]
     rows.sort(key=lambda r: (a.batch_sizes.index(r["batch_size"]), variants.index(r["name"])))
-    targets = evaluate_targets(rows, device)
+    targets = evaluate_targets(rows, device) if rows else {}
     out = {
         "benchmark": "train_cost",
         "hardware": _hardware(device),
@@ -576,6 +592,7 @@ def main(argv=None) -> int:
         "batch_sizes": a.batch_sizes, "teacher_steps": a.teacher_steps, "warmup": a.warmup, "repeats": a.repeats,
         "smoke": a.smoke, "real_size": a.real_size, "profile": a.profile,
         "rows": rows,
+        "errors": errors,
         "targets": targets,
     }
     path = a.json or Path("outputs/benchmarks") / ("train_cost_smoke.json" if a.smoke else "train_cost.json")
@@ -593,6 +610,9 @@ def main(argv=None) -> int:
     print(ops_markdown(rows))
     print()
     print(markdown(rows))
+    if errors:
+        print(f"{PROG}: failed: " + "; ".join(f"{e['name']} batch {e['batch_size']}: {e['error']}" for e in errors), file=sys.stderr)
+        return 1
     return 0
 
 

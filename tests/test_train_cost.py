@@ -55,7 +55,7 @@ def test_train_cost_smoke(world, tmp_path):
     assert on["teacher_sampling"] == "eager (static-shape path, no CUDA graph)"
     # 1 warm-up + 3 timed steps + the counted step, each sampling once (stats taken before the profile)
     assert on["teacher_sampler_stats"] == {"calls": 5, "graph_replays": 0, "captures": 0, "capture_failures": 0}
-    assert data["device"] == "cpu" and data["torch"] and data["hardware"]["cpu_count"] >= 1
+    assert data["errors"] == [] and data["device"] == "cpu" and data["torch"] and data["hardware"]["cpu_count"] >= 1
     assert "--smoke" in data["command"] and data["batch_size"] == 4 and data["smoke"] is True and data["profile"] is True
     assert set(data["targets"]) == {"memory", "cached_time", "cached_ops", "online_time"}
     assert all(isinstance(t["met"], bool) for t in data["targets"].values())
