@@ -160,3 +160,81 @@ def quiet_imports() -> None:
 
     logging.getLogger("lerobot.utils.import_utils").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*torchcodec.*")
+
+
+# ---- operator counts and profiles (train_cost.py) ----------------------------------------------------
+
+
+def op_counter():
+    """A ``TorchDispatchMode`` counting aten operator calls by name: forward, autograd's backward
+    (it carries the mode to its worker threads) and the optimizer alike. One call per operator
+    dispatched, whatever the device: a hardware-free proxy for kernel launches (a CUDA-graph replay
+    dispatches none)."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class OpCounter(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.counts: Counter = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.counts[func.name()] += 1
+            return func(*args, **(kwargs or {}))
+
+    return OpCounter()
+
+
+def count_cuda_syncs(fn: Callable[[], object]) -> int:
+    """Synchronising CUDA calls made by ``fn()``, counted with CUDA's sync debug mode (warn)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message).lower() for w in caught)
+
+
+# Host-side CUDA calls that start work on the GPU.
+KERNEL_LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx",
+                   "cudaLaunchCooperativeKernel")
+GRAPH_LAUNCHES = ("cudaGraphLaunch", "cuGraphLaunch")
+
+
+def profile_summary(prof, steps: int, top: int = 15) -> dict:
+    """Top operators by self CPU and self device time, and launches per step, from a finished
+    ``torch.profiler.profile`` that covered ``steps`` steps."""
+    averages = prof.key_averages()
+
+    def device_us(e) -> float:
+        return float(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0) or 0)
+
+    def row(e, dev: bool) -> dict:
+        return {"op": e.key, "calls_per_step": e.count / steps,
+                "self_cpu_ms_per_step": e.self_cpu_time_total / 1000 / steps,
+                "self_device_ms_per_step": device_us(e) / 1000 / steps if dev else None}
+
+    def on_device(e) -> bool:  # a kernel or memcpy executed on the GPU (not a host-side operator)
+        return str(getattr(e, "device_type", "")).upper().endswith("CUDA")
+
+    host = [e for e in averages if not on_device(e)]
+    out = {"steps": steps,
+           "top_cpu": [row(e, False) for e in sorted(host, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]],
+           "cpu_time_ms_per_step": sum(e.self_cpu_time_total for e in host) / 1000 / steps}
+    by_name = {e.key: e.count for e in averages}
+    kernels = [e for e in averages if on_device(e)]
+    if kernels:
+        # Host operators by the device time of the kernels they launched ("Self CUDA" in torch's table).
+        out["top_device"] = [row(e, True) for e in sorted(host, key=device_us, reverse=True)[:top]]
+        out["kernel_launches_per_step"] = sum(by_name.get(n, 0) for n in KERNEL_LAUNCHES) / steps
+        out["graph_launches_per_step"] = sum(by_name.get(n, 0) for n in GRAPH_LAUNCHES) / steps
+        out["gpu_kernels_per_step"] = sum(e.count for e in kernels) / steps
+        out["device_time_ms_per_step"] = sum(device_us(e) for e in kernels) / 1000 / steps
+    return out

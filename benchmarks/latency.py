@@ -21,6 +21,14 @@ Per chunk (batch size 1, ``torch.inference_mode``, warm-up calls discarded, medi
 
     python benchmarks/latency.py                 # real size, 1 and 3 cameras, both layouts
     python benchmarks/latency.py --smoke         # the tiny test backbone, seconds (CI)
+    python benchmarks/latency.py --compile       # + LeRobot's compiled path (compile_model), steps 1 and 10
+
+``--compile``: each (layout, cameras, steps) is also built with ``compile_model=True`` and
+``compile_mode`` (default ``reduce-overhead``: CUDA graphs), LeRobot's own ``torch.compile`` of
+``sample_actions``, and timed through ``predict_action_chunk`` in its own process: the first call
+(the compile) apart, then ``--warmup`` calls, then the median of ``--repeats``; speed-up against the
+eager row of the same run. A compile that runs past ``--compile-timeout`` seconds is recorded as
+such (LeRobot compiles the Euler loop unrolled: 10 steps compile far longer than 1).
 
 Prints a markdown table last; writes JSON (``--out``) and a PNG beside it.
 """
@@ -168,8 +176,8 @@ def dtype_layout(policy) -> dict:
     return out
 
 
-def make_batch(policy, cameras: int, device: torch.device, seed: int = 0) -> dict:
-    """One preprocessed observation (what LeRobot's preprocessor hands the policy)."""
+def make_batch(policy, cameras: int, device: torch.device, seed: int = 0, batch_size: int = 1) -> dict:
+    """Preprocessed observations (what LeRobot's preprocessor hands the policy); one by default."""
     import torch
 
     from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS
@@ -177,10 +185,10 @@ def make_batch(policy, cameras: int, device: torch.device, seed: int = 0) -> dic
     g = torch.Generator().manual_seed(seed)
     batch = {}
     for key, feat in list(policy.config.image_features.items())[:cameras]:
-        batch[key] = torch.rand(1, *feat.shape, generator=g).to(device)
-    batch["observation.state"] = torch.randn(1, STATE_DIM, generator=g).to(device)
+        batch[key] = torch.rand(batch_size, *feat.shape, generator=g).to(device)
+    batch["observation.state"] = torch.randn(batch_size, STATE_DIM, generator=g).to(device)
     tok = policy.model.vlm_with_expert.processor.tokenizer(
-        [TASK + "\n"], padding="longest", truncation=True, max_length=policy.config.tokenizer_max_length,
+        [TASK + "\n"] * batch_size, padding="longest", truncation=True, max_length=policy.config.tokenizer_max_length,
         return_tensors="pt",
     )
     batch[OBS_LANGUAGE_TOKENS] = tok["input_ids"].to(device)
@@ -257,7 +265,18 @@ def parse_args(argv=None):
     p.add_argument("--workdir", type=Path, default=Path("outputs/bench"), help="where the backbone folder is written once")
     p.add_argument("--out", type=Path, default=RESULTS / "latency.json")
     p.add_argument("--no-png", action="store_true")
+    p.add_argument("--compile", action="store_true", help="also time LeRobot's compiled path (compile_model)")
+    p.add_argument("--compile-mode", default="reduce-overhead",
+                   choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
+    p.add_argument("--compile-steps", default="1,10", help="comma-separated Euler step counts compiled (default 1,10)")
+    p.add_argument("--compile-timeout", type=float, default=600.0,
+                   help="seconds one compiled measurement (load, compile, timing) may take before it is recorded as not finished")
+    p.add_argument("--compile-budget", type=float, default=None,
+                   help="seconds all compiled measurements together may take (each gets at most what is left)")
+    p.add_argument("--compile-child", default=None, help=argparse.SUPPRESS)  # one compiled measurement
     a = p.parse_args(argv)
+    if a.compile_child:
+        return a
     try:
         a.cameras = [int(c) for c in a.cameras.split(",")]
     except ValueError:
@@ -270,11 +289,22 @@ def parse_args(argv=None):
         raise OptionError(PROG, f"--layouts: unknown {bad}; choose from {','.join(LAYOUTS)}")
     if a.repeats < 1 or a.warmup < 0:
         raise OptionError(PROG, "--repeats must be >= 1 and --warmup >= 0")
+    try:
+        a.compile_steps = [int(k) for k in a.compile_steps.split(",")]
+    except ValueError:
+        raise OptionError(PROG, f"--compile-steps must be comma-separated integers, got {a.compile_steps!r}") from None
+    if not a.compile_steps or min(a.compile_steps) < 1 or a.compile_timeout <= 0:
+        raise OptionError(PROG, "--compile-steps must be >= 1 each and --compile-timeout > 0")
     return a
 
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    if a.compile_child:
+        quiet_imports()
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        print("RESULT " + json.dumps(compiled_child(json.loads(a.compile_child))), flush=True)
+        return 0
     import torch
 
     device = setup_device(a.device, PROG)
@@ -315,7 +345,19 @@ def main(argv=None) -> int:
                 })
             _write(a, device, load_at_start, rows, layouts, cfg, t_start, partial=True)
         del policy
-    out, table, hw = _write(a, device, load_at_start, rows, layouts, cfg, t_start, partial=False)
+    compiled_rows = []
+    if a.compile:
+        t_compile = time.perf_counter()
+        for layout in a.layouts:
+            for cams in a.cameras:
+                for k in a.compile_steps:
+                    left = a.compile_timeout if a.compile_budget is None else \
+                        min(a.compile_timeout, a.compile_budget - (time.perf_counter() - t_compile))
+                    print(f"compiling layout={layout} cameras={cams} steps={k} (mode {a.compile_mode}, at most {left:.0f} s)",
+                          file=sys.stderr, flush=True)
+                    compiled_rows.append(measure_compiled(a, backbone, layout, cams, k, device, rows, max(left, 1.0)))
+                    _write(a, device, load_at_start, rows, layouts, cfg, t_start, partial=True, compiled_rows=compiled_rows)
+    out, table, hw = _write(a, device, load_at_start, rows, layouts, cfg, t_start, partial=False, compiled_rows=compiled_rows)
     if not a.no_png:
         _plot(rows, out.with_suffix(".png"), hardware_line(hw))
     print(f"# SmolVLA chunk latency ({'smoke: tiny backbone' if a.smoke else 'smolvla_base architecture, random weights'})")
@@ -325,10 +367,94 @@ def main(argv=None) -> int:
         print(f"layout {name}: {info['description']}; parameters by dtype: {json.dumps(info['parameters'])}")
     print()
     print(table)
+    if a.compile:
+        print()
+        print(f"LeRobot's compiled path (compile_model=True, compile_mode={a.compile_mode}), batch 1, "
+              f"{a.stat if a.stat == 'min' else 'median'} of {a.repeats} after {max(a.warmup, 3)} warm-up calls:")
+        print()
+        print(compiled_table(compiled_rows))
     return 0
 
 
-def _write(a, device, load_at_start, rows, layouts, cfg, t_start, *, partial: bool):
+# ---- the compiled path ----------------------------------------------------------------------------------
+
+
+def compiled_child(spec: dict) -> dict:
+    """One compiled measurement, in its own process: build the policy with compile_model=True
+    (LeRobot wraps sample_actions in torch.compile) and time predict_action_chunk."""
+    import torch
+    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+
+    from hub_reflow.compiled import time_chunks
+
+    device = setup_device(spec["device"], PROG)
+    torch.manual_seed(0)
+    cfg = policy_config(Path(spec["backbone"]), smoke=spec["smoke"], cameras=spec["cameras"], layout=spec["layout"],
+                        device=device)
+    cfg.compile_model, cfg.compile_mode, cfg.num_steps = True, spec["mode"], spec["steps"]
+    t0 = time.perf_counter()
+    policy = SmolVLAPolicy(cfg).to(device).eval()
+    load_s = time.perf_counter() - t0
+    batch = make_batch(policy, spec["cameras"], device)
+    noise = torch.randn(1, cfg.chunk_size, cfg.max_action_dim, generator=torch.Generator().manual_seed(1)).to(device)
+    with torch.inference_mode():
+        r = time_chunks(policy, batch, noise, device, warmup=spec["warmup"], repeats=spec["repeats"])
+    times = [t / 1000 for t in r["raw_ms"]]
+    return {"load_s": load_s, "first_call_s": r["first_call_s"], "warmup_s": r["warmup_s"],
+            "steady_ms": stat_ms(times, spec["stat"]), "raw_s": times}
+
+
+def measure_compiled(a, backbone: Path, layout: str, cams: int, k: int, device, rows: list[dict], timeout: float) -> dict:
+    import subprocess
+
+    spec = {"backbone": str(Path(backbone).resolve()), "smoke": a.smoke, "cameras": cams, "layout": layout,
+            "device": device.type, "mode": a.compile_mode, "steps": k, "repeats": a.repeats,
+            # reduce-overhead records its CUDA graphs on the second call: at least 3 discarded calls
+            "warmup": max(a.warmup, 3),
+            "stat": a.stat}
+    eager = next((r["total_ms"] for r in rows if (r["layout"], r["cameras"], r["steps"]) == (layout, cams, k)), None)
+    row = {"name": f"{layout} {cams}cam @{k} compiled", "layout": layout, "cameras": cams, "steps": k,
+           "compile_mode": a.compile_mode, "timeout_s": timeout, "eager_ms": eager}
+    t0 = time.perf_counter()
+    # Its own process group: a compile that runs out of time is stopped with its compile workers.
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--compile-child", json.dumps(spec)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        import signal
+
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        row.update(status="timeout", wall_s=time.perf_counter() - t0, steady_ms=None, first_call_s=None,
+                   speedup_vs_eager=None)
+        return row
+    line = next((ln for ln in stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        err = (stderr.strip().splitlines() or ["no output"])[-1][:300]
+        row.update(status=f"error: {err}", wall_s=time.perf_counter() - t0, steady_ms=None, first_call_s=None,
+                   speedup_vs_eager=None)
+        return row
+    got = json.loads(line[len("RESULT "):])
+    row.update(status="ok", wall_s=time.perf_counter() - t0, **got,
+               speedup_vs_eager=eager / got["steady_ms"] if eager else None)
+    return row
+
+
+def compiled_table(rows: list[dict] | None) -> str:
+    rows = rows or []
+    return markdown(
+        ["layout", "cameras", "Euler steps", "compiled chunk (ms)", "eager chunk (ms)", "speed-up vs eager",
+         "first call (compile, s)", "status"],
+        [[r["layout"], str(r["cameras"]), str(r["steps"]), fmt(r["steady_ms"]), fmt(r["eager_ms"]),
+          fmt(r["speedup_vs_eager"], 2), fmt(r["first_call_s"]),
+          r["status"] if r["status"] != "timeout" else f"not finished in {r['timeout_s']:.0f} s"] for r in rows],
+        align="lrrrrrrl",
+    )
+
+
+def _write(a, device, load_at_start, rows, layouts, cfg, t_start, *, partial: bool, compiled_rows=None):
     """The JSON (rewritten after each measured group, so an interrupted run keeps what it measured)."""
     hw = hardware(device)
     hw["load_average_1m_at_start"] = load_at_start
@@ -336,7 +462,10 @@ def _write(a, device, load_at_start, rows, layouts, cfg, t_start, *, partial: bo
                 "repeats": a.repeats, "warmup": a.warmup, "stat": a.stat, "batch_size": 1, "task": TASK,
                 "image_size": list(cfg.resize_imgs_with_padding), "chunk_size": cfg.chunk_size,
                 "num_vlm_layers": cfg.num_vlm_layers, "expert_width_multiplier": cfg.expert_width_multiplier,
-                "backbone": "tiny test SmolVLM" if a.smoke else "SmolVLM2-500M-Video-Instruct shape, random weights"}
+                "backbone": "tiny test SmolVLM" if a.smoke else "SmolVLM2-500M-Video-Instruct shape, random weights",
+                "compile": a.compile, "compile_mode": a.compile_mode if a.compile else None,
+                "compile_steps": a.compile_steps if a.compile else None,
+                "compile_timeout_s": a.compile_timeout if a.compile else None}
     table = markdown(
         ["layout", "cameras", "Euler steps", "chunk (ms)", "prefix (ms)", "expert step (ms)",
          "measured k/10", "structural (p+k·s)/(p+10·s)", "speed-up vs 10"],
@@ -345,7 +474,9 @@ def _write(a, device, load_at_start, rows, layouts, cfg, t_start, *, partial: bo
          for r in rows],
     )
     out = write_json(a.out, {"benchmark": "latency", "partial": partial, "hardware": hw, "settings": settings,
-                             "layouts": layouts, "rows": rows, "table": table, "wall_s": time.perf_counter() - t_start})
+                             "layouts": layouts, "rows": rows, "table": table, "wall_s": time.perf_counter() - t_start,
+                             **({"compiled_rows": compiled_rows, "compiled_table": compiled_table(compiled_rows)}
+                                if a.compile else {})})
     return out, table, hw
 
 

@@ -1,25 +1,41 @@
 """Cost of one training step: a normal SmolVLA fine-tune step vs a reflow step with online pairs
-(teacher sampling) vs a reflow step with cached pairs, on the same batch.
+(teacher sampling) vs a reflow step with cached pairs, on the same batch: time, memory, aten operator
+counts (any device: a hardware-free proxy for kernel launches) and, with --profile, a profiler summary.
 
     python benchmarks/train_cost.py [--smoke] [--batch-size 32] [--json PATH]
+    python benchmarks/train_cost.py --real-size [--batch-size 8,64] [--profile]
     python benchmarks/train_cost.py --teacher PRETRAINED_DIR --dataset ID --dataset-root ROOT
 
 Each variant runs in its own fresh subprocess (so the CPU peak resident set, ``ru_maxrss``, is that
-variant's alone): load, build the batch, ``--warmup`` steps, then ``--repeats`` timed steps; the
-median is reported. Rows:
+variant's alone; with several batch sizes it is the process peak so far): load, then per batch size
+build the batch, ``--warmup`` steps, ``--repeats`` timed steps (the median is reported), one more
+step under an operator counter, and with ``--profile`` ``--profile-steps`` steps under
+``torch.profiler``. Rows (variant x batch size):
 
-- ``normal``: LeRobot's own ``SmolVLAPolicy.forward`` + backward + optimizer step, optimizer built
-  from the config's preset exactly as ``lerobot-train`` does (``get_optim_params``).
+- ``normal``: LeRobot's own ``SmolVLAPolicy.forward`` + backward + grad clipping + optimizer step,
+  optimizer built from the config's preset exactly as ``lerobot-train`` does (``get_optim_params``).
 - ``reflow_online``: ``ReflowPolicy`` (student + teacher, each with its VLM): teacher sampling at
-  ``--teacher-steps`` + student loss + backward + step (hub-reflow's optimizer: trainable params).
+  ``--teacher-steps`` on the fast path (``hub_reflow/fastpath.py``: CUDA graphs on CUDA) + student
+  loss + backward + step (hub-reflow's optimizer: trainable params).
 - ``reflow_cached``: the same with the pair precomputed (as ``hub-reflow train --pairs`` does: the
   teacher stays loaded, for the final evaluation, but is not run).
+- ``reflow_online_eager`` (on CUDA, or with ``--variants``): online pairs with LeRobot's eager
+  ``sample_actions`` (``--no-cuda-graphs``).
 
-Without ``--teacher``, a tiny world (tiny SmolVLM backbone, tiny dataset, a teacher trained for 2
-steps by the real ``lerobot-train``; the cost does not depend on how well it was trained) is built
-under ``--workdir``; ``--hidden``/``--layers``/``--chunk-size``/``--max-action-dim`` size it.
-The markdown table is printed last; the JSON (hardware, torch version, command, rows) is written to
-``--json``.
+Per row, besides time and memory: ``aten_ops_per_step`` (every aten operator dispatched in one step:
+preprocessor, forward, autograd's backward, clipping and optimizer; split by phase), and
+``item_calls_per_step`` (``aten::_local_scalar_dense``: a device-to-host read, a sync on CUDA); on
+CUDA ``cuda_syncs_per_step`` (CUDA's sync debug mode). ``--profile`` adds, per row, the top operators
+by self CPU time and (CUDA) by self device time, kernel launches, CUDA-graph launches and GPU kernels
+per step, and the wall time of each phase with the device synchronised between phases.
+
+Worlds: without ``--teacher``, a tiny world (tiny SmolVLM backbone, tiny dataset, a teacher trained
+for 2 steps by the real ``lerobot-train``; the cost does not depend on how well it was trained) is
+built under ``--workdir``; ``--hidden``/``--layers``/``--chunk-size``/``--max-action-dim`` size it.
+``--real-size``: a teacher with the ``smolvla_base`` architecture and random weights (the backbone
+written as ``latency.py`` writes it, ``WORKDIR/smolvlm2-500m-shape``, shared with it; 512x512
+camera, chunk 50), on the tiny dataset; batch sizes 8 and 64 by default. The markdown tables are
+printed last; the JSON (hardware, torch version, command, rows) is written to ``--json``.
 """
 
 from __future__ import annotations
@@ -36,12 +52,19 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 ROWS = ("normal", "reflow_online", "reflow_cached")
+EAGER_ONLINE = "reflow_online_eager"
+VARIANTS = (*ROWS, EAGER_ONLINE)
+PHASES = ("preprocess", "forward", "backward", "optimizer")
+PROG = "train_cost.py"
 
 
 def _parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="tiny world, batch 4, 1 warm-up, 3 repeats (CI)")
+    p.add_argument("--real-size", action="store_true", help="smolvla_base architecture, random weights, tiny dataset")
     p.add_argument("--teacher", default=None, help="a SmolVLA pretrained_model/ folder or Hub repo id (else the tiny world)")
     p.add_argument("--dataset", default=None)
     p.add_argument("--dataset-root", type=Path, default=None)
@@ -50,18 +73,37 @@ def _parse(argv=None):
     p.add_argument("--layers", type=int, default=2, help="tiny world backbone depth")
     p.add_argument("--chunk-size", type=int, default=8, help="tiny world chunk size")
     p.add_argument("--max-action-dim", type=int, default=8, help="tiny world max_action_dim / max_state_dim")
-    p.add_argument("--batch-size", type=int, default=None, help="default 32 (4 with --smoke)")
+    p.add_argument("--batch-size", default=None, help="comma-separated batch sizes; default 32 (4 with --smoke, 8,64 with --real-size)")
     p.add_argument("--teacher-steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=None, help="default 2 (1 with --smoke)")
-    p.add_argument("--repeats", type=int, default=None, help="default 10 (3 with --smoke)")
+    p.add_argument("--repeats", type=int, default=None, help="default 10 (3 with --smoke, 5 with --real-size)")
+    p.add_argument("--profile", action="store_true", help="torch.profiler summary per row (top ops, launches per step, phases)")
+    p.add_argument("--profile-steps", type=int, default=3)
+    p.add_argument("--variants", default=None, help=f"comma-separated, from {','.join(VARIANTS)} (default: the first three, "
+                   f"plus {EAGER_ONLINE} on CUDA)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--json", type=Path, default=None, help="default outputs/benchmarks/train_cost[_smoke].json")
-    p.add_argument("--variant", choices=ROWS, default=None, help=argparse.SUPPRESS)  # child process
+    p.add_argument("--variant", choices=VARIANTS, default=None, help=argparse.SUPPRESS)  # child process
     p.add_argument("--spec", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    a.batch_size = a.batch_size or (4 if a.smoke else 32)
+    from common import OptionError
+
+    default_bs = "4" if a.smoke else ("8,64" if a.real_size else "32")
+    try:
+        a.batch_sizes = [int(b) for b in (a.batch_size or default_bs).split(",")]
+    except ValueError:
+        raise OptionError(PROG, f"--batch-size must be comma-separated integers, got {a.batch_size!r}") from None
+    if not a.batch_sizes or min(a.batch_sizes) < 1:
+        raise OptionError(PROG, f"--batch-size: each must be >= 1, got {a.batch_sizes}")
+    if a.real_size and a.teacher:
+        raise OptionError(PROG, "--real-size builds its own teacher; leave out --teacher")
     a.warmup = a.warmup if a.warmup is not None else (1 if a.smoke else 2)
-    a.repeats = a.repeats or (3 if a.smoke else 10)
+    a.repeats = a.repeats or (3 if a.smoke else 5 if a.real_size else 10)
+    if a.variants is not None:
+        a.variants = a.variants.split(",")
+        bad = [v for v in a.variants if v not in VARIANTS]
+        if bad or "normal" not in a.variants:
+            raise OptionError(PROG, f"--variants: unknown {bad} or no 'normal' (the reference); choose from {','.join(VARIANTS)}")
     return a
 
 
@@ -77,9 +119,102 @@ def _rss_now_kb() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
-def run_variant(variant: str, spec: dict) -> dict:
+class _Step:
+    """One training step in phases: ``preprocess`` (the policy's preprocessor on the raw batch),
+    ``forward`` (loss), ``backward``, ``optimizer`` (clip, step, zero_grad)."""
+
+    def __init__(self, pre, raw, loss_fn, trainable, optimizer, clip):
+        self.pre, self.raw, self.loss_fn = pre, raw, loss_fn
+        self.trainable, self.optimizer, self.clip = trainable, optimizer, clip
+        self.batch = self.loss = None
+
+    def preprocess(self):
+        self.batch = self.pre(dict(self.raw))
+
+    def forward(self):
+        self.loss = self.loss_fn(self.batch)
+
+    def backward(self):
+        self.loss.backward()
+
+    def optimizer_step(self):
+        import torch
+
+        if self.clip:
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def phases(self):
+        return (("preprocess", self.preprocess), ("forward", self.forward), ("backward", self.backward),
+                ("optimizer", self.optimizer_step))
+
+    def __call__(self):
+        for _, fn in self.phases():
+            fn()
+        return self.loss
+
+
+def _count_ops(step: _Step) -> dict:
+    from common import op_counter
+
+    phases, names = {}, {}
+    for name, fn in step.phases():
+        with op_counter() as c:
+            fn()
+        phases[name] = sum(c.counts.values())
+        for k, v in c.counts.items():
+            names[k] = names.get(k, 0) + v
+    return {"aten_ops_per_step": sum(phases.values()), "aten_ops_by_phase": phases,
+            "item_calls_per_step": names.get("aten::_local_scalar_dense", 0), "aten_ops_by_name": names}
+
+
+def _profile(step: _Step, device: str, steps: int) -> dict:
     import torch
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from torch.profiler import ProfilerActivity, profile
+
+    from common import profile_summary
+
+    cuda = device == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+    try:
+        out = profile_summary(prof, steps)
+    except Exception as e:  # a profiler API difference must not lose the run's other numbers
+        out = {"error": f"{type(e).__name__}: {e}"}
+    # Wall time per phase with the device synchronised between phases (where the time goes).
+    per_phase = {name: [] for name in PHASES}
+    for _ in range(steps):
+        for name, fn in step.phases():
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if cuda:
+                torch.cuda.synchronize()
+            per_phase[name].append(time.perf_counter() - t0)
+    out["phase_ms"] = {k: 1000 * statistics.median(v) for k, v in per_phase.items()}
+    return out
+
+
+def _raw_batch(ds, b: int) -> dict:
+    import torch
+
+    idx = [(i * 7919) % len(ds) for i in range(b)]  # a fixed spread of frames
+    frames = [ds[i] for i in idx]
+    raw = {k: torch.stack([f[k] for f in frames]) for k in frames[0] if isinstance(frames[0][k], torch.Tensor)}
+    raw["task"] = [f["task"] for f in frames]
+    return raw
+
+
+def run_variant(variant: str, spec: dict) -> list[dict]:
+    import torch
+    from lerobot.datasets.factory import resolve_delta_timestamps
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
     from lerobot.policies.factory import make_pre_post_processors
 
     from hub_reflow.checkpoint import load_smolvla, read_policy_config, resolve_checkpoint
@@ -95,94 +230,113 @@ def run_variant(variant: str, spec: dict) -> dict:
     cfg = read_policy_config(resolved.path)
     pre, _ = make_pre_post_processors(cfg, pretrained_path=str(resolved.path),
                                       preprocessor_overrides={"device_processor": {"device": device}})
-    from lerobot.datasets.factory import resolve_delta_timestamps
-    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
-
     meta = LeRobotDatasetMetadata(spec["dataset"], root=spec["dataset_root"])
     ds = LeRobotDataset(spec["dataset"], root=spec["dataset_root"], delta_timestamps=resolve_delta_timestamps(cfg, meta))
-    b = spec["batch_size"]
-    idx = [(i * 7919) % len(ds) for i in range(b)]  # a fixed spread of frames
-    frames = [ds[i] for i in idx]
-    raw = {k: torch.stack([f[k] for f in frames]) for k in frames[0] if isinstance(frames[0][k], torch.Tensor)}
-    raw["task"] = [f["task"] for f in frames]
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
 
-    rcfg = ReflowConfig(teacher_steps=spec["teacher_steps"], batch_size=b, steps=1000)
-    teacher_bytes = None
+    teacher_bytes, rp, policy = None, None, None
     if variant == "normal":
         policy = load_smolvla(resolved.path, device=device)
         policy.train()
-        opt_cfg = cfg.get_optimizer_preset()
-        optimizer = opt_cfg.build(policy.get_optim_params())  # what lerobot-train's make_optimizer does
-        clip = opt_cfg.grad_clip_norm
-        trainable = [p for p in policy.parameters() if p.requires_grad]
         model_bytes = _bytes(policy)
-
-        def step(batch):
-            loss, _ = policy.forward(batch)
-            loss.backward()
-            return loss
     else:
+        rcfg = ReflowConfig(teacher_steps=spec["teacher_steps"], batch_size=max(spec["batch_sizes"]), steps=1000,
+                            cuda_graphs=variant != EAGER_ONLINE)
         rp = ReflowPolicy.from_teacher(resolved, rcfg, device=device)
         rp.train()
-        optimizer, _, clip, _ = _make_optimizer(rp.trainable_parameters(), cfg, rcfg)
-        trainable = rp.trainable_parameters()
         model_bytes, teacher_bytes = _bytes(rp.student), _bytes(rp.teacher)
-        if variant == "reflow_cached":
-            from hub_reflow.smolvla import policy_inputs
 
-            with torch.no_grad():
-                cached = rp.make_pairs(policy_inputs(rp.student, pre(dict(raw))))
-
-        def step(batch):
-            if variant == "reflow_cached":
-                loss, _ = rp(batch, noise=cached[0], target=cached[1])
-            else:
-                loss, _ = rp(batch)
-            loss.backward()
-            return loss
-
-    times, cpu_times = [], []
-    rss_before_steps_kb = _rss_now_kb()
-    for i in range(spec["warmup"] + spec["repeats"]):
-        t0, c0 = time.perf_counter(), time.process_time()
-        batch = pre(dict(raw))
-        loss = step(batch)
-        if clip:
-            torch.nn.utils.clip_grad_norm_(trainable, clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def one(b: int) -> dict:
+        raw = _raw_batch(ds, b)
         if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        if variant == "normal":
+            opt_cfg = cfg.get_optimizer_preset()
+            optimizer = opt_cfg.build(policy.get_optim_params())  # what lerobot-train's make_optimizer does
+            step = _Step(pre, raw, lambda batch: policy.forward(batch)[0],
+                         [p for p in policy.parameters() if p.requires_grad], optimizer, opt_cfg.grad_clip_norm)
+        else:
+            optimizer, _, clip, _ = _make_optimizer(rp.trainable_parameters(), cfg, rp.reflow_config)
+            if variant == "reflow_cached":
+                from hub_reflow.smolvla import policy_inputs
+
+                with torch.no_grad():
+                    noise, target = rp.make_pairs(policy_inputs(rp.student, pre(dict(raw))))
+
+                def loss_fn(batch, noise=noise, target=target):
+                    return rp(batch, noise=noise, target=target)[0]
+            else:
+                def loss_fn(batch):
+                    return rp(batch)[0]
+            step = _Step(pre, raw, loss_fn, rp.trainable_parameters(), optimizer, clip)
+
+        times, cpu_times = [], []
+        rss_before_steps_kb = _rss_now_kb()
+        for i in range(spec["warmup"] + spec["repeats"]):
+            t0, c0 = time.perf_counter(), time.process_time()
+            loss = step()
+            if cuda:
+                torch.cuda.synchronize()
+            if i >= spec["warmup"]:
+                times.append(time.perf_counter() - t0)
+                cpu_times.append(time.process_time() - c0)
+            assert math.isfinite(float(loss)), "non-finite loss"
+        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
+        cuda_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+        row = {
+            "name": variant,
+            "batch_size": b,
+            "median_step_ms": 1000 * statistics.median(times),
+            "min_step_ms": 1000 * min(times),
+            "max_step_ms": 1000 * max(times),
+            # CPU time of the process (all its threads) per step: less sensitive than wall time to
+            # other work on a shared machine. On CUDA a synchronising host spins: CPU time then
+            # includes the wait for the GPU, so CPU == wall does not by itself mean launch-bound.
+            "median_cpu_ms": 1000 * statistics.median(cpu_times),
+            "repeats": len(times),
+            "peak_rss_mb": peak_kb / 1024,
+            # What the variant itself added on top of the interpreter with torch + LeRobot imported
+            # (which alone is ~0.8 GB and would hide a tiny model's differences).
+            "peak_rss_above_imports_mb": (peak_kb - rss_imports_kb) / 1024,
+            "rss_after_imports_mb": rss_imports_kb / 1024,
+            "rss_before_steps_mb": rss_before_steps_kb / 1024,
+            "trained_model_weights_mb": model_bytes / 2**20,
+            "teacher_weights_mb": teacher_bytes / 2**20 if teacher_bytes is not None else 0.0,
+            "cuda_peak_allocated_mb": cuda_peak,
+            "final_loss": float(loss),
+        }
+        row.update(_count_ops(step))
+        if cuda:
+            from common import count_cuda_syncs
+
+            before = torch.cuda.memory_stats()
+            row["cuda_syncs_per_step"] = count_cuda_syncs(step)
             torch.cuda.synchronize()
-        if i >= spec["warmup"]:
-            times.append(time.perf_counter() - t0)
-            cpu_times.append(time.process_time() - c0)
-        assert math.isfinite(float(loss)), "non-finite loss"
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
-    return {
-        "name": variant,
-        "median_step_ms": 1000 * statistics.median(times),
-        "min_step_ms": 1000 * min(times),
-        "max_step_ms": 1000 * max(times),
-        # CPU time of the process (all its threads) per step: less sensitive than wall time to
-        # other work on a shared machine.
-        "median_cpu_ms": 1000 * statistics.median(cpu_times),
-        "repeats": len(times),
-        "peak_rss_mb": peak_kb / 1024,
-        # What the variant itself added on top of the interpreter with torch + LeRobot imported
-        # (which alone is ~0.8 GB and would hide a tiny model's differences).
-        "peak_rss_above_imports_mb": (peak_kb - rss_imports_kb) / 1024,
-        "rss_after_imports_mb": rss_imports_kb / 1024,
-        "rss_before_steps_mb": rss_before_steps_kb / 1024,
-        "trained_model_weights_mb": model_bytes / 2**20,
-        "teacher_weights_mb": teacher_bytes / 2**20 if teacher_bytes is not None else 0.0,
-        "cuda_peak_allocated_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
-        "final_loss": float(loss),
-    }
+            after = torch.cuda.memory_stats()
+            # cudaMalloc calls (new allocator segments) and allocator retries (frees + re-mallocs
+            # under memory pressure) in that one steady-state step: 0 when the cache serves it.
+            row["cuda_mallocs_per_step"] = after.get("segment.all.allocated", 0) - before.get("segment.all.allocated", 0)
+            row["cuda_alloc_retries_per_step"] = after.get("num_alloc_retries", 0) - before.get("num_alloc_retries", 0)
+        else:
+            row["cuda_syncs_per_step"] = row["cuda_mallocs_per_step"] = row["cuda_alloc_retries_per_step"] = None
+        if rp is not None and variant != "reflow_cached":
+            row["teacher_sampling"] = rp.teacher_sampling
+            row["teacher_sampler_stats"] = dict(rp.teacher_sampler.stats)
+        if spec.get("profile"):
+            row["profile"] = _profile(step, device, spec["profile_steps"])
+        return row
+
+    rows = []
+    for b in spec["batch_sizes"]:
+        try:
+            rows.append(one(b))
+        except Exception as e:  # e.g. out of memory at the larger batch: keep the other rows
+            rows.append({"name": variant, "batch_size": b, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"})
+        if cuda:
+            torch.cuda.empty_cache()
+    return rows
 
 
-# ---- the parent ---------------------------------------------------------------------------------------
+# ---- worlds -------------------------------------------------------------------------------------------
 
 
 def _tiny_world(a) -> tuple[str, str, Path]:
@@ -205,6 +359,57 @@ def _tiny_world(a) -> tuple[str, str, Path]:
     return str(teacher), TINY_REPO_ID, dataset_root
 
 
+def real_size_teacher(workdir: Path, dataset_root: Path, repo_id: str) -> Path:
+    """A ``pretrained_model/`` folder with the smolvla_base architecture and random weights for the
+    dataset's features: built by LeRobot (``SmolVLAPolicy`` from the backbone folder, processors
+    from the dataset's statistics) and saved by LeRobot, once."""
+    import torch
+    from lerobot.configs.types import FeatureType
+    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+    from lerobot.policies.factory import make_pre_post_processors
+    from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
+    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+    from lerobot.utils.feature_utils import dataset_to_policy_features
+
+    from latency import SMOLVLA_BASE, write_real_size_backbone
+
+    folder = workdir / "real-size-teacher"
+    if (folder / "model.safetensors").exists():
+        return folder
+    print(f"writing the real-size backbone and teacher under {workdir} (once, ~2 GB)", file=sys.stderr, flush=True)
+    backbone = write_real_size_backbone(workdir / "smolvlm2-500m-shape").resolve()
+    meta = LeRobotDatasetMetadata(repo_id, root=dataset_root)
+    feats = dataset_to_policy_features(meta.features)
+    cfg = SmolVLAConfig(
+        vlm_model_name=str(backbone), load_vlm_weights=True, device="cpu",
+        input_features={k: f for k, f in feats.items() if f.type is not FeatureType.ACTION},
+        output_features={k: f for k, f in feats.items() if f.type is FeatureType.ACTION},
+        **SMOLVLA_BASE,
+    )
+    torch.manual_seed(0)
+    policy = SmolVLAPolicy(cfg)
+    pre, post = make_pre_post_processors(cfg, dataset_stats=meta.stats)
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    policy.save_pretrained(tmp)
+    pre.save_pretrained(tmp)
+    post.save_pretrained(tmp)
+    tmp.rename(folder)
+    return folder
+
+
+def _real_size_world(a) -> tuple[str, str, Path]:
+    from hub_reflow.testing.tiny_world import TINY_REPO_ID, make_tiny_dataset
+
+    dataset_root = a.workdir / "tiny-dataset"
+    if not (dataset_root / "meta" / "info.json").exists():
+        make_tiny_dataset(dataset_root)
+    return str(real_size_teacher(a.workdir, dataset_root, TINY_REPO_ID)), TINY_REPO_ID, dataset_root
+
+
+# ---- the parent ---------------------------------------------------------------------------------------
+
+
 def _hardware(device: str) -> dict:
     import platform
 
@@ -219,45 +424,105 @@ def _hardware(device: str) -> dict:
         pass
     if device == "cuda":
         out["gpu"] = torch.cuda.get_device_name(0)
+        out["cuda"] = torch.version.cuda
     return out
 
 
+def _fmt(x, digits=1) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
 def markdown(rows: list[dict]) -> str:
-    normal = rows[0]
-    lines = ["| step | median wall ms | vs normal | median CPU ms | CPU vs normal | peak RSS MB | peak RSS above imports MB | trained weights MB | teacher weights MB | CUDA peak MB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    """Time and memory, one line per row; ratios against the normal step at the same batch size."""
+    normal = {r["batch_size"]: r for r in rows if r["name"] == "normal"}
+    lines = ["| step | batch | median wall ms | vs normal | median CPU ms | CPU vs normal | peak RSS MB | peak RSS above imports MB | trained weights MB | teacher weights MB | CUDA peak MB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        cuda = f"{r['cuda_peak_allocated_mb']:.0f}" if r["cuda_peak_allocated_mb"] is not None else "n/a"
-        lines.append(f"| {r['name']} | {r['median_step_ms']:.1f} | {r['median_step_ms'] / normal['median_step_ms']:.2f} | "
-                     f"{r['median_cpu_ms']:.1f} | {r['median_cpu_ms'] / normal['median_cpu_ms']:.2f} | "
+        n = normal[r["batch_size"]]
+        lines.append(f"| {r['name']} | {r['batch_size']} | {r['median_step_ms']:.1f} | {r['median_step_ms'] / n['median_step_ms']:.2f} | "
+                     f"{r['median_cpu_ms']:.1f} | {r['median_cpu_ms'] / n['median_cpu_ms']:.2f} | "
                      f"{r['peak_rss_mb']:.0f} | {r['peak_rss_above_imports_mb']:.1f} | {r['trained_model_weights_mb']:.1f} | "
-                     f"{r['teacher_weights_mb']:.1f} | {cuda} |")
+                     f"{r['teacher_weights_mb']:.1f} | {_fmt(r['cuda_peak_allocated_mb'], 0)} |")
     return "\n".join(lines)
 
 
+def ops_markdown(rows: list[dict]) -> str:
+    """Operator counts per step (hardware-free), and launches per step where profiled on CUDA."""
+    normal = {r["batch_size"]: r for r in rows if r["name"] == "normal"}
+    lines = ["| step | batch | aten ops / step | vs normal | preprocess | forward | backward | optimizer | item() / step | CUDA syncs / step | cudaMalloc / step | kernel launches / step | graph launches / step |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        n, ph, prof = normal[r["batch_size"]], r["aten_ops_by_phase"], r.get("profile") or {}
+        lines.append(f"| {r['name']} | {r['batch_size']} | {r['aten_ops_per_step']} | {r['aten_ops_per_step'] / n['aten_ops_per_step']:.2f} | "
+                     + " | ".join(str(ph[k]) for k in PHASES)
+                     + f" | {r['item_calls_per_step']} | {_fmt(r['cuda_syncs_per_step'], 0)} | {_fmt(r['cuda_mallocs_per_step'], 0)} | "
+                     f"{_fmt(prof.get('kernel_launches_per_step'), 0)} | {_fmt(prof.get('graph_launches_per_step'), 0)} |")
+    return "\n".join(lines)
+
+
+def profile_markdown(rows: list[dict], top: int = 8) -> str:
+    out = []
+    for r in rows:
+        prof = r.get("profile")
+        if not prof:
+            continue
+        ph = prof.get("phase_ms", {})
+        out.append(f"#### {r['name']}, batch {r['batch_size']}: phases (device synchronised between them) "
+                   + ", ".join(f"{k} {v:.1f} ms" for k, v in ph.items()))
+        if "error" in prof:
+            out.append(f"profiler summary failed: {prof['error']}")
+            continue
+        for key, label, col in (("top_cpu", "self CPU", "self_cpu_ms_per_step"), ("top_device", "self CUDA", "self_device_ms_per_step")):
+            if prof.get(key):
+                out.append(f"top ops by {label} time (ms per step, calls per step): "
+                           + "; ".join(f"{e['op']} {e[col]:.2f} ({e['calls_per_step']:.0f})" for e in prof[key][:top]))
+    return "\n".join(out)
+
+
 def evaluate_targets(rows: list[dict], device: str) -> dict:
-    by = {r["name"]: r for r in rows}
-    n, on, ca = by["normal"], by["reflow_online"], by["reflow_cached"]
+    """The issue's targets at the first batch size: memory, cached-step time and operator count,
+    online-step time."""
+    b = rows[0]["batch_size"]
+    by = {r["name"]: r for r in rows if r["batch_size"] == b}
+    n = by["normal"]
     key = "cuda_peak_allocated_mb" if device == "cuda" else "peak_rss_above_imports_mb"
-    budget = n[key] + on["teacher_weights_mb"]
-    worst = max(on[key], ca[key])
-    ratio = ca["median_step_ms"] / n["median_step_ms"]
-    cpu_ratio = ca["median_cpu_ms"] / n["median_cpu_ms"]
-    return {
-        "memory": {"target": f"reflow peak memory ({key}) <= normal fine-tune's + teacher's weights",
-                   "met": worst <= budget,
-                   "detail": f"reflow online {on[key]:.1f} MB, cached {ca[key]:.1f} MB; budget {n[key]:.1f} + {on['teacher_weights_mb']:.1f} = {budget:.1f} MB"},
-        "cached_time": {"target": "cached-pair step time within 10% of a normal step",
-                        "met": ratio <= 1.10,
-                        "detail": f"{ca['median_step_ms']:.1f} ms vs {n['median_step_ms']:.1f} ms = {ratio:.2f}x; "
-                                  f"online {on['median_step_ms']:.1f} ms = {on['median_step_ms'] / n['median_step_ms']:.2f}x; "
-                                  f"CPU time: cached {cpu_ratio:.2f}x, online {on['median_cpu_ms'] / n['median_cpu_ms']:.2f}x"},
-    }
+    out = {}
+    reflow = [r for name, r in by.items() if name != "normal"]
+    if reflow:
+        teacher_mb = reflow[0]["teacher_weights_mb"]
+        budget = n[key] + teacher_mb
+        worst = max(r[key] for r in reflow)
+        out["memory"] = {"target": f"reflow peak memory ({key}) <= normal fine-tune's + teacher's weights",
+                         "met": worst <= budget,
+                         "detail": "; ".join(f"{r['name']} {r[key]:.1f} MB" for r in reflow)
+                                   + f"; budget {n[key]:.1f} + {teacher_mb:.1f} = {budget:.1f} MB (batch {b})"}
+    if "reflow_cached" in by:
+        ca = by["reflow_cached"]
+        ratio = ca["median_step_ms"] / n["median_step_ms"]
+        out["cached_time"] = {"target": "cached-pair step time within 10% of a normal step",
+                              "met": ratio <= 1.10,
+                              "detail": f"{ca['median_step_ms']:.1f} ms vs {n['median_step_ms']:.1f} ms = {ratio:.2f}x; "
+                                        f"CPU time {ca['median_cpu_ms'] / n['median_cpu_ms']:.2f}x (batch {b})"}
+        ops = ca["aten_ops_per_step"] / n["aten_ops_per_step"]
+        out["cached_ops"] = {"target": "cached-pair step aten op count <= 1.02x a normal step's",
+                             "met": ops <= 1.02,
+                             "detail": f"{ca['aten_ops_per_step']} vs {n['aten_ops_per_step']} = {ops:.3f}x (batch {b})"}
+    if "reflow_online" in by:
+        on = by["reflow_online"]
+        ratio = on["median_step_ms"] / n["median_step_ms"]
+        out["online_time"] = {"target": "online-pair step time <= 2.0x a normal step",
+                              "met": ratio <= 2.0,
+                              "detail": f"{on['median_step_ms']:.1f} ms vs {n['median_step_ms']:.1f} ms = {ratio:.2f}x; "
+                                        f"teacher sampling: {on.get('teacher_sampling')} (batch {b})"}
+    return out
 
 
 def main(argv=None) -> int:
     a = _parse(argv)
     if a.variant:  # child
+        from common import quiet_imports
+
+        quiet_imports()
         print("RESULT " + json.dumps(run_variant(a.variant, json.loads(a.spec))), flush=True)
         return 0
     if a.teacher is None:
@@ -267,42 +532,67 @@ def main(argv=None) -> int:
         os.environ["HF_HUB_OFFLINE"] = "1"
     import torch
 
+    from common import OptionError, quiet_imports
+
+    quiet_imports()
     device = a.device
+    if device not in ("auto", "cpu", "cuda"):
+        raise OptionError(PROG, f"--device must be auto, cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise OptionError(PROG, "--device cuda was asked for but no CUDA device is visible; use --device cpu or auto")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if a.teacher is None:
+    variants = a.variants or [*ROWS, *([EAGER_ONLINE] if device == "cuda" else [])]
+    if a.real_size:
+        teacher, dataset, dataset_root = _real_size_world(a)
+        size = "real size: smolvla_base architecture (SmolVLM2-500M shape, 16 VLM layers, chunk 50, 512x512), random weights, tiny dataset"
+    elif a.teacher is None:
         teacher, dataset, dataset_root = _tiny_world(a)
         size = f"tiny world: backbone {a.hidden} wide x {a.layers} layers, chunk {a.chunk_size}, max_action_dim {a.max_action_dim}"
     else:
         if not a.dataset:
-            print("train_cost: error: --teacher needs --dataset", file=sys.stderr)
-            return 2
+            raise OptionError(PROG, "--teacher needs --dataset")
         teacher, dataset, dataset_root, size = a.teacher, a.dataset, a.dataset_root, f"teacher {a.teacher}"
     spec = {"teacher": teacher, "dataset": dataset, "dataset_root": str(dataset_root) if dataset_root else None,
-            "batch_size": a.batch_size, "teacher_steps": a.teacher_steps, "warmup": a.warmup, "repeats": a.repeats,
-            "device": device}
-    rows = []
-    for variant in ROWS:
+            "batch_sizes": a.batch_sizes, "teacher_steps": a.teacher_steps, "warmup": a.warmup, "repeats": a.repeats,
+            "device": device, "profile": a.profile, "profile_steps": a.profile_steps}
+    rows, errors = [], []
+    for variant in variants:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--variant", variant, "--spec", json.dumps(spec)]
         r = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
         line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if r.returncode != 0 or line is None:
+        if r.returncode != 0 or line is None:  # keep going: the other variants' numbers still count
             print(r.stderr[-4000:], file=sys.stderr)
-            print(f"train_cost: error: variant {variant} failed (exit {r.returncode})", file=sys.stderr)
-            return 1
-        rows.append(json.loads(line[len("RESULT "):]))
-        print(f"{variant}: {rows[-1]['median_step_ms']:.1f} ms, peak RSS {rows[-1]['peak_rss_mb']:.0f} MB", file=sys.stderr)
-    targets = evaluate_targets(rows, device)
+            print(f"{PROG}: variant {variant} failed (exit {r.returncode})", file=sys.stderr)
+            errors.append({"name": variant, "batch_size": None, "error": f"exit {r.returncode}: "
+                           + ((r.stderr.strip().splitlines() or ["no output"])[-1][:300])})
+            continue
+        for row in json.loads(line[len("RESULT "):]):
+            if "error" in row:
+                print(f"{variant} batch {row['batch_size']}: FAILED {row['error']}", file=sys.stderr, flush=True)
+                errors.append(row)
+                continue
+            rows.append(row)
+            print(f"{variant} batch {row['batch_size']}: {row['median_step_ms']:.1f} ms, {row['aten_ops_per_step']} aten ops, "
+                  f"peak RSS {row['peak_rss_mb']:.0f} MB", file=sys.stderr, flush=True)
+    # Ratios need LeRobot's own step at the same batch size.
+    normal_bs = {r["batch_size"] for r in rows if r["name"] == "normal"}
+    errors += [{**r, "error": "no normal step at this batch size to compare with"} for r in rows if r["batch_size"] not in normal_bs]
+    rows = [r for r in rows if r["batch_size"] in normal_bs]
+    rows.sort(key=lambda r: (a.batch_sizes.index(r["batch_size"]), variants.index(r["name"])))
+    targets = evaluate_targets(rows, device) if rows else {}
     out = {
         "benchmark": "train_cost",
         "hardware": _hardware(device),
         "device": device,
         "torch": torch.__version__,
-        "command": shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join(["train_cost.py", *argv]),
+        "command": shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join([PROG, *argv]),
         "size": size,
-        "batch_size": a.batch_size, "teacher_steps": a.teacher_steps, "warmup": a.warmup, "repeats": a.repeats,
-        "smoke": a.smoke,
+        "batch_size": a.batch_sizes[0] if len(a.batch_sizes) == 1 else a.batch_sizes,
+        "batch_sizes": a.batch_sizes, "teacher_steps": a.teacher_steps, "warmup": a.warmup, "repeats": a.repeats,
+        "smoke": a.smoke, "real_size": a.real_size, "profile": a.profile,
         "rows": rows,
+        "errors": errors,
         "targets": targets,
     }
     path = a.json or Path("outputs/benchmarks") / ("train_cost_smoke.json" if a.smoke else "train_cost.json")
@@ -312,9 +602,19 @@ def main(argv=None) -> int:
     path.write_text(dumps(out, indent=2))
     for t in targets.values():
         print(f"- {t['target']}: {'met' if t['met'] else 'NOT met'} ({t['detail']})")
-    print(f"{size}; batch {a.batch_size}; device {device}; JSON: {path}")
+    hw = out["hardware"]
+    print(f"{size}; batch {','.join(map(str, a.batch_sizes))}; device {device} "
+          f"({hw.get('gpu') or hw['cpu']}); torch {torch.__version__}; JSON: {path}")
+    if a.profile:
+        print()
+        print(profile_markdown(rows))
+    print()
+    print(ops_markdown(rows))
     print()
     print(markdown(rows))
+    if errors:
+        print(f"{PROG}: failed: " + "; ".join(f"{e['name']} batch {e['batch_size']}: {e['error']}" for e in errors), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -46,6 +46,8 @@ def _add_train(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--pairs", default=None, help="train on cached teacher pairs (hub-reflow pairs): folder or Hub dataset repo id")
     p.add_argument("--pairs-revision", default=None, help="branch, tag or commit of a Hub pairs repo")
+    p.add_argument("--no-cuda-graphs", action="store_true",
+                   help="sample the teacher eagerly (LeRobot's sample_actions) instead of through CUDA graphs on CUDA")
     p.set_defaults(func=_cmd_train)
 
 
@@ -57,7 +59,7 @@ def _cmd_train(a) -> int:
         rcfg = ReflowConfig(
             teacher_steps=a.teacher_steps, student_steps=a.student_steps, time_sampling=a.time_sampling,
             lr=a.lr, warmup_steps=a.warmup_steps, steps=a.steps, batch_size=a.batch_size, seed=a.seed,
-            holdout_episodes=a.holdout_episodes,
+            holdout_episodes=a.holdout_episodes, cuda_graphs=not a.no_cuda_graphs,
         )
     except ValueError as e:
         flag = str(e).split(" ")[0].replace("_", "-")
@@ -89,6 +91,8 @@ def _add_pairs(sub) -> None:
     p.add_argument("--batch-size", type=POSITIVE, default=32, help="frames per teacher batch")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto", help="where to run the teacher")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-cuda-graphs", action="store_true",
+                   help="sample the teacher eagerly (LeRobot's sample_actions) instead of through CUDA graphs on CUDA")
     p.set_defaults(func=_cmd_pairs)
 
 
@@ -99,7 +103,7 @@ def _cmd_pairs(a) -> int:
         teacher=a.teacher, teacher_revision=a.teacher_revision, dataset=a.dataset, dataset_root=a.dataset_root,
         dataset_revision=a.dataset_revision, output=a.output, per_frame=a.per_frame, teacher_steps=a.teacher_steps,
         holdout_episodes=a.holdout_episodes, seed=a.seed, batch_size=a.batch_size, device=a.device,
-        progress=not a.no_progress,
+        progress=not a.no_progress, cuda_graphs=not a.no_cuda_graphs,
     ))
     print(f"teacher pairs: {out}")
     return 0
@@ -195,6 +199,12 @@ def _add_verify(sub) -> None:
     p.add_argument("checkpoint", help="student checkpoint: local pretrained_model/ folder or Hub repo id")
     _add_verify_args(p, "teacher checkpoint (folder or Hub repo id); default: the lineage's Hub teacher, else the "
                      "structure is checked against what LeRobot builds from the checkpoint's config")
+    p.add_argument("--compile", action="store_true",
+                   help="also time student and teacher through LeRobot's compile_model path (torch.compile) on CUDA "
+                   "when visible: compile time, steady-state chunk latency, speed-up (minutes per checkpoint)")
+    p.add_argument("--compile-mode", default="reduce-overhead",
+                   choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                   help="SmolVLAConfig.compile_mode for --compile (default reduce-overhead: CUDA graphs)")
     p.set_defaults(func=_cmd_verify)
 
 
@@ -231,7 +241,8 @@ def _run_verify(a, checkpoint: str, revision: str | None):
     from .verify import verify
 
     return verify(checkpoint, a.teacher, revision=revision, teacher_revision=a.teacher_revision, dataset=a.dataset,
-                  dataset_root=a.dataset_root, frames=a.frames, tolerance=a.tolerance, speed=not a.no_speed)
+                  dataset_root=a.dataset_root, frames=a.frames, tolerance=a.tolerance, speed=not a.no_speed,
+                  compile_mode=a.compile_mode if getattr(a, "compile", False) else None)
 
 
 def _quiet_stdout(as_json: bool):

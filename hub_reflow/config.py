@@ -37,6 +37,9 @@ class ReflowConfig:
     # Episodes (the last N of the dataset) kept out of training so fidelity is measured on frames
     # the student never saw. Recorded in the lineage file.
     holdout_episodes: int = 0
+    # Teacher sampling (online pairs) through CUDA graphs captured per batch shape, on a CUDA
+    # device (fastpath.py); False: LeRobot's eager sample_actions. No effect on the CPU.
+    cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
         if self.teacher_steps < 1:

@@ -156,15 +156,20 @@ def markdown_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def hardware() -> str:
-    """What ran the measurement, in words (for the card and the benchmarks)."""
+def hardware(device: torch.device | str | None = None) -> str:
+    """What ran the measurement, in words (for the card and the benchmarks): the device the
+    policies are on (default: CUDA when visible)."""
     import os
     import platform
 
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} (CUDA)"
+    dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda":
+        return f"{torch.cuda.get_device_name(dev)} (CUDA)"
     cpu = platform.processor() or platform.machine()
     return f"CPU {cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+LATENCY_MODE = "eager PyTorch (no torch.compile), batch size 1, median of 5 calls"
 
 
 def measure(teacher, student, preprocessor, postprocessor, raw_batch: dict, *, teacher_steps: int,
@@ -179,7 +184,8 @@ def measure(teacher, student, preprocessor, postprocessor, raw_batch: dict, *, t
     return {
         "frames": len(raw_batch["task"]),
         "frames_from": frames_from,
-        "hardware": hardware(),
+        "hardware": hardware(next(student.parameters()).device),
+        "latency_mode": LATENCY_MODE,
         "rows": [r.__dict__ for r in rows],
         "student_rmse": stu.rmse,
         "teacher_rmse_at_student_steps": t_at_k,

@@ -65,7 +65,7 @@ def sample_time(kind: str, batch_size: int, device: torch.device | str = "cpu",
         else:
             pick = torch.rand(batch_size, generator=generator) < MIXED_GRID_SHARE
             u = torch.where(pick, on_grid, u)
-    return u.to(device)
+    return u.to(device, non_blocking=True)  # no wait for the device's queued work
 
 
 def euler_times(num_steps: int) -> list[float]:

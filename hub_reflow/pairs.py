@@ -56,6 +56,7 @@ class PairsArgs:
     batch_size: int = 32
     device: str = "auto"
     progress: bool = True
+    cuda_graphs: bool = True  # teacher sampling through CUDA graphs on CUDA (fastpath.py)
 
 
 def _device(name: str) -> str:
@@ -84,6 +85,7 @@ def make_pairs(args: PairsArgs) -> Path:
     from tqdm.auto import tqdm
 
     from .checkpoint import load_smolvla, package_versions, read_policy_config, resolve_checkpoint
+    from .fastpath import TeacherSampler
     from .policy import teacher_pairs
     from .smolvla import noise_shape, policy_inputs
     from .train import load_dataset
@@ -118,6 +120,7 @@ def make_pairs(args: PairsArgs) -> Path:
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=args.batch_size, shuffle=False, drop_last=False,
         collate_fn=lerobot_collate_fn if dataset.meta.has_language_columns else None)
+    sampler = TeacherSampler(teacher, args.teacher_steps, cuda_graphs=args.cuda_graphs)
     gen = torch.Generator().manual_seed(args.seed)
     real_dim = cfg.action_feature.shape[0]
     cols: dict[str, list] = {"frame_index": [], "episode_index": [], "draw": [], "noise": [], "target": []}
@@ -130,7 +133,7 @@ def make_pairs(args: PairsArgs) -> Path:
         per_draw = []
         for _ in range(args.per_frame):
             z = torch.randn(noise_shape(teacher, inputs.batch_size), generator=gen, dtype=torch.float32)
-            noise, target = teacher_pairs(teacher, inputs, z.to(device), args.teacher_steps, real_dim)
+            noise, target = teacher_pairs(teacher, inputs, z.to(device), args.teacher_steps, real_dim, sampler=sampler)
             per_draw.append((noise.cpu(), target.cpu()))
             bar.update(inputs.batch_size)
         for i in range(inputs.batch_size):  # rows ordered by (frame, draw)
@@ -175,6 +178,8 @@ def make_pairs(args: PairsArgs) -> Path:
             "action_dim": real_dim,
             "batch_size": args.batch_size,
             "device": device,
+            "cuda_graphs": args.cuda_graphs,
+            "teacher_sampling": sampler.mode,
             "data_sha256": data_sha256(tmp),
             "versions": package_versions(),
         }

@@ -134,7 +134,26 @@ class ReflowPolicy(
         if noise is None:
             noise = torch.randn(noise_shape(self.student, inputs.batch_size), dtype=torch.float32, device=inputs.state.device)
         return teacher_pairs(self.teacher, inputs, noise, self.reflow_config.teacher_steps,
-                             self.student.config.action_feature.shape[0])
+                             self.student.config.action_feature.shape[0], sampler=self.teacher_sampler)
+
+    @property
+    def teacher_sampler(self):
+        """The teacher's sampler on the static-shape fast path (``fastpath.TeacherSampler``: CUDA
+        graphs per batch shape on CUDA unless ``reflow_config.cuda_graphs`` is off), made once."""
+        from .fastpath import TeacherSampler
+
+        s = self.__dict__.get("_teacher_sampler")
+        rcfg = self.reflow_config
+        if s is None or s.policy is not self.teacher or (s.steps, s.cuda_graphs) != (rcfg.teacher_steps, rcfg.cuda_graphs):
+            s = TeacherSampler(self.teacher, rcfg.teacher_steps, cuda_graphs=rcfg.cuda_graphs)
+            self.__dict__["_teacher_sampler"] = s
+        return s
+
+    @property
+    def teacher_sampling(self) -> str | None:
+        """How the teacher sampled online pairs so far (None: it has not), e.g. ``cuda graphs``."""
+        s = self.__dict__.get("_teacher_sampler")
+        return s.mode if s is not None and s.stats["calls"] else None
 
     def forward(self, batch: dict, noise: Tensor | None = None, time: Tensor | None = None,
                 target: Tensor | None = None, inputs=None) -> tuple[Tensor, dict]:
@@ -146,15 +165,17 @@ class ReflowPolicy(
         prepared once per batch for teacher and student alike)."""
         if inputs is None:
             inputs = policy_inputs(self.student, batch)
+        device = inputs.state.device
         if target is not None:
             if noise is None:
                 raise ValueError("a cached target needs the noise it was made from")
-            data = target
+            noise, data = _on(noise, device), _on(target, device)
         else:
-            noise, data = self.make_pairs(inputs, noise)
+            noise, data = self.make_pairs(inputs, None if noise is None else _on(noise, device))
         if time is None:
-            time = flow.sample_time(self.reflow_config.time_sampling, inputs.batch_size, device=noise.device,
+            time = flow.sample_time(self.reflow_config.time_sampling, inputs.batch_size, device=device,
                                     grid_steps=self.reflow_config.student_steps)
+        time = _on(time, device)
         loss = student_losses(self.student, inputs, data, noise, time).mean()
         return loss, {"loss": loss.detach()}
 
@@ -205,12 +226,26 @@ class ReflowPolicy(
 
 
 @torch.no_grad()
-def teacher_pairs(teacher, inputs, noise: Tensor, teacher_steps: int, real_dim: int) -> tuple[Tensor, Tensor]:
+def teacher_pairs(teacher, inputs, noise: Tensor, teacher_steps: int, real_dim: int, sampler=None) -> tuple[Tensor, Tensor]:
     """The reflow training pair for ``noise``: ``(z, a)`` with ``a`` the teacher's ``teacher_steps``
     Euler output for ``z``, float32, padded like LeRobot's training data (``pad_to_data``). Used by
-    online training (``make_pairs``) and by the cached pairs (``pairs.make_pairs``) alike."""
-    chunk = sample_chunk(teacher, inputs, noise, teacher_steps)
+    online training (``make_pairs``) and by the cached pairs (``pairs.make_pairs``) alike.
+
+    sampler: a ``fastpath.TeacherSampler`` of this teacher and step count (else LeRobot's eager
+    ``sample_actions``)."""
+    if sampler is not None:
+        if sampler.policy is not teacher or sampler.steps != teacher_steps:
+            raise ValueError("the sampler was made for another teacher or step count")
+        chunk = sampler(inputs, noise)
+    else:
+        chunk = sample_chunk(teacher, inputs, noise, teacher_steps)
     return noise, pad_to_data(chunk.float(), real_dim)
+
+
+def _on(t: Tensor, device: torch.device) -> Tensor:
+    """``t`` on ``device``; a host tensor is copied without waiting for the device (a blocking
+    copy would make the host wait for all queued work at every training step)."""
+    return t if t.device == device else t.to(device, non_blocking=True)
 
 
 def _assert_independent(student, teacher) -> None:

@@ -164,6 +164,8 @@ def save_checkpoint(output_dir: Path, step: int, policy, optimizer, scheduler, n
 
     final = get_step_checkpoint_dir(output_dir, policy.reflow_config.steps, step)
     policy.lineage.training["step"] = step
+    if policy.teacher_sampling:  # online pairs: eager or CUDA graphs (fastpath.py)
+        policy.lineage.training["teacher_sampling"] = policy.teacher_sampling
     try:
         with atomic_dir(final) as tmp:
             pretrained = tmp / "pretrained_model"
@@ -410,7 +412,7 @@ def train(args: TrainArgs) -> Path:
             inputs = policy_inputs(policy.student, batch)  # images prepared once, for teacher and student
         bsz = inputs.batch_size
         if target is None:
-            noise = torch.randn(noise_shape(policy.student, bsz), dtype=torch.float32, generator=gen).to(accelerator.device)
+            noise = torch.randn(noise_shape(policy.student, bsz), dtype=torch.float32, generator=gen).to(accelerator.device, non_blocking=True)
             with timer("teacher"):
                 noise, target = policy.make_pairs(inputs, noise)
         times = sample_time(rcfg.time_sampling, bsz, accelerator.device, generator=gen, grid_steps=rcfg.student_steps)

@@ -355,7 +355,7 @@ def checkpoints_to_write(start: int, steps: int, save_freq: int) -> int:
 # ReflowConfig fields a resumed run may change. None: every one changes what is trained (--steps
 # too: it sets the length of the cosine schedule). Settings outside ReflowConfig (--log-freq,
 # --save-freq, --num-workers, --device, --no-progress) may always change.
-RESUME_MAY_CHANGE: frozenset[str] = frozenset()
+RESUME_MAY_CHANGE: frozenset[str] = frozenset({"cuda_graphs"})  # how the teacher is run, not what it computes
 
 
 def _flag(name: str) -> str:

@@ -631,7 +631,8 @@ def speed_checks(student, teacher, raw_one: dict, repeats: int = 7) -> list[Chec
 
 def verify(checkpoint: str, teacher: str | None = None, *, revision: str | None = None,
            teacher_revision: str | None = None, dataset: str | None = None, dataset_root: Path | None = None,
-           frames: int = 32, tolerance: float = FIDELITY_TOLERANCE, speed: bool = True) -> Report:
+           frames: int = 32, tolerance: float = FIDELITY_TOLERANCE, speed: bool = True,
+           compile_mode: str | None = None) -> Report:
     from .checkpoint import resolve_checkpoint
 
     from .safeio import check_folder
@@ -651,6 +652,11 @@ def verify(checkpoint: str, teacher: str | None = None, *, revision: str | None 
         raise UserError("verify: --dataset measures the student against its teacher; pass --teacher too")
     else:
         checks += fidelity_checks(ckpt.path, t.path, dataset, dataset_root, frames=frames, tolerance=tolerance, speed=speed)
+    if compile_mode:  # latency through LeRobot's compile_model path (compiled.py), as information
+        from .compiled import measure, summary
+
+        result = measure(ckpt.path, t.path if t else None, mode=compile_mode)
+        checks.append(Check("speed.compiled", INFO, summary(result), result))
     return Report(checkpoint=_display(checkpoint, ckpt.ref), teacher=_display(teacher, t.ref) if t else None, checks=checks)
 
 

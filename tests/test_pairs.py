@@ -58,6 +58,7 @@ def test_pairs_are_lerobots_own_sample_actions(world, pairs_dir):
     meta = json.loads((pairs_dir / PAIRS_META_NAME).read_text())
     assert meta["per_frame"] == PER_FRAME and meta["seed"] == SEED and meta["teacher_steps"] == 10
     assert meta["dataset"]["train_episodes"] == [0, 24 - HOLDOUT]
+    assert meta["cuda_graphs"] is True and meta["teacher_sampling"] == "eager (static-shape path, no CUDA graph)"
     table = datasets.load_dataset(str(pairs_dir), split="train").with_format("torch")
     ds = LeRobotDataset(world.repo_id, root=world.dataset_root)
     n_train = int(ds.meta.episodes["dataset_from_index"][24 - HOLDOUT])

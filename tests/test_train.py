@@ -77,6 +77,9 @@ def test_canonical_from_bf16_teacher(world, student_bf16):
     assert lineage["training"]["step"] == 1000 and lineage["reflow"]["teacher_steps"] == 10
     assert lineage["teacher"]["repo_id"] is None and len(lineage["teacher"]["weights_sha256"]) == 64
     assert lineage["dataset"]["holdout_episodes"] == [20, 24]
+    # Online pairs through the fast path's code (no CUDA graph on the CPU); the setting is recorded.
+    assert lineage["reflow"]["cuda_graphs"] is True
+    assert lineage["training"]["teacher_sampling"] == "eager (static-shape path, no CUDA graph)"
     # Measured at the end of training, on held-out frames, for the card.
     ev = lineage["evaluation"]
     assert ev["frames_from"] == "held-out episodes" and ev["frames"] == 16

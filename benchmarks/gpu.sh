@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# All of hub-reflow's GPU measurements in one run, sized for a GPU lent for a few minutes (under 8
+# minutes on one H100): JSON under benchmarks/results/ (or --out), the tables printed at the end.
+#
+#   bash benchmarks/gpu.sh                 # on the GPU machine, from the repository root
+#   bash benchmarks/gpu.sh --smoke         # dry run on any machine (CPU): tiny sizes, a minute
+#
+# In order (most important first; each writes its JSON as soon as it ends, a failed step does not
+# stop the others; exit status 1 if any failed):
+#   1. train_cost.py --real-size --batch-size 8,64 --profile: one training step of LeRobot's normal
+#      fine-tune vs reflow with cached pairs vs online pairs (CUDA-graph teacher sampling) vs online
+#      pairs with LeRobot's eager sampling; smolvla_base architecture, random weights; time, CUDA
+#      memory, aten ops / CUDA syncs / kernel and graph launches per step, top ops by CPU and CUDA
+#      time, phase times.                                          -> train_cost_gpu.json
+#   2. teacher_sampling.py: LeRobot's eager sample_actions vs the CUDA-graph fast path at batch 8,
+#      64 and 5 (a last smaller batch): speed-up, capture time, max difference. -> teacher_sampling_gpu.json
+#   3. latency.py --compile: chunk latency at batch 1 (1 camera, LeRobot's bf16 layout), eager at
+#      1/2/4/10 steps, then through LeRobot's compile_model (reduce-overhead) at 1 and 10 steps with
+#      the compile time apart; the compiles get what is left of --budget (a compile that does not
+#      finish is recorded as such).                               -> latency_gpu.json
+#
+# Nothing is downloaded or installed at run time (HF_HUB_OFFLINE=1; the backbone with the
+# SmolVLM2-500M shape and random weights is written locally, ~1 GB, under --workdir). The GPU
+# image needs, installed beforehand:
+#   - Python 3.12 and torch with CUDA (e.g. torch 2.11.0+cu130; its wheel brings triton);
+#   - lerobot[smolvla,dataset] 0.6.x and what it pulls in (transformers, accelerate, datasets,
+#     huggingface_hub, safetensors, ...), plus `av` and `num2words` (LeRobot imports them);
+#   - hub-reflow's other dependencies: matplotlib, jinja2, tqdm, fastapi, uvicorn (pyproject.toml);
+#   - gcc (torch.compile's Triton builds its kernel launchers with it; only step 3's compile);
+#   - hub-reflow itself: `pip install --no-deps -e .`, or nothing (this script puts the repository
+#     on PYTHONPATH).
+#
+# Options: --smoke, --out DIR (default benchmarks/results; --smoke: outputs/gpu-smoke),
+# --workdir DIR (default outputs/gpu), --budget SECONDS (default 460: the whole run; --smoke: 90),
+# --teacher T --dataset D --dataset-root R (train_cost.py on that teacher instead of building one).
+# PYTHON (default python) names the interpreter.
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PY="${PYTHON:-python}"
+SMOKE=0
+OUT=""
+WORKDIR=""
+BUDGET=""
+TEACHER_ARGS=()
+usage() { echo "gpu.sh: error: $1" >&2; exit 2; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --smoke) SMOKE=1 ;;
+    --out) [ $# -ge 2 ] || usage "--out needs a folder"; OUT="$2"; shift ;;
+    --workdir) [ $# -ge 2 ] || usage "--workdir needs a folder"; WORKDIR="$2"; shift ;;
+    --budget) [ $# -ge 2 ] && [[ "$2" =~ ^[0-9]+$ ]] || usage "--budget needs a number of seconds"; BUDGET="$2"; shift ;;
+    --teacher|--dataset|--dataset-root) [ $# -ge 2 ] || usage "$1 needs a value"; TEACHER_ARGS+=("$1" "$2"); shift ;;
+    *) usage "unknown option $1 (see the header of benchmarks/gpu.sh)" ;;
+  esac
+  shift
+done
+if [ "$SMOKE" = 1 ]; then  # the compile is only tried for a few seconds (Inductor takes minutes on a CPU)
+  OUT="${OUT:-$ROOT/outputs/gpu-smoke}"; WORKDIR="${WORKDIR:-$ROOT/outputs/gpu-smoke/work}"; BUDGET="${BUDGET:-90}"
+else
+  OUT="${OUT:-$ROOT/benchmarks/results}"; WORKDIR="${WORKDIR:-$ROOT/outputs/gpu}"; BUDGET="${BUDGET:-460}"
+fi
+mkdir -p "$OUT" "$WORKDIR"
+OUT="$(cd "$OUT" && pwd)"; WORKDIR="$(cd "$WORKDIR" && pwd)"
+cd "$ROOT"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+export HF_HOME="${HF_HOME:-$WORKDIR/hf_home}"
+
+SUFFIX=$([ "$SMOKE" = 1 ] && echo "_smoke" || echo "_gpu")
+FAILED=()
+START=$SECONDS
+step() {  # step NAME COMMAND...: run, report its time, keep going on failure
+  local name="$1"; shift
+  echo "== $name ($(( SECONDS - START )) s into the run): $*" >&2
+  if "$@"; then echo "== $name done in its $(( SECONDS - t0 )) s" >&2; else FAILED+=("$name"); echo "== $name FAILED" >&2; fi
+}
+
+{ command -v nvidia-smi >/dev/null && nvidia-smi || echo "no nvidia-smi"; "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"; } \
+  > "$OUT/gpu_info$SUFFIX.txt" 2>&1
+cat "$OUT/gpu_info$SUFFIX.txt" >&2
+
+if [ "$SMOKE" = 1 ]; then
+  TC=(--smoke --profile --profile-steps 1)
+  TS=(--smoke --batch-sizes 4,2 --repeats 2)
+  LAT=(--smoke --cameras 1 --layouts lerobot --repeats 1 --compile-steps 1)
+else
+  TC=(--real-size --batch-size 8,64 --profile --profile-steps 3)
+  TS=(--batch-sizes 8,64,5 --repeats 10)
+  LAT=(--cameras 1 --layouts lerobot --repeats 10 --warmup 2 --compile-steps 1,10)
+fi
+
+t0=$SECONDS; step train_cost "$PY" benchmarks/train_cost.py "${TC[@]}" "${TEACHER_ARGS[@]}" \
+  --workdir "$WORKDIR" --json "$OUT/train_cost$SUFFIX.json"
+t0=$SECONDS; step teacher_sampling "$PY" benchmarks/teacher_sampling.py "${TS[@]}" --workdir "$WORKDIR" \
+  --out "$OUT/teacher_sampling$SUFFIX.json"
+# The compiles get what is left of the budget, less ~40 s for the eager latency rows and the tables.
+LEFT=$(( BUDGET - (SECONDS - START) - 40 ))
+[ "$LEFT" -lt 5 ] && LEFT=5
+t0=$SECONDS; step latency "$PY" benchmarks/latency.py "${LAT[@]}" --workdir "$WORKDIR" --no-png \
+  --compile --compile-budget "$LEFT" --out "$OUT/latency$SUFFIX.json"
+
+echo
+echo "# hub-reflow GPU measurements ($(( SECONDS - START )) s; JSON in $OUT)"
+"$PY" - "$OUT" "$SUFFIX" <<'EOF'
+import json, sys
+from pathlib import Path
+
+sys.path.insert(0, "benchmarks")
+out, suffix = Path(sys.argv[1]), sys.argv[2]
+info = (out / f"gpu_info{suffix}.txt").read_text().strip().splitlines()
+print(next((ln for ln in info if ln.startswith("torch ")), ""))
+tc = out / f"train_cost{suffix}.json"
+if tc.exists():
+    import train_cost
+
+    d = json.loads(tc.read_text())
+    hw = d["hardware"]
+    print(f"\n## Training step ({d['size']}; {hw.get('gpu') or hw['cpu']}, torch {d['torch']})\n")
+    for t in d["targets"].values():
+        print(f"- {t['target']}: {'met' if t['met'] else 'NOT met'} ({t['detail']})")
+    for e in d.get("errors", []):
+        print(f"- FAILED: {e['name']} batch {e['batch_size']}: {e['error']}")
+    print()
+    print(train_cost.ops_markdown(d["rows"]))
+    print()
+    print(train_cost.markdown(d["rows"]))
+    if d.get("profile"):
+        print()
+        print(train_cost.profile_markdown(d["rows"]))
+for name, title in (("teacher_sampling", "Teacher sampling: eager vs fast path"), ("latency", "Chunk latency, batch 1")):
+    f = out / f"{name}{suffix}.json"
+    if f.exists():
+        d = json.loads(f.read_text())
+        hw = d["hardware"]
+        print(f"\n## {title} ({hw.get('gpu') or hw['cpu']}, torch {hw['torch']})\n")
+        print(d["table"])
+        if d.get("compiled_table"):
+            print(f"\nLeRobot's compiled path (compile_model, mode {d['settings']['compile_mode']}):\n")
+            print(d["compiled_table"])
+EOF
+if [ ${#FAILED[@]} -gt 0 ]; then
+  echo "gpu.sh: failed steps: ${FAILED[*]} (the others' JSON is in $OUT)" >&2
+  exit 1
+fi

@@ -1,0 +1,58 @@
+"""``benchmarks/gpu.sh --smoke``: the one-shot GPU script runs end to end on the CPU at tiny sizes
+(train_cost with profile, teacher sampling, latency eager + LeRobot's compiled path within the
+budget), writes its JSON and prints the tables; bad options are refused in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.sh"
+
+
+def _run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHON": sys.executable})
+
+
+def test_gpu_script_smoke(world, tmp_path):
+    out = tmp_path / "results"
+    r = _run("--smoke", "--out", str(out), "--workdir", str(tmp_path / "work"), "--budget", "60",
+             "--teacher", str(world.teacher_fp32), "--dataset", world.repo_id, "--dataset-root", str(world.dataset_root))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_info_smoke.txt", "latency_smoke.json", "teacher_sampling_smoke.json",
+                                                     "train_cost_smoke.json"]
+    tc = json.loads((out / "train_cost_smoke.json").read_text())
+    assert [row["name"] for row in tc["rows"]] == ["normal", "reflow_online", "reflow_cached"]
+    assert all(row["profile"]["steps"] == 1 for row in tc["rows"]) and tc["smoke"] is True
+    ts = json.loads((out / "teacher_sampling_smoke.json").read_text())
+    assert [row["batch_size"] for row in ts["rows"]] == [4, 2]
+    assert all(row["bit_identical"] and row["max_abs_diff"] == 0 for row in ts["rows"])  # no CUDA graph on the CPU
+    assert ts["sampler_stats"]["captures"] == 0 and ts["mode"] == "eager (static-shape path, no CUDA graph)"
+    lat = json.loads((out / "latency_smoke.json").read_text())
+    assert [row["name"] for row in lat["rows"]] == [f"lerobot 1cam @{k}" for k in (1, 2, 4, 10)]
+    (row,) = lat["compiled_rows"]
+    assert row["name"] == "lerobot 1cam @1 compiled" and row["compile_mode"] == "reduce-overhead"
+    assert row["eager_ms"] == lat["rows"][0]["total_ms"]
+    # Inductor needs a minute here: within the smoke budget the compile finishes only from a warm cache.
+    assert row["status"] in ("ok", "timeout"), row["status"]
+    assert (row["steady_ms"] is None) == (row["status"] == "timeout") and row["timeout_s"] <= 60
+    # The tables, once more at the end, after the one-line summary of the run.
+    text = r.stdout[r.stdout.index("# hub-reflow GPU measurements"):]
+    for heading in ("## Training step", "## Teacher sampling: eager vs fast path", "## Chunk latency, batch 1",
+                    "LeRobot's compiled path (compile_model, mode reduce-overhead)"):
+        assert heading in text, heading
+    assert "| step | batch | aten ops / step |" in text and "| lerobot | 1 | 1 |" in text
+    assert text.rstrip().splitlines()[-1].startswith("| lerobot | 1 | 1 |")
+    assert "available False" in (out / "gpu_info_smoke.txt").read_text()
+
+
+def test_gpu_script_bad_options(tmp_path):
+    for args, needle in ((["--budget", "soon"], "--budget"), (["--frobnicate"], "unknown option --frobnicate"),
+                         (["--out"], "--out")):
+        r = _run(*args, timeout=60)
+        assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()], r.stderr
+        assert r.stderr.startswith("gpu.sh: error:") and needle in r.stderr
