@@ -27,6 +27,7 @@ class MasterWeights:
     def __init__(self, params: list[nn.Parameter]):
         self.low = [p for p in params if p.dtype in LOW_PRECISION]
         self.masters = [p.detach().float().requires_grad_(True) for p in self.low]
+        self._grads = [torch.zeros_like(m) for m in self.masters]  # reused every step
         masters = iter(self.masters)
         self.params: list[Tensor] = [next(masters) if p.dtype in LOW_PRECISION else p for p in params]
 
@@ -36,8 +37,14 @@ class MasterWeights:
 
     @torch.no_grad()
     def grads_to_masters(self) -> None:
-        for p, m in zip(self.low, self.masters, strict=True):
-            m.grad = None if p.grad is None else p.grad.float()
+        """One fused copy (and cast) of every low-precision gradient into its master's buffer."""
+        if not self.low:
+            return
+        have = [(p, m, b) for p, m, b in zip(self.low, self.masters, self._grads, strict=True) if p.grad is not None]
+        if have:
+            torch._foreach_copy_([b for _, _, b in have], [p.grad for p, _, _ in have])
+        for p, m, b in zip(self.low, self.masters, self._grads, strict=True):
+            m.grad = b if p.grad is not None else None
             p.grad = None
 
     @torch.no_grad()

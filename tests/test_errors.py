@@ -304,11 +304,11 @@ CASES = [
     Case("resume with another --holdout-episodes", lambda c: c.resume("--holdout-episodes", "2"), 2,
          "--holdout-episodes differs from the run's: it was 0, now 2", kept=("run",)),
     Case("resume with another --batch-size", lambda c: c.resume("--batch-size", "8"), 2, "--batch-size differs", kept=("run",)),
-    Case("resume with another --lr", lambda c: c.resume("--lr", "0.001"), 2, "--lr differs from the run's: it was 0.0001, now 0.001",
+    Case("resume with another --lr", lambda c: c.resume("--lr", "0.001"), 2, "--lr differs from the run's: it was the default, now 0.001",
          kept=("run",)),
     Case("resume with another --seed", lambda c: c.resume("--seed", "1"), 2, "--seed differs", kept=("run",)),
     Case("resume with another --time-sampling", lambda c: c.resume("--time-sampling", "beta"), 2,
-         "--time-sampling differs from the run's: it was 'uniform', now 'beta'", kept=("run",)),
+         "--time-sampling differs from the run's: it was 'grid', now 'beta'", kept=("run",)),
     Case("resume with another --warmup-steps", lambda c: c.resume("--warmup-steps", "1"), 2, "--warmup-steps differs", kept=("run",)),
     Case("resume with another --steps", lambda c: c.resume("--steps", "4"), 2, "--steps differs", kept=("run",)),
     Case("resume with another --dataset", lambda c: c.resume("--dataset-root", str(c.other_dataset()), "--dataset",
@@ -602,5 +602,6 @@ def test_help_shows_defaults(offline):
     code, out, err = _in_process(["train", "--help"])
     assert code == 0
     text = " ".join(out.split())
-    assert "training steps (default: 1000)" in text and "(default: 0.0001)" in text and "(default: uniform)" in text
+    assert "training steps (default: 1000)" in text and "(default: grid)" in text
+    assert "default: the teacher config's optimizer_lr" in text
     assert "(default: None)" not in text and "(default: False)" not in text
