@@ -46,7 +46,8 @@ def usable_cores() -> int:
 
 
 def setup_device(device: str, prog: str):
-    """``auto`` picks CUDA when visible; CPU threads are set to the usable cores."""
+    """``auto`` picks CUDA when visible; CPU threads are set to the usable cores, or to
+    ``OMP_NUM_THREADS`` when set (on a shared machine more threads than free cores spin and thrash)."""
     import torch
 
     if device not in ("auto", "cpu", "cuda"):
@@ -55,7 +56,7 @@ def setup_device(device: str, prog: str):
         raise OptionError(prog, "--device cuda was asked for but no CUDA device is visible; use --device cpu or auto")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.set_num_threads(usable_cores())
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or usable_cores()))
     return torch.device(device)
 
 
