@@ -38,7 +38,7 @@ TARGET = 1.2
 
 
 def bare_loop(teacher_dir: str, repo_id: str, root: str, steps: int, batch_size: int, time_sampling: str,
-              holdout: int, lr: float, seed: int) -> float:
+              holdout: int, lr: float | None, seed: int) -> float:
     """The reference loop; returns its final loss."""
     import copy
 
@@ -58,8 +58,9 @@ def bare_loop(teacher_dir: str, repo_id: str, root: str, steps: int, batch_size:
     params = [p for p in student.parameters() if p.requires_grad]
     cfg = teacher.config
     opt_cfg, sched_cfg = cfg.get_optimizer_preset(), cfg.get_scheduler_preset()
-    opt_cfg.lr = sched_cfg.peak_lr = lr
-    sched_cfg.decay_lr, sched_cfg.num_decay_steps, sched_cfg.num_warmup_steps = min(sched_cfg.decay_lr, lr), steps, max(1, steps // 20)
+    opt_cfg.lr = sched_cfg.peak_lr = lr if lr is not None else opt_cfg.lr  # None: the teacher config's, as train
+    sched_cfg.decay_lr = min(sched_cfg.decay_lr, opt_cfg.lr)
+    sched_cfg.num_decay_steps, sched_cfg.num_warmup_steps = steps, max(1, steps // 20)
     optimizer = opt_cfg.build(params)
     scheduler = sched_cfg.build(optimizer, steps)
     pre, _ = make_pre_post_processors(cfg, pretrained_path=teacher_dir)
