@@ -13,7 +13,21 @@ from pathlib import Path
 HOLDOUT = 4  # episodes of the tiny dataset never seen by the student
 
 
+def require_hub_server() -> None:
+    """The demo's last stage runs a local Hub (FastAPI + uvicorn: the ``hub-server`` extra). Say so
+    before minutes of training, not after."""
+    from importlib.util import find_spec
+
+    from .errors import UserError
+
+    missing = [name for name in ("fastapi", "uvicorn") if find_spec(name) is None]
+    if missing:
+        raise UserError(f"the demo pushes to a local Hub, which needs {' and '.join(missing)}: "
+                        "pip install 'hub-reflow[hub-server]' (scripts/demo.sh installs it)")
+
+
 def run_demo(workdir: Path, *, teacher_train_steps: int = 1000, reflow_steps: int = 400, frames: int = 32) -> dict:
+    require_hub_server()
     workdir = Path(workdir)
     # Before huggingface_hub is imported: the tiny backbone goes into this cache under a repo id.
     os.environ.setdefault("HF_HOME", str((workdir / "hf_home").resolve()))

@@ -1,5 +1,6 @@
 # Sourced by scripts/demo.sh and scripts/test.sh: create or reuse a Python 3.12 virtualenv and
-# install hub-reflow (editable) with its test extra into it.
+# install hub-reflow (editable) with its test extra into it (pytest, and the hub-server extra: FastAPI and
+# uvicorn for the local Hub the tests and the demo's push/pull stage use).
 # The venv lives outside the checkout so every clone on this machine reuses it:
 #   HUB_REFLOW_VENV (default ~/.cache/hub-reflow/venv).
 set -euo pipefail
