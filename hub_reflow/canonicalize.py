@@ -1,44 +1,34 @@
 """``hub-reflow canonicalize SRC DST``: repair a SmolVLA reflow checkpoint made elsewhere (for example
-by the fork of the seed document) into a canonical one (DESIGN.md section 3), then verify it.
+by the fork of the seed document) into a canonical one (docs/canonical.md), then verify it.
 
-Repaired: config fields LeRobot does not know (dropped); ``load_vlm_weights`` (set to the teacher's,
-``true`` without a teacher); teacher weights embedded in the file under any prefix (removed); the
-student's own keys saved under a prefix (prefix stripped); dtypes (cast to the teacher's layout, or
-to the layout LeRobot builds with ``load_vlm_weights: true``; LeRobot does the same cast when it
-loads, so the policy acts the same); processor files the teacher has and SRC lacks (copied).
+The plan is built from verify's own structural checks over the same inspection facts: each failed
+check either has a repair (``REPAIRS``) or makes the checkpoint not repairable. Repaired: config
+fields LeRobot does not know (dropped); ``load_vlm_weights`` (set to the teacher's, ``true`` without
+a teacher); teacher tensors, by the one teacher rule, at any depth (removed); the student's own keys
+saved under a prefix (prefix stripped); dtypes (cast to the teacher's layout, or to the layout
+LeRobot builds with ``load_vlm_weights: true``; LeRobot does the same cast when it loads, so the
+policy acts the same); processor files the teacher has and SRC lacks (copied).
 
 Not repaired, reported, nothing written: NaN/Inf weights, missing or unknown weights, other shapes,
-a VLM that differs from the teacher's. SRC is never modified; DST is written atomically.
+a VLM or normalisation statistics or processor configs that differ from the teacher's, other config
+differences, a local backbone path, an unreadable lineage or one naming another teacher. SRC is never
+modified; DST is written atomically.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from .checkpoint import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    atomic_dir,
-    clean_config_dict,
-    parse_policy_config,
-    processor_files,
-    resolve_checkpoint,
-)
+from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_dir, clean_config_dict, parse_policy_config, resolve_checkpoint
 from .errors import UserError
-from .verify import (
-    _equal_values,
-    architecture_layout,
-    group_of,
-    is_teacher_prefix,
-    read_header,
-    split_prefixed,
-    torch_dtype,
-)
+from .inspection import Facts, inspect_checkpoint
+from .keys import group_of, torch_dtype
+from .report import Check
+from .structure import dtype_casts, structure_checks
 
 # Files of a training run that never belong in a policy checkpoint.
 _SKIP = {"training_state", ".cache"}
@@ -48,96 +38,137 @@ _SKIP = {"training_state", ".cache"}
 class Plan:
     changes: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # what cannot be repaired
+    config: dict = field(default_factory=dict)  # the config to write (known fields only)
+    copied: list[str] = field(default_factory=list)  # processor files taken from the teacher
 
 
 class NotRepairable(UserError):
     pass
 
 
-def _plan_config(raw: dict, teacher_raw: dict | None, plan: Plan) -> dict:
-    cleaned, unknown = clean_config_dict(raw)
-    if unknown:
-        plan.changes.append(f"config: dropped fields LeRobot does not know: {', '.join(unknown)}")
-    want = bool(teacher_raw.get("load_vlm_weights")) if teacher_raw is not None else True
-    if cleaned.get("load_vlm_weights") != want:
-        whose = "the teacher's" if teacher_raw is not None else "true: no teacher given"
-        plan.changes.append(f"config: load_vlm_weights {json.dumps(cleaned.get('load_vlm_weights'))} -> {json.dumps(want)} ({whose})")
-        cleaned["load_vlm_weights"] = want
-    return cleaned
+# ---- one repair per check name -------------------------------------------------------------------
 
 
-def _plan_weights(src: Path, ref: dict, teacher_weights: Path | None, plan: Plan) -> dict[str, torch.Tensor] | None:
-    from .safeio import safe_open
+def _repair_config(f: Facts, check: Check, plan: Plan) -> None:
+    # Unknown fields are always dropped (plan_repairs); a local backbone path or a config plain LeRobot
+    # refuses cannot be repaired from the files.
+    if f.config.local_vlm:
+        plan.problems.append("config: vlm_model_name is a local path; which Hub repo holds the backbone cannot be told from the files")
+    if f.config.parse_error is not None:
+        plan.problems.append(f"config: plain LeRobot cannot parse it ({f.config.parse_error})")
 
-    header = read_header(src / WEIGHTS_NAME)
-    mapping, by_prefix = split_prefixed(header, set(ref))
-    dropped = [k for p, ks in by_prefix.items() if is_teacher_prefix(p) for k in ks]
-    if dropped:
-        prefixes = ", ".join(sorted(repr(p) for p in by_prefix if is_teacher_prefix(p)))
-        plan.changes.append(f"weights: removed {len(dropped)} teacher tensors under prefix {prefixes}")
-    renamed = {k: mapping[k] for p, ks in by_prefix.items() if not is_teacher_prefix(p) for k in ks}
-    plain = [k for k in header if k in ref]
-    if renamed and plain:
-        plan.problems.append(f"weights: both plain keys and keys under prefix {sorted(p for p in by_prefix if not is_teacher_prefix(p))} "
-                             "exist; cannot tell which are the student's")
-        return None
-    if renamed:
-        plan.changes.append(f"weights: stripped prefix {', '.join(sorted(repr(p) for p in by_prefix if not is_teacher_prefix(p)))} "
-                            f"from {len(renamed)} student keys")
-    names = {k: renamed.get(k, k) for k in header if k not in set(dropped)}
+
+def _repair_config_diff(f: Facts, check: Check, plan: Plan) -> None:
+    # load_vlm_weights is set to the teacher's in plan_repairs (LeRobot casts on load, so the policy
+    # acts the same); any other field the student was trained with cannot be told.
+    other = [k for k in check.details.get("unexpected", []) if k != "load_vlm_weights"]
+    if other:
+        plan.problems.append(f"config: differs from the teacher's in {', '.join(other)}; which values the student was "
+                             "trained with cannot be told from the files")
+
+
+def _repair_weights_teacher(f: Facts, check: Check, plan: Plan) -> None:
+    prefixes = ", ".join(repr(p) for p in f.weights.teacher_prefixes)
+    plan.changes.append(f"weights: removed {len(f.weights.teacher_keys)} teacher tensors under prefix {prefixes}")
+
+
+def _repair_weights_keys(f: Facts, check: Check, plan: Plan) -> None:
+    w, ref = f.weights, f.reference.header
+    if w.ambiguous:
+        plan.problems.append(f"weights: both plain keys and keys under prefix {w.own_prefixes} exist; cannot tell which are the student's")
+        return
+    names = w.names
     unknown = sorted(k for k, n in names.items() if n not in ref)
     missing = sorted(set(ref) - set(names.values()))
+    shapes = sorted(n for k, n in names.items() if n in ref and w.header[k][0] != ref[n][0])
     if unknown:
         plan.problems.append(f"weights: {len(unknown)} keys this SmolVLA config does not have (e.g. {unknown[0]})")
     if missing:
         plan.problems.append(f"weights: {len(missing)} keys missing (e.g. {missing[0]}); the weights cannot be made up")
-    shapes = sorted(n for k, n in names.items() if n in ref and tuple(header[k][0]) != ref[n][0])
     if shapes:
         plan.problems.append(f"weights: {len(shapes)} tensors with other shapes than the reference (e.g. {shapes[0]})")
-    if unknown or missing or shapes:
-        return None
-    out: dict[str, torch.Tensor] = {}
+    if w.own_prefixes and not (unknown or missing or shapes):
+        plan.changes.append(f"weights: stripped prefix {', '.join(repr(p) for p in w.own_prefixes)} from {len(names)} student keys")
+
+
+def _repair_weights_dtypes(f: Facts, check: Check, plan: Plan) -> None:
     casts: dict[str, int] = {}
-    nonfinite, vlm_diff = [], []
-    t_file = safe_open(teacher_weights, "teacher") if teacher_weights is not None else None
-    with safe_open(src / WEIGHTS_NAME, "source") as f:
-        for k, name in names.items():
-            t = f.get_tensor(k)
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                nonfinite.append(name)
-            if t_file is not None and group_of(name) == "VLM" and not _equal_values(t, t_file.get_tensor(name)):
-                vlm_diff.append(name)
-            want = torch_dtype(ref[name][1])
-            if t.dtype != want:
-                label = f"{group_of(name)} {str(t.dtype).removeprefix('torch.')} -> {str(want).removeprefix('torch.')}"
-                casts[label] = casts.get(label, 0) + 1
-                t = t.to(want)
-            out[name] = t.contiguous()
-    if nonfinite:
-        plan.problems.append(f"weights: NaN/Inf in {len(nonfinite)} tensors (e.g. {nonfinite[0]}); retrain or take an earlier checkpoint")
-    if vlm_diff:
-        plan.problems.append(f"weights: {len(vlm_diff)} VLM tensors differ from the teacher's (e.g. {vlm_diff[0]}); "
-                             "the frozen VLM must be the teacher's")
-    if casts:
-        plan.changes.append("weights: cast " + "; ".join(f"{label} x{n}" for label, n in casts.items())
-                            + " (the layout LeRobot builds and casts to at load time)")
-    return None if plan.problems else out
+    for k, (have, want) in dtype_casts(f).items():
+        label = (f"{group_of(f.weights.names[k])} {str(torch_dtype(have)).removeprefix('torch.')} -> "
+                 f"{str(torch_dtype(want)).removeprefix('torch.')}")
+        casts[label] = casts.get(label, 0) + 1
+    plan.changes.append("weights: cast " + "; ".join(f"{label} x{n}" for label, n in casts.items())
+                        + " (the layout LeRobot builds and casts to at load time)")
 
 
-def _check_stats(src: Path, teacher: Path, present: list[str], plan: Plan) -> None:
-    """Normalisation statistics that differ from the teacher's are not replaced: which ones the
-    student was trained with cannot be told from the files."""
-    from .safeio import load_file
+def _repair_processor_files(f: Facts, check: Check, plan: Plan) -> None:
+    p = f.processors
+    if p.error is not None:
+        plan.problems.append("processors: the processor configs are missing or unreadable; pass --teacher to take the teacher's")
+        return
+    if p.missing and f.teacher is None:
+        plan.problems.append(f"processors: missing {', '.join(p.missing)}; pass --teacher to take the teacher's")
+    elif p.missing:
+        plan.copied = list(p.missing)
+        plan.changes.append(f"processors: copied from the teacher: {', '.join(p.missing)}")
+    if p.configs_differ:
+        plan.problems.append(f"processors: configs differ from the teacher's ({', '.join(p.configs_differ)}); which ones the "
+                             "student was trained with cannot be told from the files")
 
-    differ = set()
-    for name in present:
-        if not name.endswith(".safetensors"):
-            continue
-        mine, theirs = load_file(src / name, "source"), load_file(teacher / name, "teacher")
-        differ |= {k for k in mine.keys() | theirs.keys() if k not in mine or k not in theirs or not torch.equal(mine[k], theirs[k])}
-    if differ:
-        plan.problems.append(f"processors: normalisation statistics differ from the teacher's ({', '.join(sorted(differ)[:6])}); "
+
+def _refuse_nonfinite(f: Facts, check: Check, plan: Plan) -> None:
+    bad = [f.weights.names[k] for k in f.weights.nonfinite]
+    plan.problems.append(f"weights: NaN/Inf in {len(bad)} tensors (e.g. {bad[0]}); retrain or take an earlier checkpoint")
+
+
+def _refuse_vlm(f: Facts, check: Check, plan: Plan) -> None:
+    diff = f.weights.vlm_diff
+    what = f"{len(diff)} VLM tensors differ from the teacher's (e.g. {diff[0]})" if diff else "no VLM tensor in common with the teacher"
+    plan.problems.append(f"weights: {what}; the frozen VLM must be the teacher's")
+
+
+def _refuse_stats(f: Facts, check: Check, plan: Plan) -> None:
+    p = f.processors
+    if p.stats_differ:
+        plan.problems.append(f"processors: normalisation statistics differ from the teacher's ({', '.join(sorted(set(p.stats_differ))[:6])}); "
                              "which ones the student was trained with cannot be told from the files")
+    if p.stats_nonfinite:
+        plan.problems.append(f"processors: NaN/Inf in normalisation statistics ({', '.join(p.stats_nonfinite[:4])})")
+
+
+def _refuse_lineage(f: Facts, check: Check, plan: Plan) -> None:
+    plan.problems.append(f"lineage: {check.summary}")
+
+
+# Check name -> what canonicalize does about its failure.
+REPAIRS: dict[str, Callable[[Facts, Check, Plan], None]] = {
+    "config": _repair_config,
+    "config.diff": _repair_config_diff,
+    "weights.teacher": _repair_weights_teacher,
+    "weights.keys": _repair_weights_keys,
+    "weights.dtypes": _repair_weights_dtypes,
+    "weights.finite": _refuse_nonfinite,
+    "weights.vlm": _refuse_vlm,
+    "processors.files": _repair_processor_files,
+    "processors.stats": _refuse_stats,
+    "lineage": _refuse_lineage,
+}
+
+
+def plan_repairs(f: Facts) -> Plan:
+    """The repair plan for the structural checks that fail on ``f``; ``problems`` lists what cannot be repaired."""
+    plan = Plan(config=dict(f.config.cleaned))
+    if f.config.unknown:
+        plan.changes.append(f"config: dropped fields LeRobot does not know: {', '.join(f.config.unknown)}")
+    want = bool(f.config.teacher_raw.get("load_vlm_weights")) if f.teacher is not None else True
+    if plan.config.get("load_vlm_weights") != want:
+        whose = "the teacher's" if f.teacher is not None else "true: no teacher given"
+        plan.changes.append(f"config: load_vlm_weights {json.dumps(plan.config.get('load_vlm_weights'))} -> {json.dumps(want)} ({whose})")
+        plan.config["load_vlm_weights"] = want
+    for check in structure_checks(f):
+        if check.failed:
+            REPAIRS[check.name](f, check, plan)
+    return plan
 
 
 def canonicalize(src: str, dst: str | Path, teacher: str | None = None, *, revision: str | None = None,
@@ -145,8 +176,6 @@ def canonicalize(src: str, dst: str | Path, teacher: str | None = None, *, revis
     """Write the canonical form of ``src`` into ``dst``; return the list of changes made.
 
     Raises ``NotRepairable`` (nothing written) when the checkpoint cannot be made canonical."""
-    from safetensors.torch import save_file
-
     from .safeio import check_folder
     from .validation import check_output_folder
 
@@ -164,45 +193,44 @@ def canonicalize(src: str, dst: str | Path, teacher: str | None = None, *, revis
         raw = json.loads((src_dir / CONFIG_NAME).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise NotRepairable(f"canonicalize: {CONFIG_NAME} cannot be read ({type(e).__name__})") from None
-    if raw.get("type") != "smolvla":
-        raise NotRepairable(f"canonicalize: config type {raw.get('type')!r} is not 'smolvla'")
+    if not isinstance(raw, dict) or raw.get("type") != "smolvla":
+        kind = raw.get("type") if isinstance(raw, dict) else None
+        raise NotRepairable(f"canonicalize: config type {kind!r} is not 'smolvla'")
     if not (src_dir / WEIGHTS_NAME).is_file():
         raise NotRepairable(f"canonicalize: {WEIGHTS_NAME} is missing; the weights cannot be made up")
 
-    plan = Plan()
-    teacher_raw = json.loads((t.path / CONFIG_NAME).read_text()) if t else None
-    config = _plan_config(raw, teacher_raw, plan)
-    ref = read_header(t.path / WEIGHTS_NAME) if t else architecture_layout(config)
-    tensors = _plan_weights(src_dir, ref, t.path / WEIGHTS_NAME if t else None, plan)
-    # Processor files: the teacher's list; the checkpoint's own when no teacher is given.
-    try:
-        wanted = processor_files(t.path if t else src_dir)
-    except (OSError, json.JSONDecodeError):
-        wanted = None
-        plan.problems.append("processors: the processor configs are missing or unreadable; pass --teacher to take the teacher's")
-    copied = [n for n in (wanted or []) if not (src_dir / n).is_file()]
-    if copied and t is None:
-        plan.problems.append(f"processors: missing {', '.join(copied)}; pass --teacher to take the teacher's")
-    elif copied:
-        plan.changes.append(f"processors: copied from the teacher: {', '.join(copied)}")
-    if t is not None:
-        _check_stats(src_dir, t.path, [n for n in (wanted or []) if n not in copied], plan)
+    # Without a teacher the reference is what LeRobot builds for the canonical config (load_vlm_weights true).
+    reference_config = None if t else {**clean_config_dict(raw)[0], "load_vlm_weights": True}
+    facts = inspect_checkpoint(src_dir, t.path if t else None, t.ref if t else None,
+                               reference_config=reference_config, action="canonicalize")
+    plan = plan_repairs(facts)
     if plan.problems:
         raise NotRepairable("canonicalize: not repairable, nothing written: " + "; ".join(plan.problems))
+    _write(facts, plan, dst, parse_policy_config(plan.config, "source"))
+    if not plan.changes:
+        plan.changes.append("nothing to change: the source was already canonical")
+    return plan.changes
 
-    cfg = parse_policy_config(config, "source")
+
+def _write(f: Facts, plan: Plan, dst: Path, cfg) -> None:
+    from safetensors.torch import save_file
+
+    from .safeio import safe_open
+
+    ref = f.reference.header
     with atomic_dir(dst) as tmp:
-        for item in src_dir.iterdir():
+        for item in f.folder.iterdir():
             if item.name in _SKIP or item.name in (CONFIG_NAME, WEIGHTS_NAME) or item.name.startswith((".tmp-", ".old-")):
                 continue
             if item.is_dir():
                 shutil.copytree(item, tmp / item.name)
             else:
                 shutil.copyfile(item, tmp / item.name)
-        for name in copied:
-            shutil.copyfile(t.path / name, tmp / name)
+        for name in plan.copied:
+            shutil.copyfile(f.teacher / name, tmp / name)
         cfg._save_pretrained(tmp)  # LeRobot's own config writer, as lerobot-train uses
+        # The student's own tensors under their reference names, in the reference's dtypes.
+        with safe_open(f.folder / WEIGHTS_NAME, "source") as src:
+            tensors = {f.weights.names[k]: src.get_tensor(k).to(torch_dtype(ref[f.weights.names[k]][1])).contiguous()
+                       for k in f.weights.own}
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-    if not plan.changes:
-        plan.changes.append("nothing to change: the source was already canonical")
-    return plan.changes

@@ -135,6 +135,9 @@ def _add_push(sub) -> None:
     p.add_argument("--tag", default=None, type=ref_name("tag"), help="tag the new commit (a new tag)")
     p.add_argument("--message", default=None, help="commit message")
     p.add_argument("--force", action="store_true", help="push even if the checkpoint fails the structural checks")
+    p.add_argument("--teacher", default=None, help="run every structural check against this teacher (folder or Hub repo "
+                   "id), as verify does; without it the checks that need a reference (key set, dtypes, VLM) are skipped")
+    p.add_argument("--teacher-revision", default=None)
     p.set_defaults(func=_cmd_push)
 
 
@@ -149,7 +152,8 @@ def _cmd_push(a) -> int:
         return 0
 
     print(push_checkpoint(a.checkpoint, a.repo_id, private=a.private, branch=a.branch, commit_message=a.message,
-                          tag=a.tag, force=a.force, warn=lambda msg: print(f"hub-reflow: warning: {msg}", file=sys.stderr)))
+                          tag=a.tag, force=a.force, teacher=a.teacher, teacher_revision=a.teacher_revision,
+                          warn=lambda msg: print(f"hub-reflow: warning: {msg}", file=sys.stderr)))
     return 0
 
 

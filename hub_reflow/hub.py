@@ -10,16 +10,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .checkpoint import (
-    CONFIG_NAME,
-    LINEAGE_NAME,
-    WEIGHTS_NAME,
-    Lineage,
-    clean_config_dict,
-    processor_files,
-    read_policy_config,
-)
+from .checkpoint import CONFIG_NAME, LINEAGE_NAME, CheckpointRef, Lineage, read_policy_config, resolve_checkpoint
 from .errors import UserError
+from .inspection import inspect_checkpoint
+from .structure import publish_problems
 
 README_NAME = "README.md"
 _WRITE_REFUSED = "the Hub refused the write: set HF_TOKEN to a token with write access"
@@ -37,81 +31,21 @@ def _pretrained_dir(folder: str | Path) -> Path:
     raise UserError(f"no {CONFIG_NAME} in {folder} nor in its pretrained_model/; pass a reflow checkpoint folder")
 
 
-def structural_problems(folder: Path) -> list[str]:
-    """What makes ``folder`` unfit to publish as a plain SmolVLA checkpoint (empty list: fit)."""
-    folder = Path(folder)
-    problems: list[str] = []
-    # config.json
-    try:
-        raw = json.loads((folder / CONFIG_NAME).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raw = None
-        problems.append(f"config check: {CONFIG_NAME} cannot be read ({type(e).__name__})")
-    if raw is not None:
-        if not isinstance(raw, dict) or raw.get("type") != "smolvla":
-            kind = raw.get("type") if isinstance(raw, dict) else None
-            problems.append(f"config check: {CONFIG_NAME} has type {kind!r}, not 'smolvla'")
-        else:
-            _, unknown = clean_config_dict(raw)
-            vlm = str(raw.get("vlm_model_name", ""))
-            if os.path.isabs(vlm) or vlm.startswith(("./", "../", "~")):
-                # Plain LeRobot elsewhere could not build the VLM, and a local path would be published.
-                problems.append("config check: vlm_model_name is a local path; name the backbone by its Hub repo id")
-            if unknown:
-                problems.append(f"config check: {CONFIG_NAME} has fields LeRobot's SmolVLAConfig does not know: {', '.join(unknown)}")
-    # model.safetensors
-    weights = folder / WEIGHTS_NAME
-    if not weights.is_file():
-        problems.append(f"weights check: {WEIGHTS_NAME} is missing")
-    else:
-        problems.extend(_weights_problems(weights))
-    # processor files
-    try:
-        missing = [n for n in processor_files(folder) if not (folder / n).is_file()]
-    except (OSError, json.JSONDecodeError) as e:
-        missing = [f"(processor configs unreadable: {type(e).__name__})"]
-    if missing:
-        problems.append(f"processor check: missing {', '.join(missing)}")
-    # lineage
-    if not (folder / LINEAGE_NAME).is_file():
-        problems.append(f"lineage check: {LINEAGE_NAME} is missing")
-    else:
-        try:
-            Lineage.from_file(folder / LINEAGE_NAME)
-        except Exception as e:  # malformed JSON or fields
-            problems.append(f"lineage check: {LINEAGE_NAME} cannot be read ({type(e).__name__})")
-    return problems
+def structural_problems(folder: Path, teacher: Path | None = None, teacher_ref: CheckpointRef | None = None,
+                        action: str = "push") -> list[str]:
+    """What makes ``folder`` unfit to publish (empty list: fit): every structural check verify
+    fails on it (docs/verify.md) and a missing lineage file (the model card is drawn from it).
+
+    With ``teacher`` every check runs against it. Without one, the checks that need a reference
+    (key set, dtypes, VLM, config difference, statistics) are skipped: push needs no backbone and no
+    network beyond the upload."""
+    return publish_problems(inspect_checkpoint(Path(folder), teacher, teacher_ref, architecture=False, action=action))
 
 
-def _weights_problems(weights: Path) -> list[str]:
-    import torch
-
-    from .safeio import open_safetensors
-
-    try:
-        with open_safetensors(weights, "weights check") as f:
-            keys = list(f.keys())
-            # Under any prefix (teacher., teacher_model., _teacher...): no SmolVLA key names a teacher.
-            teacher = [k for k in keys if any("teacher" in part.lower() for part in k.split(".")[:-1])]
-            bad = []
-            for k in keys:
-                t = f.get_tensor(k)
-                if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
-                    bad.append(k)
-    except UserError:  # zero bytes, truncated, not a safetensors file
-        return [f"weights check: {WEIGHTS_NAME} cannot be read (empty, truncated or not a safetensors file)"]
-    except Exception as e:  # a tensor that cannot be decoded
-        return [f"weights check: {WEIGHTS_NAME} cannot be read ({type(e).__name__})"]
-    out = []
-    if teacher:
-        out.append(f"weights check: {WEIGHTS_NAME} holds {len(teacher)} teacher tensors (e.g. {teacher[0]}); save the student only")
-    if bad:
-        out.append(f"weights check: {WEIGHTS_NAME} has NaN/Inf in {len(bad)} tensors (e.g. {bad[0]})")
-    return out
-
-
-def check_checkpoint(folder: Path, *, force: bool = False, what: str = "checkpoint", warn=None) -> None:
-    problems = structural_problems(folder)
+def check_checkpoint(folder: Path, *, force: bool = False, what: str = "checkpoint", warn=None, teacher: str | None = None,
+                     teacher_revision: str | None = None) -> None:
+    t = resolve_checkpoint(teacher, teacher_revision, what="teacher") if teacher else None
+    problems = structural_problems(folder, t.path if t else None, t.ref if t else None, action=what)
     if problems and not force:
         hint = " (pass --force to push anyway)" if what == "push" else ""
         raise UserError(f"{what}: the checkpoint fails the {'; '.join(problems)}{hint}")
@@ -200,13 +134,18 @@ def push_checkpoint(
     force: bool = False,
     endpoint: str | None = None,
     warn=None,
+    teacher: str | None = None,
+    teacher_revision: str | None = None,
 ) -> str:
     """Upload a canonical checkpoint (and its rendered model card) in one commit; return the commit URL.
-    ``warn``: called with one line when ``force`` pushes a checkpoint that fails the checks."""
+
+    verify's structural checks run first, against ``teacher`` (folder or Hub repo id) when given
+    (``structural_problems``); any failure refuses the push unless ``force``. ``warn``: called with
+    one line when ``force`` pushes a checkpoint that fails the checks."""
     _validate_repo_id(repo_id, "push", need_namespace=True)
     _validate_refs(branch, tag, "push")
     src = _pretrained_dir(folder)
-    check_checkpoint(src, force=force, what="push", warn=warn)
+    check_checkpoint(src, force=force, what="push", warn=warn, teacher=teacher, teacher_revision=teacher_revision)
 
     from huggingface_hub import HfApi
 

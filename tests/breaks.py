@@ -1,5 +1,6 @@
-"""Copies of a real reflow checkpoint broken one way each, as users' checkpoints break (DESIGN.md
-section 5: the fork's student). Each function edits a fresh copy in ``dst`` and returns it."""
+"""Copies of a reflow checkpoint broken one way each, as users' checkpoints break (the fork's student:
+docs/canonical.md). Each function edits a fresh copy in ``dst`` and returns it. They work on the real
+tiny student (integration tests) and on the synthetic one (tests/synthetic.py, the unit tier)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -166,4 +168,41 @@ BREAKS = {
     "nan_in_expert": (nan_in_expert, "weights.finite", False),
     "perturbed_vlm": (perturbed_vlm, "weights.vlm", False),
     "missing_key": (missing_key, "weights.keys", False),
+}
+
+
+# ---- teacher tensors saved with the student, in the layouts modules produce ---------------------
+# A wrapper holding `student` and `teacher` side by side puts the teacher at the top level; the
+# fork held the teacher's flow-matching model as an attribute of the student's (keys
+# `model._teacher_model.<its keys>`); a whole teacher policy held inside the student's model gives
+# `model.teacher.model.<keys>`. The student's own keys are saved plain, or under the wrapper's
+# `student.` prefix (then the nested teachers sit under it too).
+
+TEACHER_LAYOUTS = {
+    "top_level": lambda k: f"teacher.{k}",
+    "under_model": lambda k: "model._teacher_model." + k.removeprefix("model."),
+    "under_model_inner_model": lambda k: f"model.teacher.{k}",
+}
+
+
+def teacher_in_layout(layout: str, prefixed: bool):
+    def make(student: Path, teacher: Path, dst: Path) -> Path:
+        _copy(student, dst)
+        t = load_file(str(teacher / "model.safetensors"))
+        assert all(k.startswith("model.") for k in t), "a SmolVLA state dict lives under model."
+        own = "student." if prefixed else ""
+        nest = "" if layout == "top_level" else own
+        _edit_weights(dst, lambda s: {**{own + k: v for k, v in s.items()},
+                                      **{nest + TEACHER_LAYOUTS[layout](k): v for k, v in t.items()}})
+        return dst
+
+    make.__name__ = f"teacher_{layout}" + ("_student_prefixed" if prefixed else "")
+    return make
+
+
+# name -> (break, the checks verify and push must fail); canonicalize repairs every one.
+NESTED_TEACHERS = {
+    f"teacher_{layout}" + ("_student_prefixed" if prefixed else ""):
+        (teacher_in_layout(layout, prefixed), {"weights.teacher", "weights.keys"} if prefixed else {"weights.teacher"})
+    for layout in TEACHER_LAYOUTS for prefixed in (False, True)
 }

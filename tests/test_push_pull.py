@@ -276,6 +276,25 @@ def test_push_refuses_teacher_tensors_under_any_prefix(world, student_fp32, tmp_
     teacher = load_file(str(world.teacher_fp32 / "model.safetensors"))
     save_file({**weights, **{f"_teacher_policy.{k}": v for k, v in teacher.items()}}, str(broken / "model.safetensors"))
     problems = structural_problems(broken)
-    assert problems == [f"weights check: model.safetensors holds {len(teacher)} teacher tensors "
-                        f"(e.g. _teacher_policy.{sorted(teacher)[0]}); save the student only"]
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"weights check (weights.teacher): {len(teacher)} tensors (")
+    assert problems[0].endswith(" are a teacher copy under prefix '_teacher_policy.'; the file must hold the student only")
     assert structural_problems(student_fp32) == []
+
+
+def test_push_with_a_teacher_refuses_what_only_the_teacher_shows(server, hf_home, world, student_fp32, tmp_path):
+    """Swapped normalisation statistics are finite and well-formed: only a comparison with the teacher
+    shows them, as in verify. push --teacher runs the same checks and refuses."""
+    from breaks import swapped_norm_stats
+
+    broken = swapped_norm_stats(student_fp32, world.teacher_fp32, tmp_path / "swapped")
+    assert structural_problems(broken) == []
+    problems = structural_problems(broken, world.teacher_fp32)
+    assert len(problems) == 1 and problems[0].startswith("processors check (processors.stats): ")
+    r = run_cli("push", str(broken), "--repo-id", "user/swapped", "--teacher", str(world.teacher_fp32), check=False,
+                env=hub_env(server, hf_home))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("hub-reflow: error:")]
+    assert len(errors) == 1 and errors[0].startswith("hub-reflow: error: push: the checkpoint fails the processors check (processors.stats): "
+                                                     "normalisation statistics differ from the teacher's: action.mean, action.std")
+    assert server.commit_count("user/swapped") == 0
