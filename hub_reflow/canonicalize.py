@@ -1,5 +1,5 @@
 """``hub-reflow canonicalize SRC DST``: repair a SmolVLA reflow checkpoint made elsewhere (for example
-by the fork of the seed document) into a canonical one (docs/canonical.md), then verify it.
+by the fork of the seed document) into a canonical one (docs/canonical.md#definition), then verify it.
 
 The plan is built from verify's own structural checks over the same inspection facts: each failed
 check either has a repair (``REPAIRS``) or makes the checkpoint not repairable. Repaired: config

@@ -1,6 +1,6 @@
 """SmolVLA checkpoints: find them (folder or Hub repo at a commit), read them, write canonical ones.
 
-A canonical reflow checkpoint (DESIGN.md section 3) is the teacher's checkpoint with the student's
+A canonical reflow checkpoint (docs/canonical.md#definition) is the teacher's checkpoint with the student's
 weights and ``num_steps`` changed, plus a lineage file. Everything LeRobot reads is written by
 LeRobot's own code (config) or copied byte for byte from the teacher (processor files).
 """

@@ -1,6 +1,6 @@
 """Flow-matching and reflow maths in SmolVLA's conventions. Pure torch: no I/O, no LeRobot.
 
-Conventions (LeRobot ``policies/common/flow_matching.py`` and ``VLAFlowMatching``):
+Conventions (docs/conventions.md; LeRobot ``policies/common/flow_matching.py`` and ``VLAFlowMatching``):
 
 - t = 1 is noise ``z``, t = 0 is data ``a``;
 - interpolation ``x_t = t * z + (1 - t) * a``; target velocity ``u = z - a``;

@@ -1,5 +1,5 @@
 """Read a SmolVLA checkpoint once and return facts: what ``verify`` judges, what ``canonicalize``
-repairs and what ``push`` refuses are all computed from these (docs/verify.md).
+repairs and what ``push`` refuses are all computed from these (docs/verify.md#facts-first-then-checks).
 
 Facts are plain values: the config (unknown fields, a local backbone path, whether plain LeRobot
 parses it, the difference from the teacher's), the safetensors header, teacher tensors (by the one

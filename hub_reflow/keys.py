@@ -1,5 +1,5 @@
 """Rules about the keys and tensors of a SmolVLA state dict, on names and safetensors headers: the one
-teacher rule, prefixes, module groups, dtypes (docs/verify.md)."""
+teacher rule (docs/verify.md#the-teacher-rule), prefixes, module groups, dtypes."""
 
 from __future__ import annotations
 

@@ -158,7 +158,7 @@ class ReflowPolicy(
     def forward(self, batch: dict, noise: Tensor | None = None, time: Tensor | None = None,
                 target: Tensor | None = None, inputs=None) -> tuple[Tensor, dict]:
         """The reflow loss on a preprocessed batch: student velocity error on straight paths between
-        ``z`` and the teacher's output for ``z`` (DESIGN.md section 2).
+        ``z`` and the teacher's output for ``z`` (docs/reflow.md#loss).
 
         ``target`` (with its ``noise``): a cached pair (``pairs.py``) used as is; the teacher is not run.
         ``inputs``: ``policy_inputs(student, batch)`` when the caller has it already (the images are

@@ -107,7 +107,8 @@ def velocity_field(policy, inputs: PolicyInputs) -> VelocityField:
 
 
 def pad_to_data(chunk: Tensor, real_dim: int) -> Tensor:
-    """Make a teacher chunk look like LeRobot's training data: real dims kept, padding set to 0.
+    """Make a teacher chunk look like LeRobot's training data: real dims kept, padding set to 0
+    (docs/reflow.md#pairs).
 
     Why: in ``lerobot-train`` the data ``a`` is the real action padded with zeros to
     ``max_action_dim``, so along the path the padded entries of ``x_t`` are ``t * z``. Keeping that

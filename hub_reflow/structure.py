@@ -1,6 +1,6 @@
 """The structural checks: one function per check name, each turning inspection facts into a verdict
-(docs/verify.md gives each rule and its reason). ``verify`` reports them, ``push`` refuses on any
-failure, ``canonicalize`` repairs what a failure allows (canonicalize.REPAIRS)."""
+(docs/verify.md#the-checks gives each rule and its reason). ``verify`` reports them, ``push``
+refuses on any failure, ``canonicalize`` repairs what a failure allows (canonicalize.REPAIRS)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """``hub-reflow verify``: is a reflow checkpoint canonical, and does it act like its teacher?
 
-Each check gives one line with its numbers and a verdict (docs/verify.md):
+Each check gives one line with its numbers and a verdict:
 
-- structure, against the teacher's checkpoint when one is given, else against what LeRobot builds
+- structure (docs/verify.md#the-checks; computed in ``structure.py``), against the teacher's checkpoint when one is given, else against what LeRobot builds
   from the checkpoint's own config: ``config`` (plain LeRobot parses it, no unknown field),
   ``config.diff`` (only ``num_steps`` and push fields differ from the teacher's), ``weights.teacher``
   (no embedded teacher copy, under any prefix), ``weights.keys`` (key set and shapes, counted per
@@ -11,7 +11,7 @@ Each check gives one line with its numbers and a verdict (docs/verify.md):
   student was trained from) and the file size as information;
 - fidelity, with a dataset: ``fidelity`` (student at its steps against the teacher at its own, shared
   noise, relative to the teacher's own spread), ``actions.finite``, ``actions.range``;
-- speed, with a dataset: ``speed.same_cost`` (the student at the teacher's step count costs what the
+- speed (docs/verify.md#speed), with a dataset: ``speed.same_cost`` (the student at the teacher's step count costs what the
   teacher costs) and ``speed.speedup`` (at its own step count it is as fast as prefix and per-step
   times predict).
 
