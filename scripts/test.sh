@@ -1,5 +1,14 @@
 #!/usr/bin/env bash
-# The test suite (offline; builds its own tiny world and teachers with the real lerobot-train).
+# The test suite (what CI runs), in two tiers:
+#   unit         tests/unit/  synthetic safetensors and JSON, no training (under a minute)
+#   integration  tests/       a tiny offline world, teachers trained by the real lerobot-train
+# With arguments, they go to pytest as they are (a file, -k EXPR, ...).
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
-exec python -m pytest -q -p no:cacheprovider "$@"
+if [ "$#" -gt 0 ]; then
+  exec python -m pytest -q -p no:cacheprovider "$@"
+fi
+echo "== unit tier (tests/unit)"
+python -m pytest -q -p no:cacheprovider tests/unit
+echo "== integration tier (tests)"
+exec python -m pytest -q -p no:cacheprovider tests --ignore=tests/unit

@@ -1,0 +1,142 @@
+"""The pure helpers, alone, on known answers: key rules, config cleaning, atomic folders, pairs checks."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from hub_reflow.checkpoint import CheckpointRef, atomic_dir, clean_config_dict, sha256_file
+from hub_reflow.errors import UserError
+from hub_reflow.inspection import is_local_path
+from hub_reflow.keys import group_counts, group_of, is_teacher_key, split_prefixed, teacher_prefix
+from hub_reflow.pairs import Pairs, check_pairs
+
+REF = {"model.action_in_proj.weight", "model.vlm_with_expert.vlm.x.weight", "model.vlm_with_expert.lm_expert.y.bias"}
+
+
+# ---- keys ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key, prefix", [
+    ("teacher.model.action_in_proj.weight", "teacher."),
+    ("teacher_model.model.x", "teacher_model."),
+    ("model._teacher_model.action_in_proj.bias", "model._teacher_model."),
+    ("model.teacher.model.vlm_with_expert.vlm.x.weight", "model.teacher."),
+    ("student.model._TeacherPolicy.x.weight", "student.model._TeacherPolicy."),
+])
+def test_teacher_keys_at_any_depth(key, prefix):
+    assert is_teacher_key(key) and teacher_prefix(key) == prefix
+
+
+@pytest.mark.parametrize("key", [*sorted(REF), "student.model.action_in_proj.weight", "model.teacher_scale", "teacher"])
+def test_student_keys_name_no_teacher(key):
+    # Only path components count: a tensor's own name ("teacher_scale") is not a teacher module.
+    assert not is_teacher_key(key)
+
+
+def test_split_prefixed_takes_the_shortest_prefix():
+    keys = ["model.action_in_proj.weight", "policy.model.vlm_with_expert.vlm.x.weight", "a.b.model.vlm_with_expert.lm_expert.y.bias",
+            "model.unknown.weight", "teacher.model.action_in_proj.weight"]
+    mapping, by_prefix = split_prefixed(keys, REF)
+    assert mapping == {"policy.model.vlm_with_expert.vlm.x.weight": "model.vlm_with_expert.vlm.x.weight",
+                       "a.b.model.vlm_with_expert.lm_expert.y.bias": "model.vlm_with_expert.lm_expert.y.bias",
+                       "teacher.model.action_in_proj.weight": "model.action_in_proj.weight"}
+    assert by_prefix == {"policy.": ["policy.model.vlm_with_expert.vlm.x.weight"],
+                         "a.b.": ["a.b.model.vlm_with_expert.lm_expert.y.bias"],
+                         "teacher.": ["teacher.model.action_in_proj.weight"]}
+
+
+def test_module_groups_follow_the_module_path():
+    assert [group_of(k) for k in sorted(REF)] == ["projections", "action expert", "VLM"]
+    # The expert's path contains "vlm" too: groups go by module path, not by substring.
+    assert group_of("model.vlm_with_expert.lm_expert.vlm_like.weight") == "action expert"
+    assert group_counts([*REF, "other.x"]) == {"VLM": 1, "action expert": 1, "projections": 1, "other": 1}
+
+
+@pytest.mark.parametrize("name, local", [
+    ("HuggingFaceTB/SmolVLM2-500M-Video-Instruct", False), ("hub-reflow-testing/tiny-smolvlm", False),
+    ("/home/me/backbone", True), ("./backbone", True), ("../backbone", True), ("~/backbone", True),
+])
+def test_local_backbone_paths(name, local):
+    assert is_local_path(name) is local
+
+
+# ---- config ----------------------------------------------------------------------------------------
+
+
+def test_clean_config_drops_only_unknown_fields():
+    raw = {"type": "smolvla", "num_steps": 1, "load_vlm_weights": True, "use_reflow": True, "teacher_model_path": "x"}
+    cleaned, unknown = clean_config_dict(raw)
+    assert unknown == ["teacher_model_path", "use_reflow"]
+    assert cleaned == {"type": "smolvla", "num_steps": 1, "load_vlm_weights": True}
+
+
+# ---- files -----------------------------------------------------------------------------------------
+
+
+def test_sha256_file_reads_in_chunks(tmp_path):
+    data = os.urandom(10_000)
+    (tmp_path / "f").write_bytes(data)
+    assert sha256_file(tmp_path / "f", chunk=4096) == hashlib.sha256(data).hexdigest()
+
+
+def test_atomic_dir_replaces_the_folder_in_one_rename(tmp_path):
+    final = tmp_path / "ckpt"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    (tmp_path / ".tmp-ckpt-stale").mkdir()  # left by a crash: removed by the next save
+    with atomic_dir(final) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".tmp-ckpt-")
+        (tmp / "new.txt").write_text("new")
+        assert (final / "old.txt").read_text() == "old"  # untouched until the rename
+    assert sorted(p.name for p in final.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_atomic_dir_leaves_the_old_folder_on_failure(tmp_path):
+    final = tmp_path / "ckpt"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError, match="crash"):
+        with atomic_dir(final) as tmp:
+            (tmp / "half.txt").write_text("half")
+            raise RuntimeError("crash")
+    assert sorted(p.name for p in final.iterdir()) == ["old.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+# ---- pairs -----------------------------------------------------------------------------------------
+
+
+def _pairs(**changes) -> Pairs:
+    meta = {"teacher": {"weights_sha256": "a" * 64}, "teacher_steps": 10, "data_sha256": "d" * 64, "num_rows": 8,
+            "per_frame": 1, "seed": 1000,
+            "dataset": {"repo_id": "user/data", "commit": "c1", "train_episodes": [0, 20], "holdout_episodes": [20, 24]}}
+    for key, value in changes.items():
+        target = meta["dataset"] if key in meta["dataset"] else meta
+        target[key] = value
+    return Pairs(table=None, meta=meta, source={"repo_id": None, "commit": None})
+
+
+TEACHER = CheckpointRef(None, None, None, "a" * 64)
+DATA = {"repo_id": "user/data", "commit": "c1", "train_episodes": [0, 20], "holdout_episodes": [20, 24]}
+
+
+def test_check_pairs_accepts_the_pairs_online_training_would_make():
+    check_pairs(_pairs(), TEACHER, DATA, 10)
+    check_pairs(_pairs(commit=None), TEACHER, DATA, 10)  # a local dataset has no commit to compare
+
+
+@pytest.mark.parametrize("pairs, message", [
+    (_pairs(teacher={"weights_sha256": "b" * 64}), "--pairs were made by a different teacher (weights sha256 bbbbbbbbbbbb..."),
+    (_pairs(repo_id="user/other"), "--pairs were made for dataset user/other, not user/data"),
+    (_pairs(commit="c0"), "--pairs were made for dataset commit c0, this dataset is at c1"),
+    (_pairs(teacher_steps=5), "--pairs were made with --teacher-steps 5, not 10"),
+    (_pairs(train_episodes=[0, 24], holdout_episodes=[24, 24]), "--pairs were made with --holdout-episodes 0 (training episodes [0, 24])"),
+])
+def test_check_pairs_refuses_other_pairs(pairs, message):
+    with pytest.raises(UserError) as err:
+        check_pairs(pairs, TEACHER, DATA, 10)
+    assert str(err.value).startswith(message)
