@@ -50,12 +50,13 @@ def setup_device(device: str, prog: str):
     ``OMP_NUM_THREADS`` when set (on a shared machine more threads than free cores spin and thrash)."""
     import torch
 
-    if device not in ("auto", "cpu", "cuda"):
-        raise OptionError(prog, f"--device must be auto, cpu or cuda, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise OptionError(prog, "--device cuda was asked for but no CUDA device is visible; use --device cpu or auto")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    from hub_reflow.devices import resolve_device
+    from hub_reflow.errors import UserError
+
+    try:
+        device = resolve_device(device)  # the package's one device rule
+    except UserError as e:
+        raise OptionError(prog, str(e)) from None
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or usable_cores()))
     return torch.device(device)
 

@@ -115,7 +115,7 @@ def write_real_size_backbone(folder: Path, seed: int = 0) -> Path:
     import torch
     from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
 
-    from hub_reflow.testing.tiny_world import _EXTRA_SPECIAL_TOKENS, _SPECIAL_TOKENS, smolvlm_processor
+    from hub_reflow.testing.tiny_backbone import EXTRA_SPECIAL_TOKENS, SPECIAL_TOKENS, smolvlm_processor
 
     if (folder / "model.safetensors").exists():
         return folder
@@ -128,10 +128,10 @@ def write_real_size_backbone(folder: Path, seed: int = 0) -> Path:
     tokens_per_image = (size // SMOLVLM2_500M_VISION["patch_size"]) ** 2 // SMOLVLM2_500M_SCALE_FACTOR**2
     processor, vocab = smolvlm_processor([*TASK.split(), "\n"], image_size=size, image_seq_len=tokens_per_image,
                                          model_max_length=8192, vocab_size=vocab_size)
-    text = {**SMOLVLM2_500M_TEXT, "pad_token_id": vocab[_SPECIAL_TOKENS["pad_token"]]}
+    text = {**SMOLVLM2_500M_TEXT, "pad_token_id": vocab[SPECIAL_TOKENS["pad_token"]]}
     config = SmolVLMConfig(
         vision_config=dict(SMOLVLM2_500M_VISION), text_config=text, scale_factor=SMOLVLM2_500M_SCALE_FACTOR,
-        image_token_id=vocab[_EXTRA_SPECIAL_TOKENS["image_token"]], pad_token_id=text["pad_token_id"],
+        image_token_id=vocab[EXTRA_SPECIAL_TOKENS["image_token"]], pad_token_id=text["pad_token_id"],
         vocab_size=vocab_size, tie_word_embeddings=False,
     )
     torch.manual_seed(seed)

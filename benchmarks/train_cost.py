@@ -220,7 +220,7 @@ def run_variant(variant: str, spec: dict) -> list[dict]:
     from hub_reflow.checkpoint import load_smolvla, read_policy_config, resolve_checkpoint
     from hub_reflow.config import ReflowConfig
     from hub_reflow.policy import ReflowPolicy
-    from hub_reflow.train import _make_optimizer
+    from hub_reflow.train_utils import make_optimizer
 
     device = spec["device"]
     cuda = device == "cuda"
@@ -255,7 +255,7 @@ def run_variant(variant: str, spec: dict) -> list[dict]:
             step = _Step(pre, raw, lambda batch: policy.forward(batch)[0],
                          [p for p in policy.parameters() if p.requires_grad], optimizer, opt_cfg.grad_clip_norm)
         else:
-            optimizer, _, clip, _ = _make_optimizer(rp.trainable_parameters(), cfg, rp.reflow_config)
+            optimizer, _, clip, _ = make_optimizer(rp.trainable_parameters(), cfg, rp.reflow_config)
             if variant == "reflow_cached":
                 from hub_reflow.smolvla import policy_inputs
 

@@ -23,12 +23,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, atomic_dir, clean_config_dict, parse_policy_config, resolve_checkpoint
+from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, clean_config_dict, parse_policy_config, resolve_checkpoint
 from .errors import UserError
+from .files import atomic_dir
 from .inspection import Facts, inspect_checkpoint
 from .keys import group_of, torch_dtype
 from .report import Check
+from .safeio import check_folder, safe_open
 from .structure import dtype_casts, structure_checks
+from .validation import check_output_folder
 
 # Files of a training run that never belong in a policy checkpoint.
 _SKIP = {"training_state", ".cache"}
@@ -176,9 +179,6 @@ def canonicalize(src: str, dst: str | Path, teacher: str | None = None, *, revis
     """Write the canonical form of ``src`` into ``dst``; return the list of changes made.
 
     Raises ``NotRepairable`` (nothing written) when the checkpoint cannot be made canonical."""
-    from .safeio import check_folder
-    from .validation import check_output_folder
-
     resolved = resolve_checkpoint(src, revision, what="source", validate=False)
     src_dir = resolved.path
     dst = Path(dst).expanduser()
@@ -215,7 +215,6 @@ def canonicalize(src: str, dst: str | Path, teacher: str | None = None, *, revis
 def _write(f: Facts, plan: Plan, dst: Path, cfg) -> None:
     from safetensors.torch import save_file
 
-    from .safeio import safe_open
 
     ref = f.reference.header
     with atomic_dir(dst) as tmp:

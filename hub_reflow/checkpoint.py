@@ -8,18 +8,18 @@ LeRobot's own code (config) or copied byte for byte from the teacher (processor 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
-import os
-import re
 import shutil
 import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .files import package_versions, sha256_file
+from .finite import require_finite_weights
+from .hub_io import is_repo_id, snapshot
+from .safeio import check_folder, dumps
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,6 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 LINEAGE_NAME = "reflow_lineage.json"
 PROCESSOR_CONFIGS = ("policy_preprocessor.json", "policy_postprocessor.json")
-_REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
 @dataclass
@@ -48,14 +47,6 @@ class CheckpointRef:
 class ResolvedCheckpoint:
     path: Path  # local folder holding config.json, model.safetensors and the processor files
     ref: CheckpointRef
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _find_pretrained_dir(folder: Path) -> Path | None:
@@ -81,8 +72,6 @@ def validate_smolvla_folder(folder: Path, what: str = "teacher") -> dict:
     missing = [n for n in (WEIGHTS_NAME, *PROCESSOR_CONFIGS) if not (folder / n).is_file()]
     if missing:
         raise UserError(f"{what}: the checkpoint lacks {', '.join(missing)}; pass a complete lerobot-train pretrained_model/ folder")
-    from .safeio import check_folder
-
     check_folder(folder, what)  # weights and processor state files: a truncated file is one line, not a traceback
     return raw
 
@@ -101,7 +90,7 @@ def resolve_checkpoint(ref: str, revision: str | None = None, what: str = "teach
         if validate:
             validate_smolvla_folder(folder, what)
         return ResolvedCheckpoint(folder, CheckpointRef(None, None, None, _weights_sha(folder)))
-    if not _REPO_ID_RE.match(ref) or ref.startswith((".", "/", "~")):
+    if not is_repo_id(ref):
         raise UserError(f"{what}: {ref} does not exist as a folder and is not a Hub repo id (namespace/name); check the path")
     return _download_checkpoint(ref, revision, what, validate)
 
@@ -111,20 +100,7 @@ def _weights_sha(folder: Path) -> str:
 
 
 def _download_checkpoint(repo_id: str, revision: str | None, what: str, validate: bool = True) -> ResolvedCheckpoint:
-    from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
-
-    try:
-        commit = HfApi().model_info(repo_id, revision=revision).sha
-        folder = Path(snapshot_download(repo_id, revision=commit))
-    except RepositoryNotFoundError:
-        raise UserError(f"{what}: Hub repo {repo_id} not found (or private: set HF_TOKEN); check the repo id") from None
-    except RevisionNotFoundError:
-        raise UserError(f"{what}: revision {revision!r} not found in {repo_id}; pass a branch, tag or commit sha that exists") from None
-    except HfHubHTTPError as e:
-        raise UserError(f"{what}: could not download {repo_id}: {str(e).splitlines()[0]}") from None
-    except OSError as e:  # offline mode, no cache entry, connection refused
-        raise UserError(f"{what}: could not reach the Hub for {repo_id} ({type(e).__name__}); check HF_ENDPOINT / network") from None
+    folder, commit = snapshot(repo_id, revision, action=what)
     if validate:
         validate_smolvla_folder(folder, what)
     return ResolvedCheckpoint(folder, CheckpointRef(repo_id, commit, revision, _weights_sha(folder)))
@@ -203,44 +179,6 @@ def load_smolvla(folder: Path, device: str = "cpu", config=None, what: str = "te
     return policy
 
 
-@contextmanager
-def atomic_dir(final: Path):
-    """Yield a temporary sibling folder; on success it replaces ``final`` in one rename.
-
-    A crash while writing leaves ``final`` (the previous checkpoint) untouched and only a
-    ``.tmp-*`` folder behind, which the next save removes.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".tmp-{final.name}-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
-    try:
-        yield tmp
-        if final.exists():
-            old = final.parent / f".old-{final.name}-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def package_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("hub-reflow", "lerobot", "torch", "transformers", "huggingface_hub", "accelerate", "safetensors"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
-
-
 @dataclass
 class Lineage:
     """The machine-readable record written beside the weights (``reflow_lineage.json``)."""
@@ -256,8 +194,6 @@ class Lineage:
     format_version: int = 1
 
     def to_json(self) -> str:
-        from .safeio import dumps
-
         return dumps(dataclasses.asdict(self), indent=2, sort_keys=True)  # strict JSON: NaN -> null
 
     @classmethod
@@ -277,8 +213,6 @@ def write_canonical(folder: Path, student, teacher: ResolvedCheckpoint, num_step
     - reflow_lineage.json (the model card and its images are drawn from it at push time).
     """
     from safetensors.torch import save_model
-
-    from .finite import require_finite_weights
 
     folder = Path(folder)
     model = student.module if hasattr(student, "module") else student

@@ -5,19 +5,31 @@ Exit codes: 0 ok, 1 a check failed, 2 bad input, 130 interrupted."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
 
-from .validation import MAX_SEED, MAX_TEACHER_STEPS, float_in, int_in, ref_name, repo_id
+from .canonicalize import canonicalize
+from .card import render_card
+from .checkpoint import CONFIG_NAME, LINEAGE_NAME, Lineage, read_policy_config
+from .config import ReflowConfig
+from .console import fail, run_command
+from .demo import add_demo_args, start_demo
+from .errors import UserError
+from .flow import TIME_SAMPLERS
+from .hub import pull_checkpoint, push_checkpoint, push_pairs
+from .logs import configured, quiet_environment
+from .pairs import PAIRS_META_NAME, PairsArgs, make_pairs
+from .safeio import dumps
+from .train import TrainArgs, train
+from .validation import MAX_SEED, MAX_TEACHER_STEPS, Parser, check_output_folder, float_in, int_in, ref_name, repo_id
+from .verify import verify
 
 POSITIVE, NON_NEGATIVE = int_in(1), int_in(0)
 
 
 def _add_train(sub) -> None:
-    from .config import ReflowConfig
-    from .flow import TIME_SAMPLERS
-
     p = sub.add_parser("train", help="train a reflow student from a SmolVLA teacher and its dataset")
     p.add_argument("--teacher", required=True, help="teacher checkpoint: local pretrained_model/ folder or Hub repo id")
     p.add_argument("--teacher-revision", default=None, help="branch, tag or commit of a Hub teacher (recorded as a commit sha)")
@@ -52,9 +64,6 @@ def _add_train(sub) -> None:
 
 
 def _cmd_train(a) -> int:
-    from .config import ReflowConfig
-    from .train import TrainArgs, train
-
     try:
         rcfg = ReflowConfig(
             teacher_steps=a.teacher_steps, student_steps=a.student_steps, time_sampling=a.time_sampling,
@@ -63,7 +72,7 @@ def _cmd_train(a) -> int:
         )
     except ValueError as e:
         flag = str(e).split(" ")[0].replace("_", "-")
-        raise SystemExit(_fail(f"--{flag}: {e}"))
+        raise SystemExit(fail(f"--{flag}: {e}"))
     out = train(TrainArgs(
         teacher=a.teacher, teacher_revision=a.teacher_revision, dataset=a.dataset, dataset_root=a.dataset_root,
         dataset_revision=a.dataset_revision, output_dir=a.output_dir, reflow=rcfg, device=a.device,
@@ -97,8 +106,6 @@ def _add_pairs(sub) -> None:
 
 
 def _cmd_pairs(a) -> int:
-    from .pairs import PairsArgs, make_pairs
-
     out = make_pairs(PairsArgs(
         teacher=a.teacher, teacher_revision=a.teacher_revision, dataset=a.dataset, dataset_root=a.dataset_root,
         dataset_revision=a.dataset_revision, output=a.output, per_frame=a.per_frame, teacher_steps=a.teacher_steps,
@@ -110,19 +117,15 @@ def _cmd_pairs(a) -> int:
 
 
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="the offline demo: tiny world -> teacher -> reflow student -> table")
-    p.add_argument("--workdir", type=Path, default=Path("outputs/demo"), help="folder for everything the demo makes")
-    p.add_argument("--teacher-train-steps", type=POSITIVE, default=1000, help="lerobot-train steps of the teacher")
-    p.add_argument("--reflow-steps", type=POSITIVE, default=400, help="reflow training steps of the student")
-    p.add_argument("--frames", type=POSITIVE, default=32, help="held-out frames in the table")
+    p = sub.add_parser("demo", help="the offline demo: tiny world -> teacher -> reflow student -> table -> verify -> local Hub")
+    add_demo_args(p)
     p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(a) -> int:
-    from .demo import run_demo
-
-    run_demo(a.workdir, teacher_train_steps=a.teacher_train_steps, reflow_steps=a.reflow_steps, frames=a.frames)
-    return 0
+    # In a process of its own: HF_HOME (the demo's private cache) is read when huggingface_hub is imported.
+    return start_demo(a.workdir, teacher_train_steps=a.teacher_train_steps, reflow_steps=a.reflow_steps, frames=a.frames,
+                      verbose=a.verbose)
 
 
 def _add_push(sub) -> None:
@@ -142,12 +145,7 @@ def _add_push(sub) -> None:
 
 
 def _cmd_push(a) -> int:
-    from .hub import push_checkpoint
-    from .pairs import PAIRS_META_NAME
-
     if (a.checkpoint / PAIRS_META_NAME).is_file():  # a pairs folder: a dataset repo
-        from .hub import push_pairs
-
         print(push_pairs(a.checkpoint, a.repo_id, private=a.private, branch=a.branch, commit_message=a.message, tag=a.tag))
         return 0
 
@@ -167,8 +165,6 @@ def _add_pull(sub) -> None:
 
 
 def _cmd_pull(a) -> int:
-    from .hub import pull_checkpoint
-
     print(pull_checkpoint(a.repo_id, revision=a.revision, local_dir=a.local_dir))
     return 0
 
@@ -181,10 +177,6 @@ def _add_card(sub) -> None:
 
 
 def _cmd_card(a) -> int:
-    from .card import render_card
-    from .checkpoint import CONFIG_NAME, LINEAGE_NAME, Lineage, read_policy_config
-    from .errors import UserError
-
     if not (a.checkpoint / LINEAGE_NAME).is_file() or not (a.checkpoint / CONFIG_NAME).is_file():
         raise UserError(f"{a.checkpoint} has no {LINEAGE_NAME} or {CONFIG_NAME}; pass a reflow student's pretrained_model/ folder")
     try:
@@ -227,8 +219,6 @@ def _add_verify_args(p, teacher_help: str) -> None:
 
 
 def _print_report(report, as_json: bool) -> int:
-    from .safeio import dumps
-
     if as_json:
         print(dumps(report.to_dict(), indent=2))  # strict JSON: a NaN measurement is null
     else:
@@ -242,8 +232,6 @@ def _print_report(report, as_json: bool) -> int:
 
 
 def _run_verify(a, checkpoint: str, revision: str | None):
-    from .verify import verify
-
     return verify(checkpoint, a.teacher, revision=revision, teacher_revision=a.teacher_revision, dataset=a.dataset,
                   dataset_root=a.dataset_root, frames=a.frames, tolerance=a.tolerance, speed=not a.no_speed,
                   compile_mode=a.compile_mode if getattr(a, "compile", False) else None)
@@ -251,8 +239,6 @@ def _run_verify(a, checkpoint: str, revision: str | None):
 
 def _quiet_stdout(as_json: bool):
     """With --json, stdout carries the JSON only: what libraries print while loading goes to stderr."""
-    import contextlib
-
     return contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
 
 
@@ -272,9 +258,6 @@ def _add_canonicalize(sub) -> None:
 
 
 def _cmd_canonicalize(a) -> int:
-    from .canonicalize import canonicalize
-    from .validation import check_output_folder
-
     check_output_folder(a.dst, "DST", hint="pass a new folder as DST (SRC is never overwritten)")
 
     with _quiet_stdout(a.json):
@@ -284,11 +267,6 @@ def _cmd_canonicalize(a) -> int:
             print(f"changed: {change}")
         report = _run_verify(a, str(a.dst), None)
     return _print_report(report, a.json)
-
-
-def _fail(msg: str, code: int = 2) -> int:
-    print(f"hub-reflow: error: {msg}", file=sys.stderr)
-    return code
 
 
 def _interrupted(args) -> str:
@@ -303,8 +281,6 @@ def _interrupted(args) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .validation import Parser
-
     parser = Parser(prog="hub-reflow", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="show other libraries' warnings and progress bars")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -317,19 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import EXIT_INTERRUPTED, UserError
-    from .logs import configured, quiet_environment
-
     args = build_parser().parse_args(argv)
     if not args.verbose:
-        quiet_environment()  # before the libraries are imported: their switches are read at import
+        quiet_environment()  # for child processes; libraries already imported are switched by `configured`
     with configured(args.verbose):
-        try:
-            return args.func(args)
-        except UserError as e:
-            return _fail(str(e), e.exit_code)
-        except KeyboardInterrupt:
-            return _fail(_interrupted(args), EXIT_INTERRUPTED)
+        return run_command(lambda: args.func(args), lambda: _interrupted(args))
 
 
 if __name__ == "__main__":

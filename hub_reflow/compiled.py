@@ -25,6 +25,10 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import load_smolvla, read_policy_config
+from .devices import resolve_device
+from .errors import UserError
+
 DEFAULT_MODE = "reduce-overhead"
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 TASK = "pick up the cube"  # any instruction: latency does not depend on the words
@@ -43,16 +47,6 @@ def device_name(device: torch.device) -> str:
     except (OSError, StopIteration):
         pass
     return f"CPU {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-
-
-def resolve_device(device: str) -> torch.device:
-    from .errors import UserError
-
-    if device not in ("auto", "cpu", "cuda"):
-        raise UserError(f"--device must be auto, cpu or cuda, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA device is visible; use --device cpu or auto")
-    return torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
 
 
 def synthetic_observation(config, seed: int = 0) -> dict:
@@ -75,8 +69,6 @@ def load(folder: Path, device: torch.device, compile_mode: str | None):
     """The checkpoint's policy and preprocessor, built by LeRobot; with ``compile_mode``, through
     LeRobot's own compile path (``compile_model=True``)."""
     from lerobot.policies.factory import make_pre_post_processors
-
-    from .checkpoint import load_smolvla, read_policy_config
 
     cfg = read_policy_config(folder)
     cfg.compile_model = compile_mode is not None
@@ -159,11 +151,9 @@ def measure(student: Path, teacher: Path | None, *, device: str = "auto", mode: 
             warmup: int = 3, repeats: int = 20) -> dict:
     """Student (and teacher) through LeRobot's compile path: compile time, steady-state latency,
     speed-up over eager and of the student over the teacher."""
-    from .errors import UserError
-
     if mode not in COMPILE_MODES:
         raise UserError(f"--compile-mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
-    dev = resolve_device(device)
+    dev = torch.device(resolve_device(device))  # the package's one device rule
     out = {"device": dev.type, "hardware": device_name(dev), "mode": mode, "torch": torch.__version__,
            "batch_size": 1, "warmup": warmup, "repeats": repeats, "statistic": "median",
            "student": measure_checkpoint(Path(student), dev, mode, warmup=warmup, repeats=repeats)}

@@ -1,46 +1,77 @@
 """``hub-reflow demo``: the whole product on the tiny offline world, in a few minutes on 2 CPU cores.
 
 tiny backbone + multimodal dataset -> teacher by the real ``lerobot-train`` -> reflow student ->
-canonical checkpoint -> loaded by plain LeRobot -> a table on held-out frames.
+canonical checkpoint -> loaded by plain LeRobot -> a table on held-out frames -> verify -> a local
+Hub and back.
+
+It runs as ``python -m hub_reflow.demo`` in a process of its own (``hub-reflow demo`` starts it):
+``HF_HOME`` must point at the demo's private cache before huggingface_hub is imported, where the
+tiny backbone is put under its repo id.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import subprocess
+import sys
+from importlib.util import find_spec
 from pathlib import Path
 
+from huggingface_hub import constants
+from huggingface_hub.utils import disable_progress_bars
+
+from .config import ReflowConfig
+from .console import run_command
+from .errors import UserError
+from .evaluate import compare, markdown_table, observation_batch
+from .hub import push_checkpoint
+from .logs import configured
+from .safeio import dumps
+from .testing.tiny_world import build_tiny_world, publish_backbone
+from .train import TrainArgs, train
+from .validation import int_in
+from .verify import verify
+
 HOLDOUT = 4  # episodes of the tiny dataset never seen by the student
+
+
+def demo_env(workdir: Path) -> dict[str, str]:
+    """The demo process's environment: a private HF cache under ``workdir`` and no network (unless
+    the caller set them)."""
+    env = dict(os.environ)
+    env.setdefault("HF_HOME", str((Path(workdir) / "hf_home").resolve()))
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    return env
 
 
 def require_hub_server() -> None:
     """The demo's last stage runs a local Hub (FastAPI + uvicorn: the ``hub-server`` extra). Say so
     before minutes of training, not after."""
-    from importlib.util import find_spec
-
-    from .errors import UserError
-
     missing = [name for name in ("fastapi", "uvicorn") if find_spec(name) is None]
     if missing:
         raise UserError(f"the demo pushes to a local Hub, which needs {' and '.join(missing)}: "
                         "pip install 'hub-reflow[hub-server]' (scripts/demo.sh installs it)")
 
 
-def run_demo(workdir: Path, *, teacher_train_steps: int = 1000, reflow_steps: int = 400, frames: int = 32) -> dict:
+def start_demo(workdir: Path, *, teacher_train_steps: int = 1000, reflow_steps: int = 400, frames: int = 32,
+               verbose: bool = False) -> int:
+    """``hub-reflow demo``: run the demo in its own process (``demo_env``); its exit code."""
     require_hub_server()
-    workdir = Path(workdir)
-    # Before huggingface_hub is imported: the tiny backbone goes into this cache under a repo id.
-    os.environ.setdefault("HF_HOME", str((workdir / "hf_home").resolve()))
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    argv = ["--workdir", str(workdir), "--teacher-train-steps", str(teacher_train_steps), "--reflow-steps",
+            str(reflow_steps), "--frames", str(frames)] + (["-v"] if verbose else [])
+    return subprocess.run([sys.executable, "-m", "hub_reflow.demo", *argv], env=demo_env(workdir)).returncode
+
+
+def run_demo(workdir: Path, *, teacher_train_steps: int = 1000, reflow_steps: int = 400, frames: int = 32) -> dict:
+    """The demo in this process: ``HF_HOME`` (``demo_env``) must have been set before huggingface_hub
+    was imported, as ``python -m hub_reflow.demo`` does."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
     from lerobot.policies.factory import make_pre_post_processors
     from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 
-    from .config import ReflowConfig
-    from .evaluate import compare, markdown_table, observation_batch
-    from .testing.tiny_world import build_tiny_world
-    from .train import TrainArgs, train
-
+    require_hub_server()
     workdir = Path(workdir)
     print(f"[1/6] tiny world in {workdir} (backbone, dataset, teacher by lerobot-train, {teacher_train_steps} steps)")
     world = build_tiny_world(workdir / "world", teacher_steps=teacher_train_steps)
@@ -72,8 +103,6 @@ def run_demo(workdir: Path, *, teacher_train_steps: int = 1000, reflow_steps: in
     print()
     print(table)
     print("[5/6] hub-reflow verify: the student against its teacher (structure, fidelity, speed)")
-    from .verify import verify
-
     report = verify(str(student_dir), str(world.teacher), dataset=world.repo_id, dataset_root=world.dataset_root,
                     frames=frames)
     for line in report.lines():
@@ -86,8 +115,6 @@ def run_demo(workdir: Path, *, teacher_train_steps: int = 1000, reflow_steps: in
     result = {"rows": [r.__dict__ for r in rows], "student": str(student_dir), "frames": len(idx),
               "verify": report.to_dict(),
               "commit_url": commit_url, "pulled": pulled}
-    from .safeio import dumps
-
     (workdir / "demo_result.json").write_text(dumps(result, indent=2))
     return result
 
@@ -108,22 +135,13 @@ print(json.dumps({"num_steps": policy.config.num_steps, "chunk_shape": list(chun
 
 def push_and_pull(workdir: Path, world, student_dir: Path) -> tuple[str, dict]:
     """The student's life on a Hub: a local Hub-compatible server stands in for huggingface.co."""
-    import subprocess
-    import sys
-
-    from .hub import push_checkpoint
-    from .testing.hub_server import HubServer
-    from .testing.tiny_world import publish_backbone
-
-    from huggingface_hub.utils import disable_progress_bars
+    from .testing.hub_server import HubServer  # the hub-server extra (FastAPI, uvicorn)
 
     disable_progress_bars()  # one bar per uploaded file otherwise
     token = "hf_demo_write_token"
     repo_id = "demo-user/smolvla-tiny-reflow"
     with HubServer(workdir / "local-hub", {token: "write"}) as hub:
         publish_backbone(world.backbone, endpoint=hub.url, token=token)  # what vlm_model_name names
-        from huggingface_hub import constants
-
         saved = constants.HF_HUB_OFFLINE, constants.HF_HUB_DISABLE_XET
         constants.HF_HUB_OFFLINE, constants.HF_HUB_DISABLE_XET = False, True
         try:
@@ -136,3 +154,29 @@ def push_and_pull(workdir: Path, world, student_dir: Path) -> tuple[str, dict]:
         if r.returncode != 0:
             raise RuntimeError(f"plain LeRobot could not load the pushed student:\n{r.stderr[-3000:]}")
     return commit_url, json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hub_reflow.demo", description=__doc__.split("\n\n")[0])
+    add_demo_args(parser)
+    parser.add_argument("-v", "--verbose", action="store_true", help="show other libraries' warnings and progress bars")
+    a = parser.parse_args(argv)
+
+    def demo() -> int:
+        run_demo(a.workdir, teacher_train_steps=a.teacher_train_steps, reflow_steps=a.reflow_steps, frames=a.frames)
+        return 0
+
+    with configured(a.verbose):
+        return run_command(demo, lambda: "interrupted; the demo's outputs so far are in --workdir, run it again to go on")
+
+
+def add_demo_args(p: argparse.ArgumentParser) -> None:
+    positive = int_in(1)
+    p.add_argument("--workdir", type=Path, default=Path("outputs/demo"), help="folder for everything the demo makes")
+    p.add_argument("--teacher-train-steps", type=positive, default=1000, help="lerobot-train steps of the teacher")
+    p.add_argument("--reflow-steps", type=positive, default=400, help="reflow training steps of the student")
+    p.add_argument("--frames", type=positive, default=32, help="held-out frames in the table")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from .smolvla import PolicyInputs, num_steps
+from .smolvla import PolicyInputs, num_steps, sample_chunk
 
 logger = logging.getLogger(__name__)
 
@@ -171,8 +171,6 @@ class TeacherSampler:
     @torch.no_grad()
     def __call__(self, inputs: PolicyInputs, noise: Tensor) -> Tensor:
         """The padded chunk (B, chunk_size, max_action_dim), as ``sample_actions`` returns it."""
-        from .smolvla import sample_chunk
-
         self.stats["calls"] += 1
         if not self.cuda_graphs:
             return sample_chunk(self.policy, inputs, noise, self.steps)

@@ -29,6 +29,7 @@ from .checkpoint import (
     processor_files,
 )
 from .errors import UserError
+from .safeio import load_file, read_header, safe_open
 from .keys import (
     ST_DTYPE,
     Header,
@@ -37,7 +38,6 @@ from .keys import (
     group_of,
     is_teacher_key,
     max_abs_diff,
-    read_header,
     split_prefixed,
     teacher_prefix,
 )
@@ -214,8 +214,6 @@ def weights_header(folder: Path) -> WeightsFacts:
 def weights_contents(folder: Path, w: WeightsFacts, reference: Reference, teacher: Path | None) -> None:
     """Own keys against the reference (names, prefixes), then one pass over the student's tensors:
     NaN/Inf, and the VLM and action expert against the teacher's, by reference name."""
-    from .safeio import safe_open
-
     own = w.own
     if reference.header is not None:
         mapping, by_prefix = split_prefixed(own, set(reference.header))
@@ -247,8 +245,6 @@ def weights_contents(folder: Path, w: WeightsFacts, reference: Reference, teache
 
 
 def processor_facts(folder: Path, teacher: Path | None) -> ProcessorFacts:
-    from .safeio import load_file
-
     try:
         wanted = processor_files(teacher if teacher is not None else folder)
     except (OSError, json.JSONDecodeError, AttributeError, TypeError) as e:

@@ -4,7 +4,6 @@ teacher rule (docs/verify.md#the-teacher-rule), prefixes, module groups, dtypes.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 
@@ -97,11 +96,3 @@ def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def finite(t: torch.Tensor) -> bool:
     return not (t.is_floating_point() or t.is_complex()) or bool(torch.isfinite(t).all())
-
-
-def read_header(path: Path, what: str = "weights") -> dict[str, tuple[tuple[int, ...], str]]:
-    """key -> (shape, dtype name) from a safetensors file, without loading any tensor (an unreadable
-    file is a one-line ``UserError`` naming it)."""
-    from .safeio import read_header as read
-
-    return read(path, what)

@@ -30,7 +30,17 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import load_smolvla, read_policy_config, resolve_checkpoint
+from .data import load_dataset
+from .devices import resolve_device
 from .errors import UserError
+from .fastpath import TeacherSampler
+from .files import atomic_dir, package_versions
+from .finite import require_finite_teacher
+from .hub_io import is_repo_id, snapshot
+from .safeio import dumps
+from .smolvla import noise_shape, policy_inputs, teacher_pairs
+from .validation import MAX_TEACHER_STEPS, check_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -59,14 +69,6 @@ class PairsArgs:
     cuda_graphs: bool = True  # teacher sampling through CUDA graphs on CUDA (fastpath.py)
 
 
-def _device(name: str) -> str:
-    if name not in ("cpu", "cuda", "auto"):
-        raise UserError(f"--device must be cpu, cuda or auto, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA device is visible; use --device cpu or auto")
-    return "cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name)
-
-
 def data_sha256(folder: Path) -> str:
     """sha256 over the data files (sorted by path, each path and its bytes): the pairs' fingerprint."""
     h = hashlib.sha256()
@@ -80,30 +82,16 @@ def data_sha256(folder: Path) -> str:
 
 def make_pairs(args: PairsArgs) -> Path:
     """Run the teacher over the training frames; write the pairs folder; return it."""
-    import datasets
-    from lerobot.policies.factory import make_pre_post_processors
-    from tqdm.auto import tqdm
-
-    from .checkpoint import load_smolvla, package_versions, read_policy_config, resolve_checkpoint
-    from .fastpath import TeacherSampler
-    from .policy import teacher_pairs
-    from .smolvla import noise_shape, policy_inputs
-    from .train import load_dataset
-
     for flag, value in (("--per-frame", args.per_frame), ("--teacher-steps", args.teacher_steps),
                         ("--batch-size", args.batch_size)):
         if value < 1:
             raise UserError(f"{flag} must be >= 1, got {value}")
     if args.holdout_episodes < 0:
         raise UserError(f"--holdout-episodes must be >= 0, got {args.holdout_episodes}")
-    from .finite import require_finite_teacher
-    from .safeio import dumps
-    from .validation import MAX_TEACHER_STEPS, check_output_folder
-
     if args.teacher_steps > MAX_TEACHER_STEPS:
         raise UserError(f"--teacher-steps must be <= {MAX_TEACHER_STEPS}, got {args.teacher_steps}")
     out = check_output_folder(Path(args.output), "--output")  # not a file, empty, writable
-    device = _device(args.device)
+    device = resolve_device(args.device)
 
     resolved = resolve_checkpoint(args.teacher, args.teacher_revision, what="teacher")
     cfg = read_policy_config(resolved.path)
@@ -112,51 +100,8 @@ def make_pairs(args: PairsArgs) -> Path:
     require_finite_teacher(teacher)
     teacher.requires_grad_(False)
     teacher.eval()
-    preprocessor, _ = make_pre_post_processors(
-        cfg, pretrained_path=str(resolved.path), preprocessor_overrides={"device_processor": {"device": device}})
-
-    from lerobot.utils.collate import lerobot_collate_fn
-
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=args.batch_size, shuffle=False, drop_last=False,
-        collate_fn=lerobot_collate_fn if dataset.meta.has_language_columns else None)
     sampler = TeacherSampler(teacher, args.teacher_steps, cuda_graphs=args.cuda_graphs)
-    gen = torch.Generator().manual_seed(args.seed)
-    real_dim = cfg.action_feature.shape[0]
-    cols: dict[str, list] = {"frame_index": [], "episode_index": [], "draw": [], "noise": [], "target": []}
-    bar = tqdm(total=len(dataset) * args.per_frame, desc="teacher pairs", disable=None if args.progress else True)
-    for raw in loader:
-        frame_index = raw["index"].tolist()
-        episode_index = raw["episode_index"].tolist()
-        batch = preprocessor(raw)
-        inputs = policy_inputs(teacher, batch)
-        per_draw = []
-        for _ in range(args.per_frame):
-            z = torch.randn(noise_shape(teacher, inputs.batch_size), generator=gen, dtype=torch.float32)
-            noise, target = teacher_pairs(teacher, inputs, z.to(device), args.teacher_steps, real_dim, sampler=sampler)
-            per_draw.append((noise.cpu(), target.cpu()))
-            bar.update(inputs.batch_size)
-        for i in range(inputs.batch_size):  # rows ordered by (frame, draw)
-            for d, (noise, target) in enumerate(per_draw):
-                cols["frame_index"].append(frame_index[i])
-                cols["episode_index"].append(episode_index[i])
-                cols["draw"].append(d)
-                cols["noise"].append(noise[i].numpy())
-                cols["target"].append(target[i].numpy())
-    bar.close()
-
-    shape = (cfg.chunk_size, cfg.max_action_dim)
-    features = datasets.Features({
-        "frame_index": datasets.Value("int64"),
-        "episode_index": datasets.Value("int64"),
-        "draw": datasets.Value("int32"),
-        "noise": datasets.Array2D(shape=shape, dtype="float32"),
-        "target": datasets.Array2D(shape=shape, dtype="float32"),
-    })
-    table = datasets.Dataset.from_dict(cols, features=features)
-
-    from .checkpoint import atomic_dir
-
+    table = _teacher_rows(args, cfg, teacher, sampler, resolved, dataset, device)
     with atomic_dir(out) as tmp:
         (tmp / "data").mkdir()
         table.to_parquet(str(tmp / DATA_FILE))
@@ -175,7 +120,7 @@ def make_pairs(args: PairsArgs) -> Path:
             "num_frames": len(dataset),
             "chunk_size": cfg.chunk_size,
             "max_action_dim": cfg.max_action_dim,
-            "action_dim": real_dim,
+            "action_dim": cfg.action_feature.shape[0],
             "batch_size": args.batch_size,
             "device": device,
             "cuda_graphs": args.cuda_graphs,
@@ -187,6 +132,51 @@ def make_pairs(args: PairsArgs) -> Path:
         pairs_card(meta).save(tmp / "README.md")
         tmp.chmod(0o755)  # atomic_dir's temporary folder is private; a dataset folder is not
     return out
+
+
+def _teacher_rows(args: PairsArgs, cfg, teacher, sampler, resolved, dataset, device: str):
+    """One row per (frame, draw), in frame order, as a ``datasets.Dataset``: the teacher run over
+    every training frame through its own preprocessor (the code path online training takes)."""
+    import datasets
+    from lerobot.policies.factory import make_pre_post_processors
+    from lerobot.utils.collate import lerobot_collate_fn
+    from tqdm.auto import tqdm
+
+    preprocessor, _ = make_pre_post_processors(
+        cfg, pretrained_path=str(resolved.path), preprocessor_overrides={"device_processor": {"device": device}})
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, shuffle=False, drop_last=False,
+        collate_fn=lerobot_collate_fn if dataset.meta.has_language_columns else None)
+    gen = torch.Generator().manual_seed(args.seed)
+    real_dim = cfg.action_feature.shape[0]
+    cols: dict[str, list] = {"frame_index": [], "episode_index": [], "draw": [], "noise": [], "target": []}
+    bar = tqdm(total=len(dataset) * args.per_frame, desc="teacher pairs", disable=None if args.progress else True)
+    for raw in loader:
+        frame_index, episode_index = raw["index"].tolist(), raw["episode_index"].tolist()
+        inputs = policy_inputs(teacher, preprocessor(raw))
+        per_draw = []
+        for _ in range(args.per_frame):
+            z = torch.randn(noise_shape(teacher, inputs.batch_size), generator=gen, dtype=torch.float32)
+            noise, target = teacher_pairs(teacher, inputs, z.to(device), args.teacher_steps, real_dim, sampler=sampler)
+            per_draw.append((noise.cpu(), target.cpu()))
+            bar.update(inputs.batch_size)
+        for i in range(inputs.batch_size):  # rows ordered by (frame, draw)
+            for d, (noise, target) in enumerate(per_draw):
+                cols["frame_index"].append(frame_index[i])
+                cols["episode_index"].append(episode_index[i])
+                cols["draw"].append(d)
+                cols["noise"].append(noise[i].numpy())
+                cols["target"].append(target[i].numpy())
+    bar.close()
+    shape = (cfg.chunk_size, cfg.max_action_dim)
+    features = datasets.Features({
+        "frame_index": datasets.Value("int64"),
+        "episode_index": datasets.Value("int64"),
+        "draw": datasets.Value("int32"),
+        "noise": datasets.Array2D(shape=shape, dtype="float32"),
+        "target": datasets.Array2D(shape=shape, dtype="float32"),
+    })
+    return datasets.Dataset.from_dict(cols, features=features)
 
 
 def pairs_card(meta: dict):
@@ -261,20 +251,6 @@ def read_pairs_meta(folder: Path, what: str, action: str = "--pairs") -> dict:
     return meta
 
 
-def _download(repo_id: str, revision: str | None) -> tuple[Path, str]:
-    from huggingface_hub import HfApi, snapshot_download
-
-    from .hub import _hub_error, _hub_errors, _validate_repo_id
-
-    _validate_repo_id(repo_id, "--pairs")
-    try:
-        commit = HfApi().dataset_info(repo_id, revision=revision).sha
-        folder = Path(snapshot_download(repo_id, repo_type="dataset", revision=commit))
-    except _hub_errors() as e:
-        raise _hub_error(e, repo_id, "--pairs", None) from None
-    return folder, commit
-
-
 def load_pairs(src: str, revision: str | None = None) -> Pairs:
     """Pairs from a local folder or a Hub dataset repo id (at ``revision``, pinned to its commit)."""
     import datasets
@@ -285,9 +261,9 @@ def load_pairs(src: str, revision: str | None = None) -> Pairs:
             raise UserError(f"--pairs: {src} is a file; pass the folder made by `hub-reflow pairs` or a Hub dataset repo id")
         folder, source = local, {"repo_id": None, "commit": None}
     else:
-        if "/" not in src or src.startswith((".", "/", "~")):
+        if not is_repo_id(src):
             raise UserError(f"--pairs: {src} does not exist as a folder and is not a Hub dataset repo id (namespace/name)")
-        folder, commit = _download(src, revision)
+        folder, commit = snapshot(src, revision, action="--pairs", repo_type="dataset")
         source = {"repo_id": src, "commit": commit}
     meta = read_pairs_meta(folder, src)
     # The dataset card's `configs` point load_dataset at data/*.parquet.

@@ -24,9 +24,12 @@ from .checkpoint import (
     resolve_checkpoint,
     write_canonical,
 )
+from .card import render_card
 from .config import ReflowConfig
 from .errors import UserError
-from .smolvla import noise_shape, pad_to_data, policy_inputs, sample_chunk, student_losses
+from .fastpath import TeacherSampler
+from .hub import push_policy
+from .smolvla import noise_shape, policy_inputs, student_losses, teacher_pairs
 
 
 def vlm_module(policy) -> nn.Module:
@@ -140,8 +143,6 @@ class ReflowPolicy(
     def teacher_sampler(self):
         """The teacher's sampler on the static-shape fast path (``fastpath.TeacherSampler``: CUDA
         graphs per batch shape on CUDA unless ``reflow_config.cuda_graphs`` is off), made once."""
-        from .fastpath import TeacherSampler
-
         s = self.__dict__.get("_teacher_sampler")
         rcfg = self.reflow_config
         if s is None or s.policy is not self.teacher or (s.steps, s.cuda_graphs) != (rcfg.teacher_steps, rcfg.cuda_graphs):
@@ -214,32 +215,11 @@ class ReflowPolicy(
         """Save the canonical checkpoint to a temp dir and push it with ``hub.push_checkpoint`` (one
         commit, checked, with the model card); returns the commit URL. ``endpoint`` defaults to
         ``HF_ENDPOINT``."""
-        from .hub import push_policy
-
         return push_policy(self, repo_id, private=private, branch=branch, commit_message=commit_message,
                            token=token, tag=tag, force=force, endpoint=endpoint)
 
     def generate_model_card(self, *args, **kwargs) -> ModelCard:
-        from .card import render_card
-
         return render_card(self.lineage, self.student.config)
-
-
-@torch.no_grad()
-def teacher_pairs(teacher, inputs, noise: Tensor, teacher_steps: int, real_dim: int, sampler=None) -> tuple[Tensor, Tensor]:
-    """The reflow training pair for ``noise``: ``(z, a)`` with ``a`` the teacher's ``teacher_steps``
-    Euler output for ``z``, float32, padded like LeRobot's training data (``pad_to_data``). Used by
-    online training (``make_pairs``) and by the cached pairs (``pairs.make_pairs``) alike.
-
-    sampler: a ``fastpath.TeacherSampler`` of this teacher and step count (else LeRobot's eager
-    ``sample_actions``)."""
-    if sampler is not None:
-        if sampler.policy is not teacher or sampler.steps != teacher_steps:
-            raise ValueError("the sampler was made for another teacher or step count")
-        chunk = sampler(inputs, noise)
-    else:
-        chunk = sample_chunk(teacher, inputs, noise, teacher_steps)
-    return noise, pad_to_data(chunk.float(), real_dim)
 
 
 def _on(t: Tensor, device: torch.device) -> Tensor:

@@ -128,3 +128,20 @@ def student_losses(policy, inputs: PolicyInputs, data: Tensor, noise: Tensor, ti
     (B, chunk_size, real action dims) on ``x_t = t z + (1 - t) a`` against ``z - a``."""
     losses = policy.model.forward(*inputs.args(), data, noise, time)
     return losses[..., : action_dim(policy)]
+
+
+@torch.no_grad()
+def teacher_pairs(teacher, inputs, noise: Tensor, teacher_steps: int, real_dim: int, sampler=None) -> tuple[Tensor, Tensor]:
+    """The reflow training pair for ``noise``: ``(z, a)`` with ``a`` the teacher's ``teacher_steps``
+    Euler output for ``z``, float32, padded like LeRobot's training data (``pad_to_data``). Used by
+    online training (``ReflowPolicy.make_pairs``) and by the cached pairs (``pairs.make_pairs``) alike.
+
+    sampler: a ``fastpath.TeacherSampler`` of this teacher and step count (else LeRobot's eager
+    ``sample_actions``)."""
+    if sampler is not None:
+        if sampler.policy is not teacher or sampler.steps != teacher_steps:
+            raise ValueError("the sampler was made for another teacher or step count")
+        chunk = sampler(inputs, noise)
+    else:
+        chunk = sample_chunk(teacher, inputs, noise, teacher_steps)
+    return noise, pad_to_data(chunk.float(), real_dim)

@@ -2,17 +2,17 @@
 
 Each check gives one line with its numbers and a verdict:
 
-- structure (docs/verify.md#the-checks; computed in ``structure.py``), against the teacher's checkpoint when one is given, else against what LeRobot builds
-  from the checkpoint's own config: ``config`` (plain LeRobot parses it, no unknown field),
+- structure (docs/verify.md#the-checks; computed in ``structure.py``), against the teacher's
+  checkpoint when one is given, else against what LeRobot builds from the checkpoint's own config: ``config`` (plain LeRobot parses it, no unknown field),
   ``config.diff`` (only ``num_steps`` and push fields differ from the teacher's), ``weights.teacher``
   (no embedded teacher copy, under any prefix), ``weights.keys`` (key set and shapes, counted per
   module group), ``weights.dtypes``, ``weights.finite``, ``weights.vlm`` (frozen VLM bit-identical),
   ``processors.files`` and ``processors.stats``; plus ``lineage`` (the given teacher is the one the
   student was trained from) and the file size as information;
-- fidelity, with a dataset: ``fidelity`` (student at its steps against the teacher at its own, shared
+- fidelity (docs/fidelity.md), with a dataset: ``fidelity`` (student at its steps against the teacher at its own, shared
   noise, relative to the teacher's own spread), ``actions.finite``, ``actions.range``;
-- speed (docs/verify.md#speed), with a dataset: ``speed.same_cost`` (the student at the teacher's step count costs what the
-  teacher costs) and ``speed.speedup`` (at its own step count it is as fast as prefix and per-step
+- speed (docs/verify.md#speed), with a dataset: ``speed.same_cost`` (the student at the teacher's
+  step count costs what the teacher costs) and ``speed.speedup`` (at its own step count it is as fast as prefix and per-step
   times predict).
 
 Every check is computed from the files and from LeRobot's own loaders and sampler; nothing trusts
@@ -26,12 +26,16 @@ from pathlib import Path
 
 import torch
 
+from . import compiled
 from . import structure as structural
-from .checkpoint import LINEAGE_NAME, CheckpointRef
+from .checkpoint import LINEAGE_NAME, CheckpointRef, Lineage, load_smolvla, resolve_checkpoint
+from .data import check_dataset_features
 from .errors import UserError
-from .evaluate import MAX_RATIO, action_scale, fidelity_verdict
+from .evaluate import MAX_RATIO, action_scale, compare, fidelity_verdict, observation_batch
 from .inspection import inspect_checkpoint
 from .report import FAIL, INFO, PASS, SKIP, Check, Report
+from .safeio import check_folder
+from .smolvla import policy_inputs, sample_chunk, velocity_field
 
 # The report's types and the structural rules live in their own modules; re-exported here.
 __all__ = ["PASS", "FAIL", "SKIP", "INFO", "Check", "Report", "structure_checks", "fidelity_checks", "speed_checks", "verify"]
@@ -57,8 +61,6 @@ SPEED_SLACK = 1.3  # measured student/teacher ratio may exceed the structural li
 
 def _holdout_frames(lineage_path: Path, meta, frames: int) -> tuple[list[int], str]:
     import numpy as np
-
-    from .checkpoint import Lineage
 
     episodes, source = None, "the whole dataset (no held-out episodes recorded)"
     if lineage_path.is_file():
@@ -92,10 +94,6 @@ def fidelity_checks(student_dir: Path, teacher_dir: Path, dataset: str, dataset_
                     speed: bool = True, repeats: int = 7) -> list[Check]:
     from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
     from lerobot.policies.factory import make_pre_post_processors
-
-    from .checkpoint import load_smolvla
-    from .evaluate import compare, observation_batch
-    from .train import check_dataset_features
 
     names = ["fidelity", "actions.finite", "actions.range"] + (["speed.same_cost", "speed.speedup"] if speed else [])
     loaded = {}
@@ -163,8 +161,6 @@ def _timed(fn, sync: bool) -> float:
 
 def time_policy(policy, inputs, steps_list: tuple[int, ...], repeats: int) -> dict[str, list[float]]:
     """Seconds of the prefix (VLM + KV cache), of one expert step, and of whole chunks, per repeat."""
-    from .smolvla import sample_chunk, velocity_field
-
     sync = inputs.state.is_cuda
     noise = torch.randn(1, policy.config.chunk_size, policy.config.max_action_dim, device=inputs.state.device)
     t = torch.ones(1, device=inputs.state.device)
@@ -188,8 +184,6 @@ def time_policy(policy, inputs, steps_list: tuple[int, ...], repeats: int) -> di
 def speed_checks(student, teacher, raw_one: dict, repeats: int = 7) -> list[Check]:
     """Teacher and student timed in alternating rounds; each figure is the fastest of its repeats
     (the cost without interference: other processes only ever add time)."""
-    from .smolvla import policy_inputs
-
     s_pol, s_pre, _ = student
     t_pol, t_pre, _ = teacher
     k, m = s_pol.config.num_steps, t_pol.config.num_steps
@@ -229,10 +223,6 @@ def verify(checkpoint: str, teacher: str | None = None, *, revision: str | None 
            teacher_revision: str | None = None, dataset: str | None = None, dataset_root: Path | None = None,
            frames: int = 32, tolerance: float = FIDELITY_TOLERANCE, speed: bool = True,
            compile_mode: str | None = None) -> Report:
-    from .checkpoint import resolve_checkpoint
-
-    from .safeio import check_folder
-
     ckpt = resolve_checkpoint(checkpoint, revision, what="checkpoint", validate=False)
     check_folder(ckpt.path, "checkpoint")  # a truncated or empty file is bad input (exit 2), not a failed check
     notes: list[Check] = []
@@ -249,17 +239,13 @@ def verify(checkpoint: str, teacher: str | None = None, *, revision: str | None 
     else:
         checks += fidelity_checks(ckpt.path, t.path, dataset, dataset_root, frames=frames, tolerance=tolerance, speed=speed)
     if compile_mode:  # latency through LeRobot's compile_model path (compiled.py), as information
-        from .compiled import measure, summary
-
-        result = measure(ckpt.path, t.path if t else None, mode=compile_mode)
-        checks.append(Check("speed.compiled", INFO, summary(result), result))
+        result = compiled.measure(ckpt.path, t.path if t else None, mode=compile_mode)
+        checks.append(Check("speed.compiled", INFO, compiled.summary(result), result))
     return Report(checkpoint=_display(checkpoint, ckpt.ref), teacher=_display(teacher, t.ref) if t else None, checks=checks)
 
 
 def _teacher_from_lineage(folder: Path) -> tuple[str | None, str | None, Check | None]:
     """The teacher recorded in the lineage file, when it is a Hub repo at a commit and reachable."""
-    from .checkpoint import Lineage, resolve_checkpoint
-
     path = folder / LINEAGE_NAME
     if not path.is_file():
         return None, None, None

@@ -71,8 +71,9 @@ def make_student(teacher: Path, folder: Path) -> Path:
     """The teacher's checkpoint with ``num_steps`` 1, a trained action expert and a lineage file."""
     from safetensors.torch import load_file
 
-    from hub_reflow.checkpoint import CheckpointRef, Lineage, sha256_file
+    from hub_reflow.checkpoint import CheckpointRef, Lineage
     from hub_reflow.config import ReflowConfig
+    from hub_reflow.files import sha256_file
 
     shutil.copytree(teacher, folder)
     cfg = json.loads((folder / "config.json").read_text())

@@ -225,7 +225,7 @@ CASES = [
     Case("push --branch with a space", lambda c: ["push", str(c.student), "--repo-id", "user/x", "--branch", "my branch"], 2,
          "'my branch' is not a valid branch name: it contains ' '"),
     Case("push --tag with '..'", lambda c: ["push", str(c.student), "--repo-id", "user/x", "--tag", "v1..2"], 2, "not a valid tag name"),
-    Case("pull 'bad id'", lambda c: ["pull", "bad id"], 2, "invalid repo id 'bad id'"),
+    Case("pull 'bad id'", lambda c: ["pull", "bad id"], 2, "pull: 'bad id' is not a valid Hub repo id"),
     # -- combinations -----------------------------------------------------------------------------
     Case("train --student-steps above --teacher-steps", lambda c: c.train("--student-steps", "11"), 2,
          "--student-steps 11 is more than --teacher-steps 10"),
@@ -562,7 +562,7 @@ def test_library_chatter_is_silenced_unless_verbose(world, offline):
 def test_a_dataset_folder_names_its_own_repo_id(tmp_path, monkeypatch):
     """Where --dataset-root's own id comes from: LeRobot's dataset card, the Hugging Face cache
     layout, LeRobot's own cache layout; a plain folder has none (nothing to compare)."""
-    from hub_reflow.validation import dataset_root_repo_id
+    from hub_reflow.data import dataset_root_repo_id
 
     snapshot_dir = tmp_path / "hub" / "datasets--someone--ds" / "snapshots" / ("a" * 40)
     snapshot_dir.mkdir(parents=True)
@@ -582,11 +582,11 @@ def test_hub_errors_show_the_servers_words():
     import httpx
     from huggingface_hub.errors import HfHubHTTPError
 
-    from hub_reflow.hub import _hub_error
+    from hub_reflow.hub_io import hub_error
 
     response = httpx.Response(400, request=httpx.Request("POST", "http://hub/api/models/user/x/branch/a%20b"))
     error = HfHubHTTPError("Bad request:\n", response=response, server_message="Invalid branch name: 'a b'")
-    assert str(_hub_error(error, "user/x", "push", None)) == \
+    assert str(hub_error(error, "user/x", "push", None)) == \
         "push: the Hub refused the request for user/x (HTTP 400): Invalid branch name: 'a b'"
 
 

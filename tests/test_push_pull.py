@@ -80,9 +80,12 @@ def test_cli_push_makes_one_commit_with_the_canonical_files(server, pushed, stud
 
 def test_download_is_byte_identical(server, pushed, student_fp32, tmp_path):
     folder = Path(snapshot_download(REPO, endpoint=server.url, cache_dir=tmp_path, token=WRITE))
-    for name in expected_files(student_fp32) - {"README.md"}:
+    drawn_at_push = {"README.md", "loss_curve.png", "teacher_vs_student.png"}  # not in the checkpoint folder
+    assert not any((student_fp32 / name).exists() for name in drawn_at_push)
+    for name in expected_files(student_fp32) - drawn_at_push:
         assert (folder / name).read_bytes() == (student_fp32 / name).read_bytes(), name
-    assert (folder / "README.md").read_bytes() == server.read_file(REPO, "README.md")
+    for name in drawn_at_push:
+        assert (folder / name).read_bytes() == server.read_file(REPO, name), name
     assert structural_problems(folder) == []
 
 
@@ -152,7 +155,7 @@ def test_failed_commit_leaves_the_repo_untouched(server, pushed, student_fp32, t
 
 def test_invalid_repo_id_fails_before_any_request(student_fp32):
     # A dead endpoint: any request would fail with a connection error, not with this message.
-    with pytest.raises(UserError, match="invalid repo id"):
+    with pytest.raises(UserError, match="is not a valid Hub repo id"):
         push_checkpoint(student_fp32, "user/bad id!", token=WRITE, endpoint="http://127.0.0.1:9")
 
 

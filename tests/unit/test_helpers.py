@@ -7,8 +7,9 @@ import os
 
 import pytest
 
-from hub_reflow.checkpoint import CheckpointRef, atomic_dir, clean_config_dict, sha256_file
+from hub_reflow.checkpoint import CheckpointRef, clean_config_dict
 from hub_reflow.errors import UserError
+from hub_reflow.files import atomic_dir, sha256_file
 from hub_reflow.inspection import is_local_path
 from hub_reflow.keys import group_counts, group_of, is_teacher_key, split_prefixed, teacher_prefix
 from hub_reflow.pairs import Pairs, check_pairs
@@ -140,3 +141,87 @@ def test_check_pairs_refuses_other_pairs(pairs, message):
     with pytest.raises(UserError) as err:
         check_pairs(pairs, TEACHER, DATA, 10)
     assert str(err.value).startswith(message)
+
+
+# ---- Hub I/O -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, ok", [
+    ("user/model", True), ("HuggingFaceTB/SmolVLM2-500M-Video-Instruct", True), ("a.b/c_d-e.f", True),
+    ("model", False), ("a/b/c", False), ("/abs/path", False), ("./rel/x", False), ("~/x", False), ("../x/y", False),
+    ("user/bad id!", False), ("user/a--b", False), ("user/a..b", False), ("user/" + "x" * 100, False),
+])
+def test_one_repo_id_rule(text, ok):
+    from hub_reflow.hub_io import is_repo_id
+
+    assert is_repo_id(text) is ok
+
+
+def test_invalid_repo_ids_are_refused_in_one_line(tmp_path):
+    from hub_reflow.checkpoint import resolve_checkpoint
+    from hub_reflow.hub_io import check_repo_id
+
+    with pytest.raises(UserError) as err:
+        check_repo_id("user/bad id!", "push")
+    assert str(err.value) == ("push: 'user/bad id!' is not a valid Hub repo id (Repo id must use alphanumeric chars, "
+                              "'-', '_' or '.'. The name cannot start or end with '-' or '.' and the maximum length is "
+                              "96: 'user/bad id!'); use namespace/name")
+    with pytest.raises(UserError) as err:
+        check_repo_id("name", "push")
+    assert str(err.value) == ("push: repo id 'name' has no namespace; use namespace/name (your user or organisation "
+                              "name, e.g. you/name)")
+    check_repo_id("gpt2", "pull", need_namespace=False)  # pull takes the Hub's namespace-less ids too
+    with pytest.raises(UserError) as err:
+        resolve_checkpoint(str(tmp_path / "missing"), what="teacher")
+    assert str(err.value) == (f"teacher: {tmp_path / 'missing'} does not exist as a folder and is not a Hub repo id "
+                              "(namespace/name); check the path")
+
+
+def _http_error(cls, status: int, message: str = "boom"):
+    import httpx
+
+    response = httpx.Response(status, request=httpx.Request("GET", "http://hub.invalid/api/models/user/x"))
+    return cls(message, response=response)
+
+
+def test_the_one_hub_error_mapping(monkeypatch):
+    import httpx
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    from hub_reflow.hub_io import WRITE_REFUSED, hub_error
+
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_env")
+    cases = [
+        (hub_error(_http_error(RepositoryNotFoundError, 404), "user/x", "pull"),
+         "pull: Hub repo user/x not found (or private: set HF_TOKEN); check the repo id"),
+        (hub_error(_http_error(RevisionNotFoundError, 404), "user/x", "teacher", revision="v9"),
+         "teacher: revision not found in user/x: 'v9'; pass a branch, tag or commit sha that exists"),
+        (hub_error(_http_error(HfHubHTTPError, 403), "user/x", "push"), WRITE_REFUSED),
+        (hub_error(_http_error(HfHubHTTPError, 401), "user/x", "pull"),
+         "pull: the Hub refused access to user/x: set HF_TOKEN to a valid token"),
+        (hub_error(_http_error(HfHubHTTPError, 500, "server error, token hf_secret_env and hf_given"), "user/x", "pull",
+                   token="hf_given"),
+         "pull: the Hub refused the request for user/x (HTTP 500): server error, token *** and ***"),
+        (hub_error(httpx.ConnectError("refused"), "user/x", "--pairs"),
+         "--pairs: could not reach the Hub for user/x (ConnectError); check HF_ENDPOINT / network"),
+    ]
+    for err, message in cases:
+        assert isinstance(err, UserError) and str(err) == message
+
+
+# ---- devices -----------------------------------------------------------------------------------------
+
+
+def test_one_device_rule(monkeypatch):
+    import torch
+
+    from hub_reflow.devices import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("cpu") == "cpu" and resolve_device("auto") == "cpu"
+    with pytest.raises(UserError, match=r"^--device cuda was asked for but no CUDA device is visible; use --device cpu or auto$"):
+        resolve_device("cuda")
+    with pytest.raises(UserError, match=r"^--device must be cpu, cuda or auto, got 'tpu'$"):
+        resolve_device("tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda" and resolve_device("cuda") == "cuda"

@@ -6,7 +6,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _sections(text: str) -> list[str]:
@@ -38,9 +38,11 @@ def test_model_card_md_example_matches_the_template_sections():
         assert field in example
 
 
-def test_card_shows_human_values(world):
+def test_card_shows_human_values(tmp_path):
     """None settings spelled out from the teacher config's LeRobot presets, numbers rounded."""
     import json
+
+    from synthetic import make_teacher
 
     from hub_reflow.card import render_card
     from hub_reflow.checkpoint import CheckpointRef, Lineage, read_policy_config
@@ -49,8 +51,9 @@ def test_card_shows_human_values(world):
     reflow = {**ReflowConfig(lr=None, steps=400).to_dict(), "warmup_steps": None}
     lineage = Lineage(teacher=CheckpointRef(None, None, None, "0" * 64), reflow=reflow,
                       training={"step": 400, "final_loss": 0.06512918911874294, "device": "cpu"})
-    card = str(render_card(lineage, read_policy_config(world.teacher), repo_id="you/student"))
-    preset = json.loads((world.teacher / "config.json").read_text())
+    teacher = make_teacher(tmp_path / "teacher")  # a SmolVLA config.json written by LeRobot
+    card = str(render_card(lineage, read_policy_config(teacher), repo_id="you/student"))
+    preset = json.loads((teacher / "config.json").read_text())
     assert f"| lr | LeRobot preset ({preset['optimizer_lr']:.4g}) |" in card
     assert f"| weight_decay | LeRobot preset ({preset['optimizer_weight_decay']:.4g}) |" in card
     assert "| grad_clip_norm | LeRobot preset (10) |" in card

@@ -1,0 +1,128 @@
+"""The dataset a teacher was trained on, through LeRobot's own loader: its features checked against
+the teacher's inputs, the last episodes held out, the Hub commit recorded."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from .errors import UserError
+from .hub_io import dataset_commit
+
+
+def check_dataset_features(teacher_cfg, ds_meta, dataset_id: str) -> None:
+    """The dataset must provide every input the teacher reads, with the same shapes, and its action."""
+    from lerobot.utils.feature_utils import dataset_to_policy_features
+
+    available = dataset_to_policy_features(ds_meta.features)
+    wanted = dict(teacher_cfg.input_features)
+    wanted.update(teacher_cfg.output_features)
+    for key, feat in wanted.items():
+        if key.startswith("observation.images.empty_camera_"):
+            continue  # SmolVLA fills these itself
+        if key not in available:
+            raise UserError(
+                f"dataset {dataset_id} has no feature {key!r}, which the teacher reads "
+                f"(dataset has: {', '.join(sorted(available))}); pass the dataset the teacher was trained on"
+            )
+        if tuple(available[key].shape) != tuple(feat.shape):
+            raise UserError(
+                f"dataset {dataset_id} feature {key!r} has shape {tuple(available[key].shape)} but the teacher "
+                f"expects {tuple(feat.shape)}; pass the dataset the teacher was trained on"
+            )
+
+
+def load_dataset(teacher_cfg, repo_id: str, root: Path | None, revision: str | None, holdout: int):
+    """LeRobot's dataset with the teacher's delta timestamps; the last ``holdout`` episodes left out."""
+    from lerobot.datasets.factory import resolve_delta_timestamps
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
+
+    if root is not None:  # a folder that is not a LeRobotDataset: never fall back to the Hub
+        check_dataset_root(Path(root), repo_id)
+    try:
+        meta = LeRobotDatasetMetadata(repo_id, root=root, revision=revision)
+    except Exception as e:  # missing files, not a LeRobotDataset, no network
+        raise UserError(f"dataset {repo_id} cannot be opened ({type(e).__name__}: {str(e).splitlines()[0][:200]}); check --dataset / --dataset-root") from None
+    check_dataset_features(teacher_cfg, meta, repo_id)
+    n = meta.total_episodes
+    if holdout >= n:
+        raise UserError(f"--holdout-episodes {holdout} leaves no training episode (the dataset has {n})")
+    train_eps = list(range(n - holdout))
+    dataset = LeRobotDataset(
+        repo_id, root=root, revision=revision, episodes=train_eps if holdout else None,
+        delta_timestamps=resolve_delta_timestamps(teacher_cfg, meta),
+    )
+    info = {
+        "repo_id": repo_id,
+        "commit": None if root is not None else dataset_commit(repo_id, revision),  # None: a local folder
+        "num_episodes": n,
+        "train_episodes": [0, n - holdout],  # half-open range
+        "holdout_episodes": [n - holdout, n],
+    }
+    return dataset, info
+
+
+def check_dataset_root(root: Path, dataset: str) -> None:
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise UserError(f"--dataset-root {root} does not exist; pass the folder of the LeRobotDataset")
+    if not root.is_dir():
+        raise UserError(f"--dataset-root {root} is a file; pass the folder of the LeRobotDataset")
+    if not (root / "meta" / "info.json").is_file():
+        what = "is empty" if not any(root.iterdir()) else "has no meta/info.json"
+        raise UserError(f"--dataset-root {root} {what}: it is not a LeRobotDataset folder; pass the dataset's own folder "
+                        "(the one holding meta/ and data/), or leave --dataset-root out to download --dataset from the Hub")
+    own = dataset_root_repo_id(root)
+    if own is not None and own != dataset:
+        raise UserError(f"--dataset {dataset} does not match --dataset-root {root}, which holds {own} ({_own_source(root)}); "
+                        f"pass --dataset {own}, or the folder of {dataset}")
+
+
+_CARD_ID_RE = re.compile(r"visualize_dataset\?path=([A-Za-z0-9][\w.\-]*/[\w.\-]+)")
+_CACHE_DIR_RE = re.compile(r"^datasets--([^-][\w.\-]*?)--([\w.\-]+)$")
+
+
+def _lerobot_home() -> Path:
+    home = os.environ.get("HF_LEROBOT_HOME")
+    if home:
+        return Path(home).expanduser()
+    hf_home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(hf_home).expanduser() / "lerobot"
+
+
+def _own_ids(root: Path) -> list[tuple[str, str]]:
+    """(repo id, where it was read) from what a dataset folder says about itself."""
+    found = []
+    card = root / "README.md"
+    if card.is_file():
+        try:
+            m = _CARD_ID_RE.search(card.read_text(errors="replace"))
+        except OSError:
+            m = None
+        if m:
+            found.append((m.group(1), "its dataset card"))
+    resolved = root.resolve()
+    for part in resolved.parts:  # the Hugging Face cache: .../datasets--ns--name/snapshots/<sha>
+        m = _CACHE_DIR_RE.match(part)
+        if m and resolved.parent.name == "snapshots":
+            found.append((f"{m.group(1)}/{m.group(2)}", "its Hugging Face cache folder"))
+    try:
+        rel = resolved.relative_to(_lerobot_home().resolve())
+        if len(rel.parts) == 2:
+            found.append(("/".join(rel.parts), "its place in the LeRobot cache"))
+    except ValueError:
+        pass
+    return found
+
+
+def dataset_root_repo_id(root: Path) -> str | None:
+    """The repo id a dataset folder records for itself (LeRobot's dataset card, the Hugging Face
+    cache layout, or LeRobot's own cache layout ``HF_LEROBOT_HOME/ns/name``), or None."""
+    ids = _own_ids(Path(root))
+    return ids[0][0] if ids else None
+
+
+def _own_source(root: Path) -> str:
+    ids = _own_ids(Path(root))
+    return f"from {ids[0][1]}" if ids else ""

@@ -1,0 +1,157 @@
+"""Hub I/O, each rule once: what a repo id is, downloads pinned to a commit (models and datasets),
+the mapping of every Hub failure to a one-line user error, and the one-commit upload."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import httpx
+from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HFValidationError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.utils import validate_repo_id
+
+from .errors import UserError
+
+# What a Hub call can raise besides our own errors: HTTP answers, transport failures, offline mode.
+HUB_ERRORS = (HfHubHTTPError, httpx.HTTPError, OSError)
+WRITE_REFUSED = "the Hub refused the write: set HF_TOKEN to a token with write access"
+
+
+def repo_id_problem(text: str, need_namespace: bool = True) -> str | None:
+    """The one repo-id rule: why ``text`` is not a Hub repo id (None: it is one). As huggingface_hub
+    validates it (word characters, '-', '_' and '.', no leading punctuation, no '--' or '..', at most
+    96 characters, at most one '/'), with a namespace (``namespace/name``) unless told otherwise."""
+    try:
+        validate_repo_id(text)
+    except HFValidationError as e:
+        return str(e).splitlines()[0].rstrip(".")[:160]
+    if need_namespace and "/" not in text:
+        return "no namespace"
+    return None
+
+
+def is_repo_id(text: str, need_namespace: bool = True) -> bool:
+    return repo_id_problem(text, need_namespace) is None
+
+
+def check_repo_id(repo_id: str, action: str, need_namespace: bool = True) -> None:
+    """Refuse an invalid repo id, in one line, before any request is made."""
+    problem = repo_id_problem(repo_id, need_namespace)
+    if problem == "no namespace":
+        raise UserError(f"{action}: repo id {repo_id!r} has no namespace; use namespace/name (your user or organisation "
+                        f"name, e.g. you/{repo_id})")
+    if problem is not None:
+        raise UserError(f"{action}: {repo_id!r} is not a valid Hub repo id ({problem}); use namespace/name")
+
+
+def redact(msg: str, token: str | None) -> str:
+    for secret in (token, os.environ.get("HF_TOKEN")):
+        if secret:
+            msg = msg.replace(secret, "***")
+    return msg
+
+
+def hub_error(e: Exception, repo_id: str, action: str, token: str | None = None, revision: str | None = None) -> UserError:
+    """The one mapping of a Hub failure to a one-line user error (never a token in it)."""
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if isinstance(e, RevisionNotFoundError):
+        which = f": {revision!r}" if revision else ""
+        msg = f"{action}: revision not found in {repo_id}{which}; pass a branch, tag or commit sha that exists"
+    elif status in (401, 403) and action == "push":
+        msg = WRITE_REFUSED
+    elif isinstance(e, GatedRepoError):
+        msg = f"{action}: {repo_id} is gated; accept its conditions on the Hub and set HF_TOKEN"
+    elif isinstance(e, RepositoryNotFoundError) or status == 404:
+        msg = f"{action}: Hub repo {repo_id} not found (or private: set HF_TOKEN); check the repo id"
+    elif status in (401, 403):
+        msg = f"{action}: the Hub refused access to {repo_id}: set HF_TOKEN to a valid token"
+    elif isinstance(e, HfHubHTTPError) and not isinstance(e, LocalEntryNotFoundError):
+        # The server's own words (the exception's first line may be an empty "Bad request:").
+        said = (getattr(e, "server_message", None) or "").strip() or " ".join(
+            line.strip() for line in str(e).splitlines() if line.strip() and not line.strip().startswith(("http", "Request ID")))
+        said = " ".join(said.split())[:300] or type(e).__name__
+        msg = f"{action}: the Hub refused the request for {repo_id} (HTTP {status}): {said}"
+    else:  # offline mode, nothing in the cache, connection refused
+        msg = f"{action}: could not reach the Hub for {repo_id} ({type(e).__name__}); check HF_ENDPOINT / network"
+    return UserError(redact(msg, token))
+
+
+def resolve_commit(repo_id: str, revision: str | None = None, *, action: str, repo_type: str = "model",
+                   token: str | None = None, endpoint: str | None = None, need_namespace: bool = True) -> str:
+    """The commit sha ``revision`` (a branch, tag or sha; default: main) of a Hub repo points to now."""
+    check_repo_id(repo_id, action, need_namespace=need_namespace)
+    api = HfApi(token=token, endpoint=endpoint)
+    try:
+        return (api.model_info if repo_type == "model" else api.dataset_info)(repo_id, revision=revision).sha
+    except HUB_ERRORS as e:
+        raise hub_error(e, repo_id, action, token, revision) from None
+
+
+def download(repo_id: str, commit: str, *, action: str, repo_type: str = "model", token: str | None = None,
+             endpoint: str | None = None, local_dir: str | Path | None = None) -> Path:
+    """The files of ``repo_id`` at ``commit``, through the Hugging Face cache (or into ``local_dir``)."""
+    try:
+        return Path(snapshot_download(repo_id, repo_type=repo_type, revision=commit, local_dir=local_dir, token=token,
+                                      endpoint=endpoint))
+    except HUB_ERRORS as e:
+        raise hub_error(e, repo_id, action, token, commit) from None
+
+
+def snapshot(repo_id: str, revision: str | None = None, *, action: str, repo_type: str = "model",
+             token: str | None = None, endpoint: str | None = None, local_dir: str | Path | None = None,
+             need_namespace: bool = True) -> tuple[Path, str]:
+    """Download ``repo_id`` at ``revision`` pinned to the commit it resolves to first (a branch
+    that moves during the download cannot mix two commits); return (folder, commit sha)."""
+    commit = resolve_commit(repo_id, revision, action=action, repo_type=repo_type, token=token, endpoint=endpoint,
+                            need_namespace=need_namespace)
+    return download(repo_id, commit, action=action, repo_type=repo_type, token=token, endpoint=endpoint,
+                    local_dir=local_dir), commit
+
+
+def dataset_commit(repo_id: str, revision: str | None = None) -> str | None:
+    """The Hub commit a dataset revision resolves to; None when the Hub cannot tell (offline)."""
+    try:
+        return HfApi().dataset_info(repo_id, revision=revision).sha
+    except (*HUB_ERRORS, ValueError):  # offline, or not a Hub id: the commit is unknown, not an error
+        return None
+
+
+def upload_folder(folder: Path, repo_id: str, repo_type: str, *, commit_message: str, ignore_patterns: list[str],
+                  private: bool = False, branch: str | None = None, tag: str | None = None, token: str | None = None,
+                  endpoint: str | None = None) -> str:
+    """Create the repo (and branch) if needed, upload ``folder`` in one commit, tag it; the commit URL.
+    A tag that already exists is refused before anything is changed on the Hub."""
+    check_repo_id(repo_id, "push")
+    api = HfApi(token=token, endpoint=endpoint)
+    try:
+        if tag:
+            refuse_existing_tag(api, repo_id, repo_type, tag)
+        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        if branch:
+            api.create_branch(repo_id, repo_type=repo_type, branch=branch, exist_ok=True)
+        info = api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type=repo_type, revision=branch,
+                                 commit_message=commit_message, ignore_patterns=ignore_patterns)
+        if tag:
+            api.create_tag(repo_id, repo_type=repo_type, tag=tag, revision=info.oid, exist_ok=False)
+    except HUB_ERRORS as e:
+        raise hub_error(e, repo_id, "push", token) from None
+    return str(info.commit_url)
+
+
+def refuse_existing_tag(api: HfApi, repo_id: str, repo_type: str, tag: str) -> None:
+    try:
+        refs = api.list_repo_refs(repo_id, repo_type=repo_type)
+    except RepositoryNotFoundError:
+        return  # a new repo has no tags
+    existing = {t.name: t.target_commit for t in refs.tags}
+    if tag in existing:
+        raise UserError(f"push: tag {tag!r} already exists in {repo_id} (commit {existing[tag][:12]}); pass another --tag; "
+                        "nothing was pushed")
