@@ -2,14 +2,17 @@
 
 The public API::
 
-    from hub_reflow import ReflowConfig, ReflowPolicy, TrainArgs, train, verify, canonicalize, push_checkpoint
+    from hub_reflow import ReflowConfig, ReflowPolicy, TrainArgs, push_checkpoint, pull_checkpoint
+    from hub_reflow.train import train          # the functions named like their modules are
+    from hub_reflow.verify import verify        # taken from the modules: a package attribute
+    from hub_reflow.canonicalize import canonicalize  # must stay the submodule
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .canonicalize import NotRepairable, canonicalize
+from .canonicalize import NotRepairable
 from .card import render_card
 from .checkpoint import Lineage, resolve_checkpoint
 from .config import ReflowConfig
@@ -20,12 +23,11 @@ from .pairs import PairsArgs, load_pairs, make_pairs
 from .policy import ReflowPolicy
 from .report import Check, Report
 from .structure import structure_checks
-from .train import TrainArgs, train
-from .verify import verify
+from .train import TrainArgs
 
 __all__ = [
-    "__version__", "UserError", "ReflowConfig", "ReflowPolicy", "TrainArgs", "train", "PairsArgs", "make_pairs",
-    "load_pairs", "verify", "Report", "Check", "canonicalize", "NotRepairable", "inspect_checkpoint",
+    "__version__", "UserError", "ReflowConfig", "ReflowPolicy", "TrainArgs", "PairsArgs", "make_pairs",
+    "load_pairs", "Report", "Check", "NotRepairable", "inspect_checkpoint",
     "structure_checks", "push_checkpoint", "push_pairs", "pull_checkpoint", "structural_problems",
     "resolve_checkpoint", "Lineage", "render_card",
 ]

@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+from . import pairs as pairs_module
+from . import train as train_module
 from .canonicalize import canonicalize
 from .card import render_card
 from .checkpoint import CONFIG_NAME, LINEAGE_NAME, Lineage, read_policy_config
@@ -20,9 +22,9 @@ from .errors import UserError
 from .flow import TIME_SAMPLERS
 from .hub import pull_checkpoint, push_checkpoint, push_pairs
 from .logs import configured, quiet_environment
-from .pairs import PAIRS_META_NAME, PairsArgs, make_pairs
+from .pairs import PAIRS_META_NAME, PairsArgs
 from .safeio import dumps
-from .train import TrainArgs, train
+from .train import TrainArgs
 from .validation import MAX_SEED, MAX_TEACHER_STEPS, Parser, check_output_folder, float_in, int_in, ref_name, repo_id
 from .verify import verify
 
@@ -73,7 +75,7 @@ def _cmd_train(a) -> int:
     except ValueError as e:
         flag = str(e).split(" ")[0].replace("_", "-")
         raise SystemExit(fail(f"--{flag}: {e}"))
-    out = train(TrainArgs(
+    out = train_module.train(TrainArgs(
         teacher=a.teacher, teacher_revision=a.teacher_revision, dataset=a.dataset, dataset_root=a.dataset_root,
         dataset_revision=a.dataset_revision, output_dir=a.output_dir, reflow=rcfg, device=a.device,
         save_freq=a.save_freq, log_freq=a.log_freq, num_workers=a.num_workers, resume=a.resume,
@@ -106,7 +108,7 @@ def _add_pairs(sub) -> None:
 
 
 def _cmd_pairs(a) -> int:
-    out = make_pairs(PairsArgs(
+    out = pairs_module.make_pairs(PairsArgs(
         teacher=a.teacher, teacher_revision=a.teacher_revision, dataset=a.dataset, dataset_root=a.dataset_root,
         dataset_revision=a.dataset_revision, output=a.output, per_frame=a.per_frame, teacher_steps=a.teacher_steps,
         holdout_episodes=a.holdout_episodes, seed=a.seed, batch_size=a.batch_size, device=a.device,
