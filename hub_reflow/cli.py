@@ -55,7 +55,8 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int_in(0, MAX_SEED), default=1000, help="seed of the data order, noise and times")
     p.add_argument("--save-freq", type=NON_NEGATIVE, default=0, help="checkpoint every N steps (0: only at the end)")
     p.add_argument("--log-freq", type=POSITIVE, default=50, help="print the mean loss every N steps")
-    p.add_argument("--num-workers", type=NON_NEGATIVE, default=0, help="data loader worker processes")
+    p.add_argument("--num-workers", type=NON_NEGATIVE, default=None,
+                   help="data loader worker processes (default: on CUDA LeRobot's 4, at most the spare cores; 0 on the CPU)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from checkpoints/last")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--pairs", default=None, help="train on cached teacher pairs (hub-reflow pairs): folder or Hub dataset repo id")

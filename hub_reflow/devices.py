@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from .errors import UserError
@@ -23,3 +25,16 @@ def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
+
+
+def default_num_workers(device: str) -> int:
+    """Data loader workers when ``--num-workers`` is not given: on CUDA, ``lerobot-train``'s default
+    of 4, at most one per core left after the training process's own; on the CPU none, since a
+    worker takes a core from the training process's threads (README, `--num-workers`)."""
+    if device != "cuda":
+        return 0
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(0, min(4, cores - 1))

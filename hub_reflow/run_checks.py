@@ -38,7 +38,7 @@ def check_train_args(args) -> None:
         raise UserError(f"--log-freq must be >= 1, got {args.log_freq}")
     if args.save_freq < 0:
         raise UserError(f"--save-freq must be >= 0 (0: only at the end), got {args.save_freq}")
-    if args.num_workers < 0:
+    if args.num_workers is not None and args.num_workers < 0:
         raise UserError(f"--num-workers must be >= 0, got {args.num_workers}")
     if not 0 <= r.seed <= MAX_SEED:
         raise UserError(f"--seed must be between 0 and {MAX_SEED}, got {r.seed}")

@@ -21,6 +21,7 @@ from . import safeio
 from .checkpoint import Lineage, ResolvedCheckpoint, read_policy_config, resolve_checkpoint, teacher_card_data
 from .config import ReflowConfig
 from .data import load_dataset
+from .devices import default_num_workers
 from .errors import UserError
 from .finite import FiniteGuard, require_finite_teacher
 from .flow import sample_time
@@ -58,7 +59,7 @@ class TrainArgs:
     device: str = "auto"  # cpu | cuda | auto
     save_freq: int = 0  # 0: only the final checkpoint
     log_freq: int = 50
-    num_workers: int = 0
+    num_workers: int | None = None  # None: devices.default_num_workers
     resume: bool = False
     progress: bool = True
     pairs: str | None = None  # cached teacher pairs (pairs.py): folder or Hub dataset repo id
@@ -196,8 +197,12 @@ def prepare(run: Run) -> None:
     from lerobot.utils.collate import lerobot_collate_fn
 
     frames = run.dataset.frames if run.pairs is not None else run.dataset
+    workers = run.args.num_workers
+    if workers is None:
+        workers = default_num_workers(run.accelerator.device.type)
     dataloader = torch.utils.data.DataLoader(
-        run.dataset, batch_size=run.rcfg.batch_size, sampler=run.sampler, num_workers=run.args.num_workers,
+        run.dataset, batch_size=run.rcfg.batch_size, sampler=run.sampler, num_workers=workers,
+        persistent_workers=workers > 0,  # not re-forked (and the dataset re-opened) every epoch
         drop_last=False, pin_memory=run.accelerator.device.type == "cuda",
         collate_fn=lerobot_collate_fn if frames.meta.has_language_columns else None,
     )

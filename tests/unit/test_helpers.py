@@ -225,3 +225,14 @@ def test_one_device_rule(monkeypatch):
         resolve_device("tpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto") == "cuda" and resolve_device("cuda") == "cuda"
+
+
+@pytest.mark.parametrize("cores, expected", [(1, 0), (2, 1), (4, 3), (5, 4), (64, 4)])
+def test_default_num_workers(monkeypatch, cores, expected):
+    import os
+
+    from hub_reflow.devices import default_num_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert default_num_workers("cuda") == expected  # lerobot-train's 4, at most the spare cores
+    assert default_num_workers("cpu") == 0  # workers would take cores from the training threads
