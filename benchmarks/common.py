@@ -28,6 +28,23 @@ class OptionError(SystemExit):
         super().__init__(2)
 
 
+def hub_env(argv: list[str] | None, default_workdir: Path, *, private_cache: bool = True) -> None:
+    """Offline Hub settings, and with ``private_cache`` the tiny backbone's private HF cache under
+    ``--workdir`` (``default_workdir`` when not given). Call it first in ``main``: ``huggingface_hub``
+    reads these when it is imported, and importing ``hub_reflow`` (for option checks) imports it."""
+    if "huggingface_hub" in sys.modules:
+        raise RuntimeError("hub_env() must run before huggingface_hub is imported")
+    if private_cache:
+        import argparse
+
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument("--workdir", type=Path, default=default_workdir)
+        early, _ = pre.parse_known_args(argv)
+        os.environ["HF_HOME"] = str(early.workdir.resolve() / "hf_home")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

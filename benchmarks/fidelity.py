@@ -12,7 +12,9 @@ Per world: a teacher trained by the real ``lerobot-train`` (``--teacher-train-st
 1-step students trained by ``hub-reflow``'s own loop with its defaults except the time sampling
 (``--modes``, default all four) for ``--student-train-steps`` (600) at ``--batch-size`` (8); a 2-step
 student and a second reflow round (the default 1-step student, run at 10 steps, as the teacher of a
-new 1-step student) with the default time sampling.
+new 1-step student) with the default time sampling; and the reference: a 1-step student from the
+40-line loop in ``reference_loop.py`` (the same steps, batch, learning rate and time sampling, no
+fp32 master weights), so a ratio that misses the target can be told apart from a loop that does.
 
 Metrics on the held-out episodes, with shared noise (``--noises`` draws per frame):
 - MSE ratio: MSE(sampler, teacher@10) / MSE(teacher at the sampler's step count, teacher@10): the
@@ -35,6 +37,7 @@ action dim's distributions per world.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -48,6 +51,7 @@ from common import (  # noqa: E402
     fmt,
     hardware,
     hardware_line,
+    hub_env,
     markdown,
     quiet_imports,
     setup_device,
@@ -55,6 +59,7 @@ from common import (  # noqa: E402
 )
 
 PROG = "fidelity.py"
+DEFAULT_WORKDIR = Path("outputs/bench/fidelity")
 HOLDOUT = 4
 HIT = 0.25  # real action units; the two modes are 2 apart in the first dim
 FINE_TIMES = [1.0 - i / 10 for i in range(10)]
@@ -125,16 +130,21 @@ def parse_args(argv=None):
     p.add_argument("--worlds", default=None, help=f"comma-separated, of {', '.join(WORLDS)} (default all; tiny with --teacher)")
     p.add_argument("--modes", default=None, help=f"time samplings of the 1-step students, of {', '.join(TIME_SAMPLERS)} "
                    "(default all; the default one only with --smoke)")
-    p.add_argument("--workdir", type=Path, default=Path("outputs/bench/fidelity"),
+    p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
                    help="worlds and students are built here (and reused when already there)")
     p.add_argument("--teacher", type=Path, default=None,
                    help="an existing tiny-world teacher's pretrained_model/ (else one is trained by lerobot-train)")
     p.add_argument("--dataset-root", type=Path, default=None, help="the tiny dataset of --teacher")
     p.add_argument("--teacher-train-steps", type=int, default=None, help="lerobot-train steps (default 1000; smoke 20)")
+    p.add_argument("--teacher-lr", type=float, default=None,
+                   help="the teachers' lerobot-train optimizer_lr (default: the worlds' 1e-3; LeRobot's own default is 1e-4)")
     p.add_argument("--student-train-steps", type=int, default=None, help="reflow steps per student (default 600; smoke 3)")
     p.add_argument("--batch-size", type=int, default=8, help="reflow batch size")
+    p.add_argument("--lr", type=float, default=None, help="students' peak learning rate (default: hub-reflow's, the teacher's)")
     p.add_argument("--noises", type=int, default=None, help="noise draws per frame (default 4; smoke 1)")
     p.add_argument("--two-step", action=argparse.BooleanOptionalAction, default=True, help="also a 2-step student")
+    p.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
+                   help="also a 1-step student from the reference loop (benchmarks/reference_loop.py)")
     p.add_argument("--round2", action=argparse.BooleanOptionalAction, default=None,
                    help="also a second reflow round (default: on, off in --smoke)")
     p.add_argument("--seed", type=int, default=12345, help="the shared evaluation noise")
@@ -160,6 +170,10 @@ def parse_args(argv=None):
         raise OptionError(PROG, "--teacher-train-steps, --student-train-steps, --batch-size and --noises must be >= 1")
     if (a.teacher is None) != (a.dataset_root is None):
         raise OptionError(PROG, "--teacher and --dataset-root go together (the teacher's tiny dataset)")
+    if a.lr is not None and a.lr <= 0:
+        raise OptionError(PROG, "--lr must be > 0")
+    if a.teacher_lr is not None and (a.teacher is not None or a.teacher_lr <= 0):
+        raise OptionError(PROG, "--teacher-lr must be > 0, and is for teachers trained here (not with --teacher)")
     if a.teacher is not None and a.worlds != ["tiny"]:
         raise OptionError(PROG, "--teacher is a tiny-world teacher: use it with --worlds tiny")
     if a.teacher is not None and not (a.teacher / "config.json").is_file():
@@ -170,7 +184,7 @@ def parse_args(argv=None):
 
 
 def train_student(teacher: Path, dataset_root: Path, repo_id: str, out: Path, *, steps: int, batch_size: int,
-                  student_steps: int, time_sampling: str, device: str) -> Path:
+                  student_steps: int, time_sampling: str, device: str, lr: float | None) -> Path:
     from hub_reflow.config import ReflowConfig
     from hub_reflow.train import TrainArgs, train
 
@@ -181,7 +195,7 @@ def train_student(teacher: Path, dataset_root: Path, repo_id: str, out: Path, *,
         teacher=str(teacher), dataset=repo_id, dataset_root=dataset_root, output_dir=out, device=device,
         log_freq=max(steps // 5, 1), progress=False,
         reflow=ReflowConfig(steps=steps, batch_size=batch_size, student_steps=student_steps, time_sampling=time_sampling,
-                            holdout_episodes=HOLDOUT),
+                            holdout_episodes=HOLDOUT, lr=lr),
     ))
 
 
@@ -191,6 +205,9 @@ def evaluate_world(a, name: str, device) -> dict:
     from lerobot.policies.factory import make_pre_post_processors
     from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 
+    from reference_loop import bare_loop
+
+    from hub_reflow.config import ReflowConfig
     from hub_reflow.evaluate import chunk, observation_batch, rmse
     from hub_reflow.smolvla import policy_inputs
     from hub_reflow.testing.tiny_world import WORLDS, build_tiny_world
@@ -200,13 +217,17 @@ def evaluate_world(a, name: str, device) -> dict:
     t0 = time.perf_counter()
     if a.teacher is None:
         print(f"[{name}] world + teacher ({a.teacher_train_steps} lerobot-train steps) in {a.workdir}", file=sys.stderr, flush=True)
-        world = build_tiny_world(a.workdir / "world", teacher_steps=a.teacher_train_steps, spec=spec)
+        world = build_tiny_world(a.workdir / "world", teacher_steps=a.teacher_train_steps, spec=spec, teacher_lr=a.teacher_lr)
         teacher, dataset_root = world.teacher, world.dataset_root
     else:
         teacher, dataset_root = a.teacher.resolve(), a.dataset_root.resolve()
     timings["world_and_teacher_s"] = time.perf_counter() - t0
 
     runs = a.workdir / ("runs-smoke" if a.smoke else "runs") / name / f"steps{a.student_train_steps}-b{a.batch_size}"
+    if a.teacher is None and (a.teacher_lr is not None or a.teacher_train_steps != 1000):
+        runs = runs.with_name(f"{runs.name}-teacher{a.teacher_train_steps}-lr{a.teacher_lr or 1e-3:g}")
+    if a.lr is not None:
+        runs = runs.with_name(f"{runs.name}-lr{a.lr:g}")
     plan = [(f"student(1-step, {m})", runs / f"k1-{m}", teacher, 1, m) for m in a.modes]
     if a.two_step:
         plan.append((f"student(2-step, {a.default_mode})", runs / f"k2-{a.default_mode}", teacher, 2, a.default_mode))
@@ -215,7 +236,19 @@ def evaluate_world(a, name: str, device) -> dict:
         t1 = time.perf_counter()
         print(f"[{name}] {label}: {a.student_train_steps} steps at batch {a.batch_size}", file=sys.stderr, flush=True)
         students[label] = train_student(t, dataset_root, spec.repo_id, out, steps=a.student_train_steps,
-                                        batch_size=a.batch_size, student_steps=k, time_sampling=mode, device=device.type)
+                                        batch_size=a.batch_size, student_steps=k, time_sampling=mode, device=device.type,
+                                        lr=a.lr)
+        timings[f"{label}_train_s"] = time.perf_counter() - t1
+    if a.reference:
+        label, out = f"reference loop (1-step, {a.default_mode})", runs / f"reference-k1-{a.default_mode}"
+        t1 = time.perf_counter()
+        print(f"[{name}] {label}: {a.student_train_steps} steps at batch {a.batch_size}", file=sys.stderr, flush=True)
+        if not (out / "reference_loop.done").exists():
+            defaults = ReflowConfig()
+            with contextlib.redirect_stdout(sys.stderr):  # LeRobot's loading messages: stdout is for the tables
+                bare_loop(str(teacher), spec.repo_id, str(dataset_root), a.student_train_steps, a.batch_size,
+                          a.default_mode, HOLDOUT, a.lr, defaults.seed, grid_steps=1, save_to=str(out))
+        students[label] = out
         timings[f"{label}_train_s"] = time.perf_counter() - t1
     first = f"student(1-step, {a.default_mode})"
     if a.round2 and first in students:
@@ -223,7 +256,7 @@ def evaluate_world(a, name: str, device) -> dict:
         print(f"[{name}] reflow round 2: {first} at 10 steps teaches a new 1-step student", file=sys.stderr, flush=True)
         students["round-2 student(1-step)"] = train_student(
             students[first], dataset_root, spec.repo_id, runs / f"round2-k1-{a.default_mode}", steps=a.student_train_steps,
-            batch_size=a.batch_size, student_steps=1, time_sampling=a.default_mode, device=device.type)
+            batch_size=a.batch_size, student_steps=1, time_sampling=a.default_mode, device=device.type, lr=a.lr)
         timings["round2_train_s"] = time.perf_counter() - t1
 
     def load(path):
@@ -290,21 +323,20 @@ def evaluate_world(a, name: str, device) -> dict:
     )
     settings = {"world": name, "cameras": list(spec.cameras), "state_dim": spec.state_dim, "action_dim": spec.action_dim,
                 "chunk_size": cfg.chunk_size, "teacher": "given" if a.teacher else "trained here",
-                "teacher_train_steps": None if a.teacher else a.teacher_train_steps, "frames": len(idx),
+                "teacher_train_steps": None if a.teacher else a.teacher_train_steps,
+                "teacher_lr": float(cfg.optimizer_lr), "frames": len(idx),
                 "noise_draws": a.noises, "teacher_dtype": str(next(models["teacher"][0].model.vlm_with_expert.vlm.parameters()).dtype)}
     return {"settings": settings, "rows": rows, "table": table, "timings": timings,
             "chunks": {k: torch.cat(v) for k, v in outs.items()}, "modes": modes, "valid": valid.repeat(a.noises, 1)}
 
 
 def main(argv=None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    hub_env(args, DEFAULT_WORKDIR, private_cache="--teacher" not in args)  # a given teacher: the caller's HF cache
     a = parse_args(argv)
     import torch  # noqa: F401
 
     a.workdir = a.workdir.resolve()
-    if a.teacher is None:  # before huggingface_hub is imported: the tiny backbone's private cache
-        os.environ["HF_HOME"] = str(a.workdir / "hf_home")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
     device = setup_device(a.device, PROG)
     quiet_imports()
     t_start = time.perf_counter()
@@ -320,8 +352,9 @@ def main(argv=None) -> int:
                                      fmt(r["mode_hit_rate"] / t10["mode_hit_rate"], 2) if t10["mode_hit_rate"] else "n/a"])
     summary = markdown(["world", "student", "MSE ratio vs teacher@K (target <= 0.01)", "mode-hit rate",
                         "hit / teacher@10's (target >= 0.9)"], summary_rows)
-    common = {"student_train_steps": a.student_train_steps, "student_batch_size": a.batch_size,
-              "student_settings": "hub-reflow train defaults (lr: the teacher config's) except the time sampling",
+    common = {"student_train_steps": a.student_train_steps, "student_batch_size": a.batch_size, "student_lr": a.lr,
+              "student_settings": "hub-reflow train defaults except the time sampling"
+              + (f" and lr {a.lr:g}" if a.lr is not None else " (lr: the teacher config's)"),
               "default_time_sampling": a.default_mode, "modes": a.modes, "round2": a.round2, "holdout_episodes": HOLDOUT,
               "seed": a.seed, "hit_threshold": HIT, "fine_times": FINE_TIMES, "smoke": a.smoke}
     out = write_json(a.out, {"benchmark": "fidelity", "hardware": hw, "settings": common,

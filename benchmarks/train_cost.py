@@ -16,7 +16,8 @@ step under an operator counter, and with ``--profile`` ``--profile-steps`` steps
   optimizer built from the config's preset exactly as ``lerobot-train`` does (``get_optim_params``).
 - ``reflow_online``: ``ReflowPolicy`` (student + teacher, each with its VLM): teacher sampling at
   ``--teacher-steps`` on the fast path (``hub_reflow/fastpath.py``: CUDA graphs on CUDA) + student
-  loss + backward + step (hub-reflow's optimizer: trainable params).
+  loss + backward + step (hub-reflow's optimizer over fp32 master copies of the bf16 trainable
+  params, the gradient and weight copies counted in the optimizer phase, as ``hub-reflow train``).
 - ``reflow_cached``: the same with the pair precomputed (as ``hub-reflow train --pairs`` does: the
   teacher stays loaded, for the final evaluation, but is not run).
 - ``reflow_online_eager`` (on CUDA, or with ``--variants``): online pairs with LeRobot's eager
@@ -123,9 +124,10 @@ class _Step:
     """One training step in phases: ``preprocess`` (the policy's preprocessor on the raw batch),
     ``forward`` (loss), ``backward``, ``optimizer`` (clip, step, zero_grad)."""
 
-    def __init__(self, pre, raw, loss_fn, trainable, optimizer, clip):
+    def __init__(self, pre, raw, loss_fn, trainable, optimizer, clip, master=None):
         self.pre, self.raw, self.loss_fn = pre, raw, loss_fn
         self.trainable, self.optimizer, self.clip = trainable, optimizer, clip
+        self.master = master  # hub-reflow's fp32 master weights (reflow rows), as hub-reflow train steps
         self.batch = self.loss = None
 
     def preprocess(self):
@@ -140,9 +142,13 @@ class _Step:
     def optimizer_step(self):
         import torch
 
+        if self.master is not None:
+            self.master.grads_to_masters()
         if self.clip:
             torch.nn.utils.clip_grad_norm_(self.trainable, self.clip)
         self.optimizer.step()
+        if self.master is not None:
+            self.master.masters_to_params()
         self.optimizer.zero_grad(set_to_none=True)
 
     def phases(self):
@@ -220,6 +226,7 @@ def run_variant(variant: str, spec: dict) -> list[dict]:
     from hub_reflow.checkpoint import load_smolvla, read_policy_config, resolve_checkpoint
     from hub_reflow.config import ReflowConfig
     from hub_reflow.policy import ReflowPolicy
+    from hub_reflow.precision import MasterWeights
     from hub_reflow.train_utils import make_optimizer
 
     device = spec["device"]
@@ -255,7 +262,8 @@ def run_variant(variant: str, spec: dict) -> list[dict]:
             step = _Step(pre, raw, lambda batch: policy.forward(batch)[0],
                          [p for p in policy.parameters() if p.requires_grad], optimizer, opt_cfg.grad_clip_norm)
         else:
-            optimizer, _, clip, _ = make_optimizer(rp.trainable_parameters(), cfg, rp.reflow_config)
+            master = MasterWeights(rp.trainable_parameters())  # as hub-reflow train: fp32 masters of bf16 weights
+            optimizer, _, clip, _ = make_optimizer(master.params, cfg, rp.reflow_config)
             if variant == "reflow_cached":
                 from hub_reflow.smolvla import policy_inputs
 
@@ -267,7 +275,7 @@ def run_variant(variant: str, spec: dict) -> list[dict]:
             else:
                 def loss_fn(batch):
                     return rp(batch)[0]
-            step = _Step(pre, raw, loss_fn, rp.trainable_parameters(), optimizer, clip)
+            step = _Step(pre, raw, loss_fn, master.params, optimizer, clip, master)
 
         times, cpu_times = [], []
         rss_before_steps_kb = _rss_now_kb()

@@ -232,10 +232,11 @@ class TinyWorld:
 
 def build_tiny_world(
     root: str | Path, *, teacher_steps: int = 300, load_vlm_weights: bool = True, seed: int = 0,
-    spec: WorldSpec = TINY_WORLD,
+    spec: WorldSpec = TINY_WORLD, teacher_lr: float | None = None,
 ) -> TinyWorld:
     """Backbone + dataset + one teacher under ``root`` (reused when already built there); ``spec``
-    picks the world (default: the one-camera tiny world).
+    picks the world (default: the one-camera tiny world); ``teacher_lr`` replaces the teacher's
+    ``optimizer_lr`` (default 1e-3, ``TINY_POLICY_ARGS``).
 
     The backbone is also put in this process's HF cache under ``TINY_BACKBONE_ID`` (set
     ``HF_HOME`` before importing huggingface_hub to choose where)."""
@@ -249,6 +250,7 @@ def build_tiny_world(
     if not (dataset_root / "meta" / "info.json").exists():
         make_tiny_dataset(dataset_root, seed=seed, repo_id=spec.repo_id, spec=spec)
     name = f"teacher{suffix}-vlm{'bf16' if load_vlm_weights else 'fp32'}-{teacher_steps}"
+    name += f"-lr{teacher_lr:g}" if teacher_lr is not None else ""
     teacher = root / name / "checkpoints" / "last" / "pretrained_model"
     if not (teacher / "model.safetensors").exists():
         teacher = train_teacher(
@@ -258,5 +260,6 @@ def build_tiny_world(
             steps=teacher_steps,
             load_vlm_weights=load_vlm_weights,
             spec=spec,
+            extra_args=() if teacher_lr is None else (f"--policy.optimizer_lr={teacher_lr:g}",),
         )
     return TinyWorld(root=root, backbone=backbone, dataset_root=dataset_root, repo_id=spec.repo_id, teacher=teacher)
