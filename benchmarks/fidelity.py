@@ -140,6 +140,8 @@ def parse_args(argv=None):
                    help="the teachers' lerobot-train optimizer_lr (default: the worlds' 1e-3; LeRobot's own default is 1e-4)")
     p.add_argument("--student-train-steps", type=int, default=None, help="reflow steps per student (default 600; smoke 3)")
     p.add_argument("--batch-size", type=int, default=8, help="reflow batch size")
+    p.add_argument("--train-seed", type=int, default=None,
+                   help="the students' training seed (default: hub-reflow's, ReflowConfig.seed)")
     p.add_argument("--lr", type=float, default=None, help="students' peak learning rate (default: hub-reflow's, the teacher's)")
     p.add_argument("--noises", type=int, default=None, help="noise draws per frame (default 4; smoke 1)")
     p.add_argument("--two-step", action=argparse.BooleanOptionalAction, default=True, help="also a 2-step student")
@@ -156,6 +158,7 @@ def parse_args(argv=None):
     a.student_train_steps = a.student_train_steps or (3 if a.smoke else 600)
     a.noises = a.noises or (1 if a.smoke else 4)
     a.default_mode = ReflowConfig().time_sampling
+    a.train_seed = ReflowConfig().seed if a.train_seed is None else a.train_seed
     a.modes = a.modes.split(",") if a.modes else ([a.default_mode] if a.smoke else list(TIME_SAMPLERS))
     a.worlds = a.worlds.split(",") if a.worlds else (["tiny"] if a.teacher else list(WORLDS))
     if a.round2 is None:
@@ -184,7 +187,7 @@ def parse_args(argv=None):
 
 
 def train_student(teacher: Path, dataset_root: Path, repo_id: str, out: Path, *, steps: int, batch_size: int,
-                  student_steps: int, time_sampling: str, device: str, lr: float | None) -> Path:
+                  student_steps: int, time_sampling: str, device: str, lr: float | None, seed: int) -> Path:
     from hub_reflow.config import ReflowConfig
     from hub_reflow.train import TrainArgs, train
 
@@ -195,7 +198,7 @@ def train_student(teacher: Path, dataset_root: Path, repo_id: str, out: Path, *,
         teacher=str(teacher), dataset=repo_id, dataset_root=dataset_root, output_dir=out, device=device,
         log_freq=max(steps // 5, 1), progress=False,
         reflow=ReflowConfig(steps=steps, batch_size=batch_size, student_steps=student_steps, time_sampling=time_sampling,
-                            holdout_episodes=HOLDOUT, lr=lr),
+                            holdout_episodes=HOLDOUT, lr=lr, seed=seed),
     ))
 
 
@@ -228,6 +231,8 @@ def evaluate_world(a, name: str, device) -> dict:
         runs = runs.with_name(f"{runs.name}-teacher{a.teacher_train_steps}-lr{a.teacher_lr or 1e-3:g}")
     if a.lr is not None:
         runs = runs.with_name(f"{runs.name}-lr{a.lr:g}")
+    if a.train_seed != ReflowConfig().seed:
+        runs = runs.with_name(f"{runs.name}-seed{a.train_seed}")
     plan = [(f"student(1-step, {m})", runs / f"k1-{m}", teacher, 1, m) for m in a.modes]
     if a.two_step:
         plan.append((f"student(2-step, {a.default_mode})", runs / f"k2-{a.default_mode}", teacher, 2, a.default_mode))
@@ -237,17 +242,16 @@ def evaluate_world(a, name: str, device) -> dict:
         print(f"[{name}] {label}: {a.student_train_steps} steps at batch {a.batch_size}", file=sys.stderr, flush=True)
         students[label] = train_student(t, dataset_root, spec.repo_id, out, steps=a.student_train_steps,
                                         batch_size=a.batch_size, student_steps=k, time_sampling=mode, device=device.type,
-                                        lr=a.lr)
+                                        lr=a.lr, seed=a.train_seed)
         timings[f"{label}_train_s"] = time.perf_counter() - t1
     if a.reference:
         label, out = f"reference loop (1-step, {a.default_mode})", runs / f"reference-k1-{a.default_mode}"
         t1 = time.perf_counter()
         print(f"[{name}] {label}: {a.student_train_steps} steps at batch {a.batch_size}", file=sys.stderr, flush=True)
         if not (out / "reference_loop.done").exists():
-            defaults = ReflowConfig()
             with contextlib.redirect_stdout(sys.stderr):  # LeRobot's loading messages: stdout is for the tables
                 bare_loop(str(teacher), spec.repo_id, str(dataset_root), a.student_train_steps, a.batch_size,
-                          a.default_mode, HOLDOUT, a.lr, defaults.seed, grid_steps=1, save_to=str(out))
+                          a.default_mode, HOLDOUT, a.lr, a.train_seed, grid_steps=1, save_to=str(out))
         students[label] = out
         timings[f"{label}_train_s"] = time.perf_counter() - t1
     first = f"student(1-step, {a.default_mode})"
@@ -256,7 +260,8 @@ def evaluate_world(a, name: str, device) -> dict:
         print(f"[{name}] reflow round 2: {first} at 10 steps teaches a new 1-step student", file=sys.stderr, flush=True)
         students["round-2 student(1-step)"] = train_student(
             students[first], dataset_root, spec.repo_id, runs / f"round2-k1-{a.default_mode}", steps=a.student_train_steps,
-            batch_size=a.batch_size, student_steps=1, time_sampling=a.default_mode, device=device.type, lr=a.lr)
+            batch_size=a.batch_size, student_steps=1, time_sampling=a.default_mode, device=device.type, lr=a.lr,
+            seed=a.train_seed)
         timings["round2_train_s"] = time.perf_counter() - t1
 
     def load(path):
@@ -353,6 +358,7 @@ def main(argv=None) -> int:
     summary = markdown(["world", "student", "MSE ratio vs teacher@K (target <= 0.01)", "mode-hit rate",
                         "hit / teacher@10's (target >= 0.9)"], summary_rows)
     common = {"student_train_steps": a.student_train_steps, "student_batch_size": a.batch_size, "student_lr": a.lr,
+              "train_seed": a.train_seed,
               "student_settings": "hub-reflow train defaults except the time sampling"
               + (f" and lr {a.lr:g}" if a.lr is not None else " (lr: the teacher config's)"),
               "default_time_sampling": a.default_mode, "modes": a.modes, "round2": a.round2, "holdout_episodes": HOLDOUT,
