@@ -72,6 +72,9 @@ def test_fidelity_smoke(world, tmp_path):
             assert _finite(row[key]) and row[key] >= 0, (row["name"], key, row[key])
         assert 0 <= row["mode_hit_rate"] <= 1
         assert (row["mse_ratio"] is None) == (row["model"] == "teacher")
+        assert (row["mse_ratio_training_frames"] is None) == (row["model"] == "teacher")
+        if row["model"] != "teacher":
+            assert _finite(row["mse_ratio"]) and _finite(row["mse_ratio_training_frames"]) and row["mse_ratio_training_frames"] > 0
     rows = {row["name"]: row for row in rows}
     assert rows["teacher @10"]["rmse_vs_teacher10"] == 0
     assert rows["teacher @1"]["S_euler"] == pytest.approx(0, abs=1e-6)  # one step: the only velocity is z - x_0
