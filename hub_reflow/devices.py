@@ -27,14 +27,15 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def default_num_workers(device: str) -> int:
-    """Data loader workers when ``--num-workers`` is not given: on CUDA, ``lerobot-train``'s default
-    of 4, at most one per core left after the training process's own; on the CPU none, since a
-    worker takes a core from the training process's threads (README, `--num-workers`)."""
+def default_num_workers(device: str, num_processes: int = 1) -> int:
+    """Data loader workers per process when ``--num-workers`` is not given: on CUDA,
+    ``lerobot-train``'s default of 4, at most one per core left after the training processes' own
+    (the machine's cores shared by ``num_processes``); on the CPU none, since a worker takes a core
+    from the training process's threads (README, `--num-workers`)."""
     if device != "cuda":
         return 0
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cores = os.cpu_count() or 1
-    return max(0, min(4, cores - 1))
+    return max(0, min(4, cores // max(num_processes, 1) - 1))

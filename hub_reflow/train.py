@@ -199,7 +199,7 @@ def prepare(run: Run) -> None:
     frames = run.dataset.frames if run.pairs is not None else run.dataset
     workers = run.args.num_workers
     if workers is None:
-        workers = default_num_workers(run.accelerator.device.type)
+        workers = default_num_workers(run.accelerator.device.type, run.accelerator.num_processes)
     dataloader = torch.utils.data.DataLoader(
         run.dataset, batch_size=run.rcfg.batch_size, sampler=run.sampler, num_workers=workers,
         persistent_workers=workers > 0,  # not re-forked (and the dataset re-opened) every epoch

@@ -235,4 +235,5 @@ def test_default_num_workers(monkeypatch, cores, expected):
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
     assert default_num_workers("cuda") == expected  # lerobot-train's 4, at most the spare cores
+    assert default_num_workers("cuda", num_processes=2) == max(0, min(4, cores // 2 - 1))  # cores shared by processes
     assert default_num_workers("cpu") == 0  # workers would take cores from the training threads
