@@ -356,7 +356,8 @@ def evaluate_world(a, name: str, device) -> dict:
 
 def main(argv=None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    hub_env(args, DEFAULT_WORKDIR, private_cache="--teacher" not in args)  # a given teacher: the caller's HF cache
+    given_teacher = any(x == "--teacher" or x.startswith("--teacher=") for x in args)
+    hub_env(args, DEFAULT_WORKDIR, private_cache=not given_teacher)  # a given teacher: the caller's HF cache
     a = parse_args(argv)
     import torch  # noqa: F401
 
