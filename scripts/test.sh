@@ -11,4 +11,4 @@ fi
 echo "== unit tier (tests/unit)"
 python -m pytest -q -p no:cacheprovider tests/unit
 echo "== integration tier (tests)"
-exec python -m pytest -q -p no:cacheprovider tests --ignore=tests/unit
+exec python -m pytest -q -p no:cacheprovider --durations=15 tests --ignore=tests/unit
