@@ -27,6 +27,14 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def default_num_workers(device: str, num_processes: int = 1) -> int:
     """Data loader workers per process when ``--num-workers`` is not given: on CUDA,
     ``lerobot-train``'s default of 4, at most one per core left after the training processes' own
@@ -34,8 +42,4 @@ def default_num_workers(device: str, num_processes: int = 1) -> int:
     from the training process's threads (README, `--num-workers`)."""
     if device != "cuda":
         return 0
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(0, min(4, cores // max(num_processes, 1) - 1))
+    return max(0, min(4, usable_cores() // max(num_processes, 1) - 1))

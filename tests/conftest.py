@@ -76,7 +76,9 @@ def _cached_student(world, teacher: Path, out: Path, steps: int, *extra: str, en
 def _loader_worker() -> tuple[tuple[str, ...], dict]:
     """One data loader worker and one core fewer for torch's threads: on the CI's 2 cores a long
     CPU run is a quarter faster so (README, `--num-workers`); the data order is the same."""
-    cores = len(os.sched_getaffinity(0))
+    from hub_reflow.devices import usable_cores
+
+    cores = usable_cores()
     if cores < 2:
         return (), {}
     return ("--num-workers", "1"), {"OMP_NUM_THREADS": str(cores - 1)}

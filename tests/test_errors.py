@@ -97,13 +97,7 @@ class Ctx:
         return folder
 
     def nan_teacher(self) -> Path:
-        t = self.copy(self.teacher, "teacher-nan")
-        tensors = load_file(str(t / "model.safetensors"))
-        key = sorted(k for k in tensors if ".lm_expert." in k and tensors[k].is_floating_point())[0]
-        tensors[key] = tensors[key].clone()
-        tensors[key].view(-1)[0] = float("nan")
-        save_file(tensors, str(t / "model.safetensors"), metadata={"format": "pt"})
-        return t
+        return _with_nan_expert_weight(self.copy(self.teacher, "teacher-nan"))
 
     def other_dataset(self) -> Path:
         """The tiny dataset as the Hub would hold another repo's copy: LeRobot's dataset card names it."""
@@ -349,14 +343,18 @@ CASES = [
 ]
 
 
-def _nan_student(self: Ctx) -> Path:
-    s = self.copy(self.student, "nan-student")
-    tensors = load_file(str(s / "model.safetensors"))
+def _with_nan_expert_weight(folder: Path) -> Path:
+    """``folder`` (a copy of a checkpoint) with one NaN in its first action-expert tensor."""
+    tensors = load_file(str(folder / "model.safetensors"))
     key = sorted(k for k in tensors if ".lm_expert." in k and tensors[k].is_floating_point())[0]
     tensors[key] = tensors[key].clone()
     tensors[key].view(-1)[0] = float("nan")
-    save_file(tensors, str(s / "model.safetensors"), metadata={"format": "pt"})
-    return s
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+def _nan_student(self: Ctx) -> Path:
+    return _with_nan_expert_weight(self.copy(self.student, "nan-student"))
 
 
 def _pulled(self: Ctx, repo: str) -> Path:
