@@ -15,7 +15,7 @@ from . import train as train_module
 from .canonicalize import canonicalize
 from .card import render_card
 from .checkpoint import CONFIG_NAME, LINEAGE_NAME, Lineage, read_policy_config
-from .config import ReflowConfig
+from .config import STUDENT_INPUTS, ReflowConfig
 from .console import fail, run_command
 from .demo import add_demo_args, start_demo
 from .errors import UserError
@@ -47,6 +47,9 @@ def _add_train(sub) -> None:
     p.add_argument("--time-sampling", choices=list(TIME_SAMPLERS), default=ReflowConfig.time_sampling,
                    help="training times t: grid (the student's Euler times), mixed (half grid, half uniform), "
                    "uniform, or beta (SmolVLA's); see docs/fidelity.md")
+    p.add_argument("--student-inputs", choices=list(STUDENT_INPUTS), default=ReflowConfig.student_inputs,
+                   help="for a student of 2+ steps: train its later steps at the states its own Euler steps reach "
+                   "(on-policy) or on straight paths; see docs/reflow.md")
     p.add_argument("--lr", type=float_in(0), default=None,
                    help="peak learning rate (default: the teacher config's optimizer_lr, LeRobot's preset)")
     p.add_argument("--warmup-steps", type=NON_NEGATIVE, default=None, help="warm-up steps (default: 5%% of --steps)")
@@ -70,6 +73,7 @@ def _cmd_train(a) -> int:
     try:
         rcfg = ReflowConfig(
             teacher_steps=a.teacher_steps, student_steps=a.student_steps, time_sampling=a.time_sampling,
+            student_inputs=a.student_inputs,
             lr=a.lr, warmup_steps=a.warmup_steps, steps=a.steps, batch_size=a.batch_size, seed=a.seed,
             holdout_episodes=a.holdout_episodes, cuda_graphs=not a.no_cuda_graphs,
         )

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, fields
 
 from .flow import TIME_SAMPLERS
 
+STUDENT_INPUTS = ("on-policy", "straight")
+
 
 @dataclass
 class ReflowConfig:
@@ -19,6 +21,10 @@ class ReflowConfig:
     # that grid, half uniform; "uniform" on [0, 1] (Rectified Flow: a field straight everywhere, for
     # a student also run at other step counts); "beta" (SmolVLA's Beta(1.5, 1) * 0.999 + 0.001).
     time_sampling: str = "grid"
+    # Where a K-step student (K >= 2) is trained at its grid times t < 1 (docs/reflow.md#on-policy-inputs):
+    # "on-policy", at the states its own Euler steps reach from z, towards the teacher's answer;
+    # "straight", on the straight path between z and the teacher's answer. No effect for K = 1.
+    student_inputs: str = "on-policy"
     # Keep the student's VLM frozen (vision encoder, connector, text model). The expert and the
     # projections train. Unfreezing changes the KV cache the expert attends to and costs memory.
     freeze_vlm: bool = True
@@ -48,6 +54,8 @@ class ReflowConfig:
             raise ValueError(f"student_steps must be >= 1, got {self.student_steps}")
         if self.time_sampling not in TIME_SAMPLERS:
             raise ValueError(f"time_sampling must be one of {TIME_SAMPLERS}, got {self.time_sampling!r}")
+        if self.student_inputs not in STUDENT_INPUTS:
+            raise ValueError(f"student_inputs must be one of {STUDENT_INPUTS}, got {self.student_inputs!r}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.steps < 1:
@@ -59,10 +67,16 @@ class ReflowConfig:
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
 
+    @property
+    def on_policy(self) -> bool:
+        """Whether grid rows below t = 1 are trained at the student's own Euler states."""
+        return self.student_inputs == "on-policy" and self.student_steps > 1
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> ReflowConfig:
         known = {f.name for f in fields(cls)}
+        data = {"student_inputs": "straight", **data}  # what runs recorded before the setting existed did
         return cls(**{k: v for k, v in data.items() if k in known})

@@ -33,9 +33,24 @@ def check_dataset_features(teacher_cfg, ds_meta, dataset_id: str) -> None:
             )
 
 
-def load_dataset(teacher_cfg, repo_id: str, root: Path | None, revision: str | None, holdout: int):
-    """LeRobot's dataset with the teacher's delta timestamps; the last ``holdout`` episodes left out."""
+def observation_delta_timestamps(teacher_cfg, meta) -> dict[str, list] | None:
+    """The teacher's delta timestamps for what reflow reads: observations only.
+
+    The student's targets come from the teacher, never from the dataset's actions, so the action
+    chunk (``chunk_size`` frames per sample for SmolVLA) and rewards are not read; each sample then
+    holds the current frame's action only. Observation deltas (none for SmolVLA) are kept as the
+    teacher was trained with them."""
     from lerobot.datasets.factory import resolve_delta_timestamps
+    from lerobot.utils.constants import OBS_PREFIX
+
+    deltas = resolve_delta_timestamps(teacher_cfg, meta) or {}
+    kept = {k: v for k, v in deltas.items() if k.startswith(OBS_PREFIX)}
+    return kept or None
+
+
+def load_dataset(teacher_cfg, repo_id: str, root: Path | None, revision: str | None, holdout: int):
+    """LeRobot's dataset with the teacher's observation delta timestamps (no action chunks: see
+    ``observation_delta_timestamps``); the last ``holdout`` episodes left out."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
 
     if root is not None:  # a folder that is not a LeRobotDataset: never fall back to the Hub
@@ -51,7 +66,7 @@ def load_dataset(teacher_cfg, repo_id: str, root: Path | None, revision: str | N
     train_eps = list(range(n - holdout))
     dataset = LeRobotDataset(
         repo_id, root=root, revision=revision, episodes=train_eps if holdout else None,
-        delta_timestamps=resolve_delta_timestamps(teacher_cfg, meta),
+        delta_timestamps=observation_delta_timestamps(teacher_cfg, meta),
     )
     info = {
         "repo_id": repo_id,

@@ -41,6 +41,17 @@ def target_velocity(noise: Tensor, data: Tensor) -> Tensor:
     return noise - data
 
 
+def noise_through(x_t: Tensor, data: Tensor, t: Tensor) -> Tensor:
+    """The noise ``z'`` whose straight path to ``data`` passes through ``x_t`` at time ``t`` (0 < t <= 1).
+
+    ``interpolate(z', data, t) == x_t`` and ``target_velocity(z', data) == (x_t - data) / t``: the
+    constant velocity that lands on ``data`` at t = 0 from ``x_t``. So a loss written for straight
+    paths (LeRobot's ``VLAFlowMatching.forward`` takes noise, data and time) trains the field at a
+    given state (docs/reflow.md#on-policy-inputs)."""
+    tb = _bcast(t, x_t)
+    return (x_t - (1 - tb) * data) / tb
+
+
 def sample_time(kind: str, batch_size: int, device: torch.device | str = "cpu",
                 generator: torch.Generator | None = None, grid_steps: int = 1) -> Tensor:
     """Training times, float32 of shape (B,), drawn on the CPU (from ``generator`` when given).
@@ -94,9 +105,10 @@ class EulerPath:
         return self.states[-1]
 
 
-def euler_path(velocity: VelocityField, noise: Tensor, num_steps: int) -> EulerPath:
-    """Integrate ``dx/dt = v`` from t = 1 to t = 0 with ``num_steps`` Euler steps, keeping the path."""
-    times = euler_times(num_steps)
+def euler_path(velocity: VelocityField, noise: Tensor, num_steps: int, stop_after: int | None = None) -> EulerPath:
+    """Integrate ``dx/dt = v`` from t = 1 to t = 0 with ``num_steps`` Euler steps, keeping the path
+    (only its first ``stop_after`` steps when given)."""
+    times = euler_times(num_steps)[:stop_after]
     dt = -1.0 / num_steps
     x = noise
     states, velocities = [x], []

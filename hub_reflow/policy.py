@@ -29,7 +29,7 @@ from .config import ReflowConfig
 from .errors import UserError
 from .fastpath import TeacherSampler
 from .hub import push_policy
-from .smolvla import noise_shape, policy_inputs, student_losses, teacher_pairs
+from .smolvla import noise_shape, on_policy_noise, policy_inputs, student_losses, teacher_pairs
 
 
 def vlm_module(policy) -> nn.Module:
@@ -177,6 +177,8 @@ class ReflowPolicy(
             time = flow.sample_time(self.reflow_config.time_sampling, inputs.batch_size, device=device,
                                     grid_steps=self.reflow_config.student_steps)
         time = _on(time, device)
+        if self.reflow_config.on_policy:
+            noise = on_policy_noise(self.student, inputs, noise, data, time, self.reflow_config.student_steps)
         loss = student_losses(self.student, inputs, data, noise, time).mean()
         return loss, {"loss": loss.detach()}
 

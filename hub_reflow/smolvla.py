@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .flow import VelocityField
+from .flow import VelocityField, euler_path, euler_times, noise_through
 
 
 @dataclass
@@ -145,3 +145,33 @@ def teacher_pairs(teacher, inputs, noise: Tensor, teacher_steps: int, real_dim: 
     else:
         chunk = sample_chunk(teacher, inputs, noise, teacher_steps)
     return noise, pad_to_data(chunk.float(), real_dim)
+
+
+def select_rows(inputs: PolicyInputs, rows: Tensor) -> PolicyInputs:
+    """The observations of ``rows`` (an index tensor) only."""
+    return PolicyInputs(
+        images=[im[rows] for im in inputs.images], img_masks=[m[rows] for m in inputs.img_masks],
+        lang_tokens=inputs.lang_tokens[rows], lang_masks=inputs.lang_masks[rows], state=inputs.state[rows],
+    )
+
+
+@torch.no_grad()
+def on_policy_noise(policy, inputs: PolicyInputs, noise: Tensor, data: Tensor, time: Tensor, steps: int) -> Tensor:
+    """Noise for ``VLAFlowMatching.forward`` that puts each row with a grid time ``t < 1`` at the
+    state the policy's own ``steps``-step Euler sampler reaches from ``z`` at ``t``, with the target
+    velocity that lands on the teacher's answer ``a`` from there (``flow.noise_through``);
+    docs/reflow.md#on-policy-inputs. Rows at ``t = 1`` (the state is ``z``) and rows off the grid
+    keep their noise. The Euler states come from the policy's current weights, no gradient, with the
+    prefix computed once as ``sample_actions`` does."""
+    grid = torch.tensor(euler_times(steps), dtype=time.dtype, device=time.device)
+    k = (time[:, None] == grid[None, :]).float().argmax(-1)  # the grid index of each row's time
+    rows = torch.nonzero((time < 1) & (time[:, None] == grid[None, :]).any(-1)).flatten()
+    if rows.numel() == 0:
+        return noise
+    last = int(k[rows].max())
+    path = euler_path(velocity_field(policy, select_rows(inputs, rows)), noise[rows], steps, stop_after=last)
+    states = torch.stack(path.states)  # (last + 1, rows, chunk, dim)
+    x_t = states[k[rows], torch.arange(rows.numel(), device=noise.device)]
+    out = noise.clone()
+    out[rows] = noise_through(x_t.to(noise.dtype), data[rows], time[rows])
+    return out

@@ -111,3 +111,25 @@ def test_time_samplers_follow_the_generator():
         a = flow.sample_time(kind, 16, generator=torch.Generator().manual_seed(3), grid_steps=4)
         b = flow.sample_time(kind, 16, generator=torch.Generator().manual_seed(3), grid_steps=4)
         assert torch.equal(a, b)
+
+
+def test_noise_through_puts_the_straight_path_at_the_given_state():
+    # z' = (x - (1 - t) a) / t: the straight path from z' to a passes x at t, and its velocity is the
+    # one that lands on a from x in the time left; at t = 1 it is x itself.
+    torch.manual_seed(0)
+    x, a = torch.randn(4, 5, 3, dtype=torch.float64), torch.randn(4, 5, 3, dtype=torch.float64)
+    t = torch.tensor([1.0, 0.5, 0.25, 0.75], dtype=torch.float64)
+    z = flow.noise_through(x, a, t)
+    torch.testing.assert_close(flow.interpolate(z, a, t), x, rtol=0, atol=1e-12)
+    torch.testing.assert_close(flow.target_velocity(z, a), (x - a) / t[:, None, None], rtol=0, atol=1e-12)
+    assert torch.equal(z[0], x[0])
+    # One Euler step of that velocity from x at t over the time t lands exactly on a.
+    torch.testing.assert_close(x - t[:, None, None] * flow.target_velocity(z, a), a, rtol=0, atol=1e-12)
+
+
+def test_euler_path_stop_after_is_the_start_of_the_full_path():
+    z = torch.randn(2, 3, 2)
+    field = lambda x, t: torch.cos(x) * t[:, None, None]  # noqa: E731
+    full, part = flow.euler_path(field, z, 4), flow.euler_path(field, z, 4, stop_after=2)
+    assert part.times == [1.0, 0.75] and len(part.states) == 3
+    assert all(torch.equal(p, f) for p, f in zip(part.states, full.states[:3]))
