@@ -10,8 +10,9 @@ deterministic in the state, so the two true chunks ``m_d`` of every frame are kn
 
 Per world: a teacher trained by the real ``lerobot-train`` (``--teacher-train-steps``, default 1000);
 1-step students trained by ``hub-reflow``'s own loop with its defaults except the time sampling
-(``--modes``, default all four) for ``--student-train-steps`` (600) at ``--batch-size`` (8); a 2-step
-student and a second reflow round (the default 1-step student, run at 10 steps, as the teacher of a
+(``--modes``, default all four) for ``--student-train-steps`` (600) at ``--batch-size`` (8); 2-step
+students (``--two-step-inputs``: trained on-policy, the default, and on straight paths;
+docs/reflow.md#on-policy-inputs) and a second reflow round (the default 1-step student, run at 10 steps, as the teacher of a
 new 1-step student) with the default time sampling; and the reference: a 1-step student from the
 40-line loop in ``reference_loop.py`` (the same steps, batch, learning rate and time sampling, no
 fp32 master weights), so a ratio that misses the target can be told apart from a loop that does.
@@ -122,7 +123,7 @@ def straightness(policy, inputs, noise: torch.Tensor, steps: int, action_dim: in
 
 
 def parse_args(argv=None):
-    from hub_reflow.config import ReflowConfig
+    from hub_reflow.config import STUDENT_INPUTS, ReflowConfig
     from hub_reflow.flow import TIME_SAMPLERS
     from hub_reflow.testing.tiny_world import WORLDS
 
@@ -146,6 +147,8 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=None, help="students' peak learning rate (default: hub-reflow's, the teacher's)")
     p.add_argument("--noises", type=int, default=None, help="noise draws per frame (default 4; smoke 1)")
     p.add_argument("--two-step", action=argparse.BooleanOptionalAction, default=True, help="also a 2-step student")
+    p.add_argument("--two-step-inputs", default="on-policy,straight",
+                   help="the 2-step students' training inputs (student_inputs), comma-separated: on-policy, straight")
     p.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
                    help="also a 1-step student from the reference loop (benchmarks/reference_loop.py)")
     p.add_argument("--round2", action=argparse.BooleanOptionalAction, default=None,
@@ -164,6 +167,10 @@ def parse_args(argv=None):
     a.worlds = a.worlds.split(",") if a.worlds else (["tiny"] if a.teacher else list(WORLDS))
     if a.round2 is None:
         a.round2 = not a.smoke
+    a.two_step_inputs = a.two_step_inputs.split(",")
+    for si in a.two_step_inputs:
+        if si not in STUDENT_INPUTS:
+            raise OptionError(PROG, f"--two-step-inputs: {si!r} is not one of {', '.join(STUDENT_INPUTS)}")
     for m in a.modes:
         if m not in TIME_SAMPLERS:
             raise OptionError(PROG, f"--modes: {m!r} is not one of {', '.join(TIME_SAMPLERS)}")
@@ -188,7 +195,8 @@ def parse_args(argv=None):
 
 
 def train_student(teacher: Path, dataset_root: Path, repo_id: str, out: Path, *, steps: int, batch_size: int,
-                  student_steps: int, time_sampling: str, device: str, lr: float | None, seed: int) -> Path:
+                  student_steps: int, time_sampling: str, device: str, lr: float | None, seed: int,
+                  student_inputs: str = "on-policy") -> Path:
     from hub_reflow.config import ReflowConfig
     from hub_reflow.train import TrainArgs, train
 
@@ -199,7 +207,7 @@ def train_student(teacher: Path, dataset_root: Path, repo_id: str, out: Path, *,
         teacher=str(teacher), dataset=repo_id, dataset_root=dataset_root, output_dir=out, device=device,
         log_freq=max(steps // 5, 1), progress=False,
         reflow=ReflowConfig(steps=steps, batch_size=batch_size, student_steps=student_steps, time_sampling=time_sampling,
-                            holdout_episodes=HOLDOUT, lr=lr, seed=seed),
+                            holdout_episodes=HOLDOUT, lr=lr, seed=seed, student_inputs=student_inputs),
     ))
 
 
@@ -234,16 +242,17 @@ def evaluate_world(a, name: str, device) -> dict:
         runs = runs.with_name(f"{runs.name}-lr{a.lr:g}")
     if a.train_seed != ReflowConfig().seed:
         runs = runs.with_name(f"{runs.name}-seed{a.train_seed}")
-    plan = [(f"student(1-step, {m})", runs / f"k1-{m}", teacher, 1, m) for m in a.modes]
+    plan = [(f"student(1-step, {m})", runs / f"k1-{m}", teacher, 1, m, "straight") for m in a.modes]
     if a.two_step:
-        plan.append((f"student(2-step, {a.default_mode})", runs / f"k2-{a.default_mode}", teacher, 2, a.default_mode))
+        plan += [(f"student(2-step, {a.default_mode}, {si})", runs / f"k2-{a.default_mode}-{si}", teacher, 2, a.default_mode, si)
+                 for si in a.two_step_inputs]
     students = {}
-    for label, out, t, k, mode in plan:
+    for label, out, t, k, mode, si in plan:
         t1 = time.perf_counter()
         print(f"[{name}] {label}: {a.student_train_steps} steps at batch {a.batch_size}", file=sys.stderr, flush=True)
         students[label] = train_student(t, dataset_root, spec.repo_id, out, steps=a.student_train_steps,
                                         batch_size=a.batch_size, student_steps=k, time_sampling=mode, device=device.type,
-                                        lr=a.lr, seed=a.train_seed)
+                                        lr=a.lr, seed=a.train_seed, student_inputs=si)
         timings[f"{label}_train_s"] = time.perf_counter() - t1
     if a.reference:
         label, out = f"reference loop (1-step, {a.default_mode})", runs / f"reference-k1-{a.default_mode}"

@@ -34,17 +34,19 @@ def check_dataset_features(teacher_cfg, ds_meta, dataset_id: str) -> None:
 
 
 def observation_delta_timestamps(teacher_cfg, meta) -> dict[str, list] | None:
-    """The teacher's delta timestamps for what reflow reads: observations only.
+    """The teacher's delta timestamps for what reflow reads: observation history only.
 
     The student's targets come from the teacher, never from the dataset's actions, so the action
     chunk (``chunk_size`` frames per sample for SmolVLA) and rewards are not read; each sample then
-    holds the current frame's action only. Observation deltas (none for SmolVLA) are kept as the
-    teacher was trained with them."""
+    holds the current frame's action only. An observation delta of ``[0]`` (SmolVLA's: the current
+    frame only) is dropped too: LeRobot's delta query returns the same frame with a leading axis of
+    1 (which SmolVLA's ``prepare_images`` / ``prepare_state`` take off again) at several times the
+    cost of a plain read. Any other observation history is kept as the teacher was trained with it."""
     from lerobot.datasets.factory import resolve_delta_timestamps
     from lerobot.utils.constants import OBS_PREFIX
 
     deltas = resolve_delta_timestamps(teacher_cfg, meta) or {}
-    kept = {k: v for k, v in deltas.items() if k.startswith(OBS_PREFIX)}
+    kept = {k: v for k, v in deltas.items() if k.startswith(OBS_PREFIX) and list(v) != [0.0]}
     return kept or None
 
 

@@ -51,12 +51,13 @@ def test_on_policy_inputs_are_lerobots_own_euler_states(setup, steps):
     z = torch.randn(noise_shape(policy, b), generator=torch.Generator().manual_seed(steps))
     a = torch.randn(noise_shape(policy, b), generator=torch.Generator().manual_seed(10 + steps))
     seen = _visited(policy, inputs, z, steps)
-    assert [t for _, t in seen] == flow.euler_times(steps)
+    grid = torch.tensor(flow.euler_times(steps), dtype=torch.float32).tolist()  # the times as float32
+    assert [t for _, t in seen] == grid
     # Rows at every grid time (t = 1 twice, so one row per time and a repeat).
     times = torch.tensor((flow.euler_times(steps) * b)[:b], dtype=torch.float32)
     z_on = on_policy_noise(policy, inputs, z, a, times, steps)
     for i in range(b):
-        k = flow.euler_times(steps).index(float(times[i]))
+        k = grid.index(float(times[i]))
         x_t = flow.interpolate(z_on[i:i + 1], a[i:i + 1], times[i:i + 1])
         if k == 0:  # t = 1: the input is z itself, untouched
             assert torch.equal(z_on[i], z[i])
