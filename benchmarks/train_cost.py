@@ -19,7 +19,10 @@ step under an operator counter, and with ``--profile`` ``--profile-steps`` steps
   loss + backward + step (hub-reflow's optimizer over fp32 master copies of the bf16 trainable
   params, the gradient and weight copies counted in the optimizer phase, as ``hub-reflow train``).
 - ``reflow_cached``: the same with the pair precomputed (as ``hub-reflow train --pairs`` does: the
-  teacher stays loaded, for the final evaluation, but is not run).
+  teacher stays loaded, for the final evaluation, but is not run). The pair is made with LeRobot's
+  eager sampling: ``train --pairs`` reads its pairs from a file and never captures a CUDA graph in
+  the training process, and a process that has captured one paid ~1.6x per host operation in the
+  first H200 run (issue 18; ``--capture-effect`` measures that on LeRobot's normal step).
 - ``reflow_online_eager`` (on CUDA, or with ``--variants``): online pairs with LeRobot's eager
   ``sample_actions`` (``--no-cuda-graphs``).
 
@@ -28,7 +31,12 @@ preprocessor, forward, autograd's backward, clipping and optimizer; split by pha
 ``item_calls_per_step`` (``aten::_local_scalar_dense``: a device-to-host read, a sync on CUDA); on
 CUDA ``cuda_syncs_per_step`` (CUDA's sync debug mode). ``--profile`` adds, per row, the top operators
 by self CPU time and (CUDA) by self device time, kernel launches, CUDA-graph launches and GPU kernels
-per step, and the wall time of each phase with the device synchronised between phases.
+per step, the wall time of each phase with the device synchronised between phases, and
+``host_cost_vs_normal``: the normal step's aten operators priced at the row's own host cost per
+call over their cost in the normal step (1.0: each shared operator costs the host the same; a
+mode, hook or process state that makes every operator dearer shows here, whatever the op count).
+``--capture-effect`` (CUDA) times the normal step in its own process before and after a teacher
+sampling graph is captured there (after the warm-up alone, after the capture, after freeing it).
 
 Worlds: without ``--teacher``, a tiny world (tiny SmolVLM backbone, tiny dataset, a teacher trained
 for 2 steps by the real ``lerobot-train``; the cost does not depend on how well it was trained) is
@@ -80,6 +88,8 @@ def _parse(argv=None):
     p.add_argument("--repeats", type=int, default=None, help="default 10 (3 with --smoke, 5 with --real-size)")
     p.add_argument("--profile", action="store_true", help="torch.profiler summary per row (top ops, launches per step, phases)")
     p.add_argument("--profile-steps", type=int, default=3)
+    p.add_argument("--capture-effect", action="store_true",
+                   help="time the normal step again after its process captured a teacher-sampling CUDA graph (CUDA)")
     p.add_argument("--variants", default=None, help=f"comma-separated, from {','.join(VARIANTS)} (default: the first three, "
                    f"plus {EAGER_ONLINE} on CUDA)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
@@ -190,6 +200,7 @@ def _profile(step: _Step, device: str, steps: int) -> dict:
             torch.cuda.synchronize()
     try:
         out = profile_summary(prof, steps)
+        out["host_ops"] = host_ops(prof, steps)
     except Exception as e:  # a profiler API difference must not lose the run's other numbers
         out = {"error": f"{type(e).__name__}: {e}"}
     # Wall time per phase with the device synchronised between phases (where the time goes).
@@ -204,6 +215,56 @@ def _profile(step: _Step, device: str, steps: int) -> dict:
                 torch.cuda.synchronize()
             per_phase[name].append(time.perf_counter() - t0)
     out["phase_ms"] = {k: 1000 * statistics.median(v) for k, v in per_phase.items()}
+    return out
+
+
+def _timed_ms(step: _Step, cuda: bool, n: int) -> tuple[float, float]:
+    """Median wall and process-CPU milliseconds of ``n`` steps."""
+    import torch
+
+    wall, cpu = [], []
+    for _ in range(n):
+        t0, c0 = time.perf_counter(), time.process_time()
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+        wall.append(1000 * (time.perf_counter() - t0))
+        cpu.append(1000 * (time.process_time() - c0))
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def capture_effect(step: _Step, policy, pre, raw: dict, teacher_steps: int, cuda: bool, n: int) -> dict:
+    """LeRobot's normal step, timed in one process before and after the process captures a CUDA
+    graph of teacher sampling (``fastpath``), in four states: before; after the capture's warm-up
+    alone (side stream, host constants, sync debug mode); after the capture; after the graph is
+    freed. Issue 18: the steps of processes that had captured a graph cost ~1.6x per host operation."""
+    import copy
+    import gc
+
+    import torch
+
+    from hub_reflow.fastpath import TeacherSampler
+    from hub_reflow.smolvla import noise_shape, policy_inputs
+
+    out = {"captured": False}
+    out["before"] = _timed_ms(step, cuda, n)
+    teacher = copy.deepcopy(policy).eval().requires_grad_(False)
+    sampler = TeacherSampler(teacher, teacher_steps)
+    with torch.no_grad():
+        inputs = policy_inputs(teacher, pre(dict(raw)))
+        noise = torch.randn(noise_shape(teacher, inputs.batch_size), device=inputs.state.device)
+        if cuda:
+            sampler.warm_up_only(inputs, noise)
+    out["after_warm_up"] = _timed_ms(step, cuda, n)
+    with torch.no_grad():
+        sampler(inputs, noise)
+    out["captured"] = sampler.stats["captures"] > 0
+    out["after_capture"] = _timed_ms(step, cuda, n)
+    del sampler, teacher
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    out["after_free"] = _timed_ms(step, cuda, n)
     return out
 
 
@@ -246,8 +307,12 @@ def run_variant(variant: str, spec: dict) -> list[dict]:
         policy.train()
         model_bytes = _bytes(policy)
     else:
+        # Only the online step samples through CUDA graphs. ``hub-reflow train --pairs`` reads its pairs
+        # from a file and never samples the teacher in the training process; the cached row makes its
+        # one pair eagerly so, as there, no graph is captured in its process (issue 18: a captured graph
+        # made every host operation of the cached step ~1.6x dearer; see capture_effect).
         rcfg = ReflowConfig(teacher_steps=spec["teacher_steps"], batch_size=max(spec["batch_sizes"]), steps=1000,
-                            cuda_graphs=variant != EAGER_ONLINE)
+                            cuda_graphs=variant == "reflow_online")
         rp = ReflowPolicy.from_teacher(resolved, rcfg, device=device)
         rp.train()
         model_bytes, teacher_bytes = _bytes(rp.student), _bytes(rp.teacher)
@@ -331,6 +396,9 @@ def run_variant(variant: str, spec: dict) -> list[dict]:
             row["teacher_sampler_stats"] = dict(rp.teacher_sampler.stats)
         if spec.get("profile"):
             row["profile"] = _profile(step, device, spec["profile_steps"])
+        if variant == "normal" and spec.get("capture_effect") and b == spec["batch_sizes"][0]:
+            row["capture_effect"] = capture_effect(step, policy, pre, raw, spec["teacher_steps"], cuda,
+                                                   max(spec["repeats"], 3))
         return row
 
     rows = []
@@ -487,6 +555,40 @@ def profile_markdown(rows: list[dict], top: int = 8) -> str:
     return "\n".join(out)
 
 
+def add_host_cost(rows: list[dict]) -> None:
+    """Per profiled row, ``host_cost_vs_normal``: the normal step's aten operators priced at this
+    row's host cost per call, over the normal step's own cost (``common.host_cost_ratio``)."""
+    from common import host_cost_ratio
+
+    normal = {r["batch_size"]: r for r in rows if r["name"] == "normal"}
+    for r in rows:
+        ops, ref = (r.get("profile") or {}).get("host_ops"), (normal[r["batch_size"]].get("profile") or {}).get("host_ops")
+        if ops and ref:
+            r["host_cost_vs_normal"] = host_cost_ratio(ops, ref)
+
+
+def host_cost_markdown(rows: list[dict]) -> str:
+    """Host cost per operator call against the normal step's, the same operators (--profile)."""
+    rows = [r for r in rows if r.get("host_cost_vs_normal")]
+    if not rows:
+        return ""
+    names = list(dict.fromkeys(k for r in rows for k in r["host_cost_vs_normal"]["by_op"]))
+    lines = ["| step | batch | per-op host cost vs normal | shared aten ops | " + " | ".join(names) + " |",
+             "|---|---:|---:|---:|" + "---:|" * len(names)]
+    for r in rows:
+        h = r["host_cost_vs_normal"]
+        lines.append(f"| {r['name']} | {r['batch_size']} | {_fmt(h['ratio'], 3)} | {h['ops']} | "
+                     + " | ".join(_fmt(h["by_op"].get(k), 2) for k in names) + " |")
+    ce = next((r["capture_effect"] for r in rows if r.get("capture_effect")), None)
+    if ce:
+        lines.append("")
+        lines.append("normal step (wall ms, CPU ms) in one process, before and after it captured a teacher-sampling "
+                     f"CUDA graph (captured: {ce['captured']}): "
+                     + "; ".join(f"{k.replace('_', ' ')} {ce[k][0]:.1f}, {ce[k][1]:.1f}"
+                                 for k in ("before", "after_warm_up", "after_capture", "after_free")))
+    return "\n".join(lines)
+
+
 def evaluate_targets(rows: list[dict], device: str) -> dict:
     """The issue's targets at the first batch size: memory, cached-step time and operator count,
     online-step time."""
@@ -511,6 +613,13 @@ def evaluate_targets(rows: list[dict], device: str) -> dict:
                               "met": ratio <= 1.10,
                               "detail": f"{ca['median_step_ms']:.1f} ms vs {n['median_step_ms']:.1f} ms = {ratio:.2f}x; "
                                         f"CPU time {ca['median_cpu_ms'] / n['median_cpu_ms']:.2f}x (batch {b})"}
+        if ca.get("host_cost_vs_normal", {}).get("ratio") is not None:
+            h = ca["host_cost_vs_normal"]
+            out["cached_host_cost"] = {"target": "cached-pair step per-op host cost <= 1.05x a normal step's",
+                                       "met": h["ratio"] <= 1.05,
+                                       "detail": f"{h['ratio']:.3f}x over {h['ops']} shared aten ops; "
+                                                 + ", ".join(f"{k} {v:.2f}x" for k, v in h["by_op"].items())
+                                                 + f" (batch {b})"}
         ops = ca["aten_ops_per_step"] / n["aten_ops_per_step"]
         out["cached_ops"] = {"target": "cached-pair step aten op count <= 1.02x a normal step's",
                              "met": ops <= 1.02,
@@ -563,7 +672,7 @@ def main(argv=None) -> int:
         teacher, dataset, dataset_root, size = a.teacher, a.dataset, a.dataset_root, f"teacher {a.teacher}"
     spec = {"teacher": teacher, "dataset": dataset, "dataset_root": str(dataset_root) if dataset_root else None,
             "batch_sizes": a.batch_sizes, "teacher_steps": a.teacher_steps, "warmup": a.warmup, "repeats": a.repeats,
-            "device": device, "profile": a.profile, "profile_steps": a.profile_steps}
+            "device": device, "profile": a.profile, "profile_steps": a.profile_steps, "capture_effect": a.capture_effect}
     rows, errors = [], []
     for variant in variants:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--variant", variant, "--spec", json.dumps(spec)]
@@ -588,6 +697,7 @@ def main(argv=None) -> int:
     errors += [{**r, "error": "no normal step at this batch size to compare with"} for r in rows if r["batch_size"] not in normal_bs]
     rows = [r for r in rows if r["batch_size"] in normal_bs]
     rows.sort(key=lambda r: (a.batch_sizes.index(r["batch_size"]), variants.index(r["name"])))
+    add_host_cost(rows)
     targets = evaluate_targets(rows, device) if rows else {}
     out = {
         "benchmark": "train_cost",
@@ -616,6 +726,8 @@ def main(argv=None) -> int:
     if a.profile:
         print()
         print(profile_markdown(rows))
+        print()
+        print(host_cost_markdown(rows))
     print()
     print(ops_markdown(rows))
     print()

@@ -189,6 +189,15 @@ class TeacherSampler:
             return entry.out.clone()
         return self._body(entry)
 
+    @torch.no_grad()
+    def warm_up_only(self, inputs: PolicyInputs, noise: Tensor) -> None:
+        """The capture's warm-up for this shape without the capture (a diagnostic for
+        ``benchmarks/train_cost.py``: what the warm-up alone leaves behind in the process)."""
+        prefix = self.policy.model.embed_prefix(*inputs.args())
+        entry = _Entry.like(prefix, inputs.state, noise)
+        entry.load(prefix, inputs.state, noise)
+        warm_up(lambda: self._body(entry), self._constants)
+
     # ---- internals ------------------------------------------------------------------------------
 
     def _body(self, entry: _Entry) -> Tensor:
@@ -224,14 +233,20 @@ def capture_graph(body, constants: dict) -> tuple[torch.cuda.CUDAGraph, Tensor]:
     """``body()`` warmed up twice on a side stream (host constants recorded into ``constants``, any
     synchronising operation an error), then captured as a CUDA graph; returns the graph and the
     output tensor its replays overwrite. Raises on anything a graph cannot hold."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side), HostConstants(constants, capturing=False), sync_debug("error"):
-        for _ in range(2):  # warm-up: lazy initialisations, library handles, the constants
-            body()
-    torch.cuda.current_stream().wait_stream(side)
+    warm_up(body, constants)
     graph = torch.cuda.CUDAGraph()
     # thread_local: a DataLoader's pin-memory thread may allocate while this thread captures
     with HostConstants(constants, capturing=True), torch.cuda.graph(graph, capture_error_mode="thread_local"):
         out = body()
     return graph, out
+
+
+def warm_up(body, constants: dict) -> None:
+    """``body()`` twice on a side stream, recording host constants, any synchronising operation an
+    error: lazy initialisations and library handles before a capture."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), HostConstants(constants, capturing=False), sync_debug("error"):
+        for _ in range(2):
+            body()
+    torch.cuda.current_stream().wait_stream(side)
