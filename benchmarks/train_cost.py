@@ -25,6 +25,10 @@ step under an operator counter, and with ``--profile`` ``--profile-steps`` steps
   first H200 run (issue 18; ``--capture-effect`` measures that on LeRobot's normal step).
 - ``reflow_online_eager`` (on CUDA, or with ``--variants``): online pairs with LeRobot's eager
   ``sample_actions`` (``--no-cuda-graphs``).
+- ``reflow_cached_sr``, ``reflow_cached_bf16`` (with ``--variants``; first batch size only: memory
+  rows): the cached step with the other weight updates of ``ReflowConfig.update``, AdamW with
+  stochastic rounding straight on the bf16 weights (``sr_adamw.py``), and LeRobot's AdamW on the
+  bf16 weights (rounding to nearest), neither with fp32 masters.
 
 Per row, besides time and memory: ``aten_ops_per_step`` (every aten operator dispatched in one step:
 preprocessor, forward, autograd's backward, clipping and optimizer; split by phase), and
@@ -65,7 +69,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 ROWS = ("normal", "reflow_online", "reflow_cached")
 EAGER_ONLINE = "reflow_online_eager"
-VARIANTS = (*ROWS, EAGER_ONLINE)
+# The cached step with the other weight updates (ReflowConfig.update; memory rows, first batch size only).
+UPDATE_ROWS = {"reflow_cached": "fp32-masters", "reflow_cached_sr": "bf16-sr", "reflow_cached_bf16": "bf16"}
+VARIANTS = (*ROWS, EAGER_ONLINE, "reflow_cached_sr", "reflow_cached_bf16")
 PHASES = ("preprocess", "forward", "backward", "optimizer")
 PROG = "train_cost.py"
 
@@ -189,7 +195,7 @@ def _profile(step: _Step, device: str, steps: int) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from common import profile_summary
+    from common import host_ops, profile_summary
 
     cuda = device == "cuda"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -312,7 +318,7 @@ def run_variant(variant: str, spec: dict) -> list[dict]:
         # one pair eagerly so, as there, no graph is captured in its process (issue 18: a captured graph
         # made every host operation of the cached step ~1.6x dearer; see capture_effect).
         rcfg = ReflowConfig(teacher_steps=spec["teacher_steps"], batch_size=max(spec["batch_sizes"]), steps=1000,
-                            cuda_graphs=variant == "reflow_online")
+                            cuda_graphs=variant == "reflow_online", update=UPDATE_ROWS.get(variant, "fp32-masters"))
         rp = ReflowPolicy.from_teacher(resolved, rcfg, device=device)
         rp.train()
         model_bytes, teacher_bytes = _bytes(rp.student), _bytes(rp.teacher)
@@ -327,9 +333,10 @@ def run_variant(variant: str, spec: dict) -> list[dict]:
             step = _Step(pre, raw, lambda batch: policy.forward(batch)[0],
                          [p for p in policy.parameters() if p.requires_grad], optimizer, opt_cfg.grad_clip_norm)
         else:
-            master = MasterWeights(rp.trainable_parameters())  # as hub-reflow train: fp32 masters of bf16 weights
+            # as hub-reflow train: fp32 masters of bf16 weights unless another update is asked for
+            master = MasterWeights(rp.trainable_parameters(), enabled=rcfg.update == "fp32-masters")
             optimizer, _, clip, _ = make_optimizer(master.params, cfg, rp.reflow_config)
-            if variant == "reflow_cached":
+            if variant in UPDATE_ROWS:
                 from hub_reflow.smolvla import policy_inputs
 
                 with torch.no_grad():
@@ -358,6 +365,7 @@ def run_variant(variant: str, spec: dict) -> list[dict]:
         row = {
             "name": variant,
             "batch_size": b,
+            "update": None if variant == "normal" else rp.reflow_config.update,
             "median_step_ms": 1000 * statistics.median(times),
             "min_step_ms": 1000 * min(times),
             "max_step_ms": 1000 * max(times),
@@ -402,7 +410,7 @@ def run_variant(variant: str, spec: dict) -> list[dict]:
         return row
 
     rows = []
-    for b in spec["batch_sizes"]:
+    for b in spec["batch_sizes"][:1] if variant in UPDATE_ROWS and variant != "reflow_cached" else spec["batch_sizes"]:
         try:
             rows.append(one(b))
         except Exception as e:  # e.g. out of memory at the larger batch: keep the other rows
@@ -601,9 +609,9 @@ def evaluate_targets(rows: list[dict], device: str) -> dict:
     if reflow:
         teacher_mb = reflow[0]["teacher_weights_mb"]
         budget = n[key] + teacher_mb
-        worst = max(r[key] for r in reflow)
         out["memory"] = {"target": f"reflow peak memory ({key}) <= normal fine-tune's + teacher's weights",
-                         "met": worst <= budget,
+                         "met": all(r[key] <= budget for r in reflow),
+                         "met_by": [r["name"] for r in reflow if r[key] <= budget],
                          "detail": "; ".join(f"{r['name']} {r[key]:.1f} MB" for r in reflow)
                                    + f"; budget {n[key]:.1f} + {teacher_mb:.1f} = {budget:.1f} MB (batch {b})"}
     if "reflow_cached" in by:
@@ -674,6 +682,38 @@ def main(argv=None) -> int:
             "batch_sizes": a.batch_sizes, "teacher_steps": a.teacher_steps, "warmup": a.warmup, "repeats": a.repeats,
             "device": device, "profile": a.profile, "profile_steps": a.profile_steps, "capture_effect": a.capture_effect}
     rows, errors = [], []
+    path = a.json or Path("outputs/benchmarks") / ("train_cost_smoke.json" if a.smoke else "train_cost.json")
+
+    def write(partial: bool) -> tuple[list[dict], dict]:
+        """The JSON, rewritten after each variant (a run stopped part-way keeps what it measured)."""
+        from hub_reflow.safeio import dumps
+
+        # Ratios need LeRobot's own step at the same batch size.
+        normal_bs = {r["batch_size"] for r in rows if r["name"] == "normal"}
+        unmatched = [{**r, "error": "no normal step at this batch size to compare with"} for r in rows if r["batch_size"] not in normal_bs]
+        kept = sorted((r for r in rows if r["batch_size"] in normal_bs),
+                      key=lambda r: (a.batch_sizes.index(r["batch_size"]), variants.index(r["name"])))
+        add_host_cost(kept)
+        targets = evaluate_targets(kept, device) if kept else {}
+        out = {
+            "benchmark": "train_cost",
+            "partial": partial,
+            "hardware": _hardware(device),
+            "device": device,
+            "torch": torch.__version__,
+            "command": shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join([PROG, *argv]),
+            "size": size,
+            "batch_size": a.batch_sizes[0] if len(a.batch_sizes) == 1 else a.batch_sizes,
+            "batch_sizes": a.batch_sizes, "teacher_steps": a.teacher_steps, "warmup": a.warmup, "repeats": a.repeats,
+            "smoke": a.smoke, "real_size": a.real_size, "profile": a.profile,
+            "rows": kept,
+            "errors": errors + ([] if partial else unmatched),
+            "targets": targets,
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(dumps(out, indent=2))
+        return kept, out
+
     for variant in variants:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--variant", variant, "--spec", json.dumps(spec)]
         r = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
@@ -692,32 +732,9 @@ def main(argv=None) -> int:
             rows.append(row)
             print(f"{variant} batch {row['batch_size']}: {row['median_step_ms']:.1f} ms, {row['aten_ops_per_step']} aten ops, "
                   f"peak RSS {row['peak_rss_mb']:.0f} MB", file=sys.stderr, flush=True)
-    # Ratios need LeRobot's own step at the same batch size.
-    normal_bs = {r["batch_size"] for r in rows if r["name"] == "normal"}
-    errors += [{**r, "error": "no normal step at this batch size to compare with"} for r in rows if r["batch_size"] not in normal_bs]
-    rows = [r for r in rows if r["batch_size"] in normal_bs]
-    rows.sort(key=lambda r: (a.batch_sizes.index(r["batch_size"]), variants.index(r["name"])))
-    add_host_cost(rows)
-    targets = evaluate_targets(rows, device) if rows else {}
-    out = {
-        "benchmark": "train_cost",
-        "hardware": _hardware(device),
-        "device": device,
-        "torch": torch.__version__,
-        "command": shlex.join([sys.executable, *sys.argv]) if argv is None else shlex.join([PROG, *argv]),
-        "size": size,
-        "batch_size": a.batch_sizes[0] if len(a.batch_sizes) == 1 else a.batch_sizes,
-        "batch_sizes": a.batch_sizes, "teacher_steps": a.teacher_steps, "warmup": a.warmup, "repeats": a.repeats,
-        "smoke": a.smoke, "real_size": a.real_size, "profile": a.profile,
-        "rows": rows,
-        "errors": errors,
-        "targets": targets,
-    }
-    path = a.json or Path("outputs/benchmarks") / ("train_cost_smoke.json" if a.smoke else "train_cost.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from hub_reflow.safeio import dumps
-
-    path.write_text(dumps(out, indent=2))
+        write(partial=True)
+    rows, out = write(partial=False)
+    targets, errors = out["targets"], out["errors"]
     for t in targets.values():
         print(f"- {t['target']}: {'met' if t['met'] else 'NOT met'} ({t['detail']})")
     hw = out["hardware"]
