@@ -35,7 +35,7 @@
 #     on PYTHONPATH).
 #
 # Options: --smoke, --out DIR (default benchmarks/results; --smoke: outputs/gpu-smoke),
-# --workdir DIR (default outputs/gpu), --budget SECONDS (default 420: the whole run; --smoke: 300),
+# --workdir DIR (default outputs/gpu), --budget SECONDS (default 440: the whole run; --smoke: 300),
 # --teacher T --dataset D --dataset-root R (train_cost.py on that teacher instead of building one).
 # PYTHON (default python) names the interpreter.
 set -uo pipefail
@@ -62,7 +62,7 @@ done
 if [ "$SMOKE" = 1 ]; then  # the compile is only tried for a few seconds (Inductor takes minutes on a CPU)
   OUT="${OUT:-$ROOT/outputs/gpu-smoke}"; WORKDIR="${WORKDIR:-$ROOT/outputs/gpu-smoke/work}"; BUDGET="${BUDGET:-300}"
 else
-  OUT="${OUT:-$ROOT/benchmarks/results}"; WORKDIR="${WORKDIR:-$ROOT/outputs/gpu}"; BUDGET="${BUDGET:-420}"
+  OUT="${OUT:-$ROOT/benchmarks/results}"; WORKDIR="${WORKDIR:-$ROOT/outputs/gpu}"; BUDGET="${BUDGET:-440}"
 fi
 mkdir -p "$OUT" "$WORKDIR"
 OUT="$(cd "$OUT" && pwd)"; WORKDIR="$(cd "$WORKDIR" && pwd)"
@@ -90,7 +90,7 @@ cat "$OUT/gpu_info$SUFFIX.txt" >&2
 
 UPDATES=reflow_cached_sr,reflow_cached_bf16
 if [ "$SMOKE" = 1 ]; then
-  TC=(--smoke --profile --profile-steps 1 --capture-effect --variants "normal,reflow_online,reflow_cached,$UPDATES")
+  TC=(--smoke --profile --profile-steps 1 --capture-effect --variants "normal,reflow_online,reflow_cached,reflow_cached_sr")
   TS=(--smoke --batch-sizes 4,2 --repeats 2)
   LAT=(--smoke --cameras 1 --layouts lerobot --repeats 1 --fast --fast-steps 1,2 --compile-steps 1)
 else
