@@ -11,8 +11,9 @@ fine-tune's.
 
 The arithmetic is ``torch.optim.AdamW``'s (decoupled weight decay, bias-corrected moments, the same
 operation order; bit-identical on fp32 weights, where nothing is rounded). The rounding draws from
-the optimizer's own generator (``seed``), so the training noise and data order stay those of an
-fp32-master run with the same seed.
+the optimizer's own generator, seeded per (``seed``, step, parameter): the training noise and data
+order stay those of an fp32-master run with the same seed, and a run resumed from LeRobot's saved
+optimizer state (moments and step counts) rounds exactly as the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -44,11 +45,11 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
         self.seed = seed
         self._generators: dict[torch.device, torch.Generator] = {}
 
-    def _generator(self, device: torch.device) -> torch.Generator:
+    def _generator(self, device: torch.device, step: int, index: int) -> torch.Generator:
         g = self._generators.get(device)
         if g is None:
-            g = self._generators[device] = torch.Generator(device=device).manual_seed(self.seed)
-        return g
+            g = self._generators[device] = torch.Generator(device=device)
+        return g.manual_seed((self.seed * 1_000_003 + step * 7_919 + index) % (1 << 63))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -56,10 +57,12 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        index = -1
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
             for p in group["params"]:
+                index += 1
                 if p.grad is None:
                     continue
                 state = self.state[p]
@@ -78,19 +81,7 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
                 new = p.float() if p.dtype != torch.float32 else p
                 new.mul_(1 - lr * wd).addcdiv_(exp_avg, denom, value=-lr / (1 - beta1**step))
                 if p.dtype == torch.bfloat16:
-                    p.copy_(stochastic_round_bf16(new, self._generator(p.device)))
+                    p.copy_(stochastic_round_bf16(new, self._generator(p.device, int(step), index)))
                 elif new is not p:
                     p.copy_(new)
         return loss
-
-    def state_dict(self):
-        out = super().state_dict()
-        out["rounding_generators"] = {str(d): g.get_state() for d, g in self._generators.items()}
-        return out
-
-    def load_state_dict(self, state_dict):
-        state_dict = dict(state_dict)
-        gens = state_dict.pop("rounding_generators", {})
-        super().load_state_dict(state_dict)
-        for d, s in gens.items():
-            self._generator(torch.device(d)).set_state(s)
