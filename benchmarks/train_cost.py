@@ -239,6 +239,14 @@ def _timed_ms(step: _Step, cuda: bool, n: int) -> tuple[float, float]:
     return statistics.median(wall), statistics.median(cpu)
 
 
+def _idle_cpu() -> dict:
+    """OS threads of this process, and the CPU time it burns while the main thread sleeps 0.3 s (a
+    spinning background thread shows here)."""
+    c0 = time.process_time()
+    time.sleep(0.3)
+    return {"threads": len(os.listdir("/proc/self/task")), "cpu_s_while_asleep": time.process_time() - c0}
+
+
 def capture_effect(step: _Step, policy, pre, raw: dict, teacher_steps: int, cuda: bool, n: int) -> dict:
     """LeRobot's normal step, timed in one process before and after the process captures a CUDA
     graph of teacher sampling (``fastpath``), in four states: before; after the capture's warm-up
@@ -252,7 +260,7 @@ def capture_effect(step: _Step, policy, pre, raw: dict, teacher_steps: int, cuda
     from hub_reflow.fastpath import TeacherSampler
     from hub_reflow.smolvla import noise_shape, policy_inputs
 
-    out = {"captured": False}
+    out = {"captured": False, "idle_before": _idle_cpu()}
     out["before"] = _timed_ms(step, cuda, n)
     teacher = copy.deepcopy(policy).eval().requires_grad_(False)
     sampler = TeacherSampler(teacher, teacher_steps)
@@ -265,6 +273,7 @@ def capture_effect(step: _Step, policy, pre, raw: dict, teacher_steps: int, cuda
     with torch.no_grad():
         sampler(inputs, noise)
     out["captured"] = sampler.stats["captures"] > 0
+    out["idle_after_capture"] = _idle_cpu()
     out["after_capture"] = _timed_ms(step, cuda, n)
     del sampler, teacher
     gc.collect()
@@ -593,7 +602,10 @@ def host_cost_markdown(rows: list[dict]) -> str:
         lines.append("normal step (wall ms, CPU ms) in one process, before and after it captured a teacher-sampling "
                      f"CUDA graph (captured: {ce['captured']}): "
                      + "; ".join(f"{k.replace('_', ' ')} {ce[k][0]:.1f}, {ce[k][1]:.1f}"
-                                 for k in ("before", "after_warm_up", "after_capture", "after_free")))
+                                 for k in ("before", "after_warm_up", "after_capture", "after_free"))
+                     + "; OS threads and CPU s burnt during a 0.3 s sleep, before: {threads}, {cpu_s_while_asleep:.3f}; "
+                       .format(**ce["idle_before"])
+                     + "after the capture: {threads}, {cpu_s_while_asleep:.3f}".format(**ce["idle_after_capture"]))
     return "\n".join(lines)
 
 
