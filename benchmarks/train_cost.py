@@ -408,7 +408,7 @@ def run_variant(variant: str, spec: dict) -> list[dict]:
             row["cuda_alloc_retries_per_step"] = after.get("num_alloc_retries", 0) - before.get("num_alloc_retries", 0)
         else:
             row["cuda_syncs_per_step"] = row["cuda_mallocs_per_step"] = row["cuda_alloc_retries_per_step"] = None
-        if rp is not None and variant != "reflow_cached":
+        if rp is not None and variant not in UPDATE_ROWS:
             row["teacher_sampling"] = rp.teacher_sampling
             row["teacher_sampler_stats"] = dict(rp.teacher_sampler.stats)
         if spec.get("profile"):
