@@ -24,9 +24,9 @@ LAYERS = [
     # 2: checkpoints, datasets, command-line values and folders, the teacher's fast sampling path
     {"checkpoint", "data", "validation", "fastpath", "testing.hub_server.routes_repos", "testing.hub_server.routes_uploads"},
     # 3: measuring a policy, reading a checkpoint into facts, a run's checks, compiled latency, fast inference
-    {"evaluate", "inspection", "run_checks", "compiled", "inference", "testing.hub_server.app"},
+    {"evaluate", "inspection", "run_checks", "inference", "testing.hub_server.app"},
     # 4: the model card, cached pairs, the structural checks, the loop's helpers
-    {"card", "pairs", "structure", "train_utils", "testing.hub_server", "testing.hub_server.__main__"},
+    {"card", "pairs", "structure", "train_utils", "compiled", "testing.hub_server", "testing.hub_server.__main__"},
     # 5: push and pull; the tiny backbone (published through a local Hub)
     {"hub", "testing.tiny_backbone"},
     # 6: the policy object (its push_to_hub is push), verify, canonicalize; the tiny world
