@@ -35,7 +35,7 @@ from collections import OrderedDict
 import torch
 from torch import Tensor
 
-from .fastpath import MAX_SHAPES, TeacherSampler, capture_graph, graphs_possible
+from .fastpath import MAX_SHAPES, NotCapturable, TeacherSampler, capture_graph, graphs_possible
 from .smolvla import PolicyInputs
 
 logger = logging.getLogger(__name__)
@@ -68,15 +68,22 @@ class StaticVision:
 
     def prepare(self, image: Tensor) -> bool:
         """Run the model's ``embed_image`` once (eagerly), read its constants, check the substitute
-        against it; True when the substitute is exact for this image shape."""
+        against it; True when the substitute is exact for this image shape (on a GPU whose kernels
+        are not bit-reproducible: within the model's own run-to-run difference)."""
         key = (tuple(image.shape), image.dtype, image.device)
         if key in self.known or key in self.failed:
             return key in self.known
         _, vm = self._parts()
         seen: dict = {}
-        hooks = [vm.embeddings.position_embedding.register_forward_pre_hook(lambda m, args: seen.setdefault("pos", args[0])),
-                 vm.encoder.register_forward_pre_hook(lambda m, args, kwargs: seen.setdefault("enc", (args, dict(kwargs))),
-                                                      with_kwargs=True)]
+
+        def read_positions(module, args):
+            seen.setdefault("pos", args[0])
+
+        def read_encoder_call(module, args, kwargs):
+            seen.setdefault("enc", (args, dict(kwargs)))
+
+        hooks = [vm.embeddings.position_embedding.register_forward_pre_hook(read_positions),
+                 vm.encoder.register_forward_pre_hook(read_encoder_call, with_kwargs=True)]
         try:
             reference = self.vwe.embed_image(image)
         finally:
@@ -89,7 +96,14 @@ class StaticVision:
             return False
         self.known[key] = (seen["pos"], kwargs)
         try:
-            exact = torch.equal(self(image), reference)
+            ours = self(image)
+            exact = torch.equal(ours, reference)
+            if not exact and image.device.type != "cpu":
+                # A GPU kernel that is not bit-reproducible run to run: ours may differ from the model's
+                # own run by no more than the model's own runs differ from each other.
+                again = self.vwe.embed_image(image)
+                own = (again.float() - reference.float()).abs().max()
+                exact = bool(own > 0) and bool((ours.float() - reference.float()).abs().max() <= own)
         except Exception:  # noqa: BLE001 - a transformers version with other internals: not exact
             exact = False
         if not exact:
@@ -266,8 +280,9 @@ class FastInference:
         if self.cuda_graphs and graphs_possible(noise.device):
             t0 = time.perf_counter()
             try:
-                for img in self.policy.prepare_images(dict(entry.inputs))[0]:
-                    self.vision.prepare(img)  # eagerly: the model's own embed_image synchronises
+                # eagerly: the model's own embed_image synchronises
+                if not all(self.vision.prepare(img) for img in self.policy.prepare_images(dict(entry.inputs))[0]):
+                    raise NotCapturable("the vision encoder without host synchronisations differs from embed_image")
                 entry.graph, entry.out = capture_graph(lambda: self._body(entry), self._constants)
                 self.stats["captures"] += 1
             except Exception as e:  # a host sync, a constant the warm-up did not make, a CUDA capture error
