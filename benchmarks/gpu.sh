@@ -12,8 +12,9 @@
 #      LeRobot's normal fine-tune vs reflow with online pairs (CUDA-graph teacher sampling) vs cached
 #      pairs; smolvla_base architecture, random weights; time, CUDA memory, aten ops / syncs /
 #      launches per step, top ops, phase times, the per-op host cost ratio against the normal step,
-#      the normal step before/after its process captures a sampling graph; and, at batch 8, memory
-#      rows of the cached step with the other weight updates (bf16 stochastic rounding, plain bf16).
+#      the normal step before/after its process captures a sampling graph, the normal and cached
+#      steps profiled in one process in alternating rounds (--interleaved); and, at batch 8, the
+#      memory row of the cached step with the bf16 stochastic-rounding update (no fp32 masters).
 #      At most BUDGET-190 s.                                        -> train_cost_gpu.json
 #   2. teacher_sampling.py: LeRobot's eager sample_actions vs the CUDA-graph fast path at batch 8
 #      and 64: speed-up, capture time, max difference. At most 60 s. -> teacher_sampling_gpu.json
@@ -88,14 +89,14 @@ left() { echo $(( BUDGET - (SECONDS - START) - $1 )); }  # left RESERVE: seconds
   > "$OUT/gpu_info$SUFFIX.txt" 2>&1
 cat "$OUT/gpu_info$SUFFIX.txt" >&2
 
-UPDATES=reflow_cached_sr,reflow_cached_bf16
 if [ "$SMOKE" = 1 ]; then
-  TC=(--smoke --profile --profile-steps 1 --capture-effect --variants "normal,reflow_online,reflow_cached,reflow_cached_sr")
+  TC=(--smoke --profile --profile-steps 1 --capture-effect --interleaved 2
+      --variants "normal,reflow_online,reflow_cached,reflow_cached_sr")
   TS=(--smoke --batch-sizes 4,2 --repeats 2)
   LAT=(--smoke --cameras 1 --layouts lerobot --repeats 1 --fast --fast-steps 1,2 --compile-steps 1)
 else
-  TC=(--real-size --batch-size 8,64 --profile --profile-steps 2 --capture-effect
-      --variants "normal,reflow_online,reflow_cached,$UPDATES")
+  TC=(--real-size --batch-size 8,64 --profile --profile-steps 2 --capture-effect --interleaved 3
+      --variants "normal,reflow_online,reflow_cached,reflow_cached_sr")
   TS=(--batch-sizes 8,64 --repeats 10)
   LAT=(--cameras 1 --layouts lerobot --repeats 10 --warmup 2 --fast --fast-steps 1,2 --compile-steps 1)
 fi

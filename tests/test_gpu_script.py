@@ -35,6 +35,9 @@ def test_gpu_script_smoke(world, tmp_path):
     assert tc["rows"][2]["host_cost_vs_normal"]["ops"] > 50 and "cached_host_cost" in tc["targets"]
     assert tc["targets"]["memory"]["detail"].count("reflow_cached_sr ") == 1
     # --capture-effect: the normal step timed in four states; no graph is captured on the CPU.
+    inter = tc["interleaved"]  # both steps in one process, alternating rounds
+    assert inter["rounds"] == 2 and inter["host_cost_vs_normal"]["ops"] > 50
+    assert "(one process, alternating rounds)" in tc["targets"]["cached_host_cost"]["detail"]
     ce = tc["rows"][0]["capture_effect"]
     assert ce["captured"] is False and all(len(ce[k]) == 2 for k in ("before", "after_warm_up", "after_capture", "after_free"))
     ts = json.loads((out / "teacher_sampling_smoke.json").read_text())
