@@ -80,7 +80,9 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit (its whole proce
   [ "$limit" -lt 5 ] && limit=5
   [ "$SMOKE" = 1 ] && limit=3600  # --smoke: only the compile is held to the budget (CPU speeds vary)
   echo "== $name ($(( SECONDS - START )) s into the run, at most $limit s): $*" >&2
-  if timeout --kill-after=5 "$limit" "$@"; then echo "== $name done in its $(( SECONDS - t0 )) s" >&2
+  local limiter=(timeout --kill-after=5 "$limit")
+  command -v timeout >/dev/null || limiter=()  # no coreutils timeout: the step runs unlimited
+  if "${limiter[@]}" "$@"; then echo "== $name done in its $(( SECONDS - t0 )) s" >&2
   else local rc=$?; FAILED+=("$name"); echo "== $name FAILED (exit $rc$([ $rc = 124 ] && echo ": over its $limit s"))" >&2; fi
 }
 left() { echo $(( BUDGET - (SECONDS - START) - $1 )); }  # left RESERVE: seconds of the budget left, less RESERVE
