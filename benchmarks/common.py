@@ -257,3 +257,27 @@ def profile_summary(prof, steps: int, top: int = 15) -> dict:
         out["gpu_kernels_per_step"] = sum(e.count for e in kernels) / steps
         out["device_time_ms_per_step"] = sum(device_us(e) for e in kernels) / 1000 / steps
     return out
+
+
+def host_ops(prof, steps: int) -> dict:
+    """Per host-side aten operator (and CUDA launch call): ``[calls per step, self CPU us per step]``."""
+    keep = ("aten::", "cudaLaunchKernel", "cuLaunchKernel", "cudaMemcpyAsync")
+    return {e.key: [e.count / steps, e.self_cpu_time_total / steps] for e in prof.key_averages()
+            if e.key.startswith(keep) and e.count and not str(getattr(e, "device_type", "")).upper().endswith("CUDA")}
+
+
+def host_cost_ratio(ops: dict, reference: dict, top: int = 6) -> dict:
+    """What the reference step's aten operators would cost at this step's per-call host prices,
+    over the reference's cost (1.0: every shared operator costs the same per call), with the
+    per-call ratio of the reference's ``top`` dearest operators (and of ``cudaLaunchKernel``)."""
+    shared = [k for k in reference if k.startswith("aten::") and k in ops and ops[k][0] and reference[k][0]]
+    if not shared:
+        return {"ratio": None, "ops": 0, "by_op": {}}
+    here = sum(reference[k][0] * ops[k][1] / ops[k][0] for k in shared)
+    there = sum(reference[k][1] for k in shared)
+    dearest = sorted(shared, key=lambda k: reference[k][1], reverse=True)[:top]
+    by_op = {k: (ops[k][1] / ops[k][0]) / (reference[k][1] / reference[k][0]) for k in dearest if reference[k][1]}
+    if "cudaLaunchKernel" in ops and "cudaLaunchKernel" in reference and reference["cudaLaunchKernel"][1]:
+        r, o = reference["cudaLaunchKernel"], ops["cudaLaunchKernel"]
+        by_op["cudaLaunchKernel"] = (o[1] / o[0]) / (r[1] / r[0])
+    return {"ratio": here / there if there else None, "ops": len(shared), "by_op": by_op}

@@ -145,6 +145,8 @@ def parse_args(argv=None):
     p.add_argument("--train-seed", type=int, default=None,
                    help="the students' training seed (default: hub-reflow's, ReflowConfig.seed)")
     p.add_argument("--lr", type=float, default=None, help="students' peak learning rate (default: hub-reflow's, the teacher's)")
+    p.add_argument("--update", choices=["fp32-masters", "bf16-sr", "bf16"], default="fp32-masters",
+                   help="the students' bf16 weight update (ReflowConfig.update; default fp32 masters)")
     p.add_argument("--noises", type=int, default=None, help="noise draws per frame (default 4; smoke 1)")
     p.add_argument("--two-step", action=argparse.BooleanOptionalAction, default=True, help="also a 2-step student")
     p.add_argument("--two-step-inputs", default="on-policy,straight",
@@ -196,7 +198,7 @@ def parse_args(argv=None):
 
 def train_student(teacher: Path, dataset_root: Path, repo_id: str, out: Path, *, steps: int, batch_size: int,
                   student_steps: int, time_sampling: str, device: str, lr: float | None, seed: int,
-                  student_inputs: str = "on-policy") -> Path:
+                  student_inputs: str = "on-policy", update: str = "fp32-masters") -> Path:
     from hub_reflow.config import ReflowConfig
     from hub_reflow.train import TrainArgs, train
 
@@ -207,7 +209,7 @@ def train_student(teacher: Path, dataset_root: Path, repo_id: str, out: Path, *,
         teacher=str(teacher), dataset=repo_id, dataset_root=dataset_root, output_dir=out, device=device,
         log_freq=max(steps // 5, 1), progress=False,
         reflow=ReflowConfig(steps=steps, batch_size=batch_size, student_steps=student_steps, time_sampling=time_sampling,
-                            holdout_episodes=HOLDOUT, lr=lr, seed=seed, student_inputs=student_inputs),
+                            holdout_episodes=HOLDOUT, lr=lr, seed=seed, student_inputs=student_inputs, update=update),
     ))
 
 
@@ -252,7 +254,7 @@ def evaluate_world(a, name: str, device) -> dict:
         print(f"[{name}] {label}: {a.student_train_steps} steps at batch {a.batch_size}", file=sys.stderr, flush=True)
         students[label] = train_student(t, dataset_root, spec.repo_id, out, steps=a.student_train_steps,
                                         batch_size=a.batch_size, student_steps=k, time_sampling=mode, device=device.type,
-                                        lr=a.lr, seed=a.train_seed, student_inputs=si)
+                                        lr=a.lr, seed=a.train_seed, student_inputs=si, update=a.update)
         timings[f"{label}_train_s"] = time.perf_counter() - t1
     if a.reference:
         label, out = f"reference loop (1-step, {a.default_mode})", runs / f"reference-k1-{a.default_mode}"
@@ -271,7 +273,7 @@ def evaluate_world(a, name: str, device) -> dict:
         students["round-2 student(1-step)"] = train_student(
             students[first], dataset_root, spec.repo_id, runs / f"round2-k1-{a.default_mode}", steps=a.student_train_steps,
             batch_size=a.batch_size, student_steps=1, time_sampling=a.default_mode, device=device.type, lr=a.lr,
-            seed=a.train_seed)
+            seed=a.train_seed, update=a.update)
         timings["round2_train_s"] = time.perf_counter() - t1
 
     def load(path):

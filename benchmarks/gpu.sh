@@ -1,23 +1,28 @@
 #!/usr/bin/env bash
 # All of hub-reflow's GPU measurements in one run, sized for a GPU lent for a few minutes (under 8
-# minutes on one H100): JSON under benchmarks/results/ (or --out), the tables printed at the end.
+# minutes on one H200, --budget seconds in all): JSON under benchmarks/results/ (or --out), the
+# tables printed at the end.
 #
 #   bash benchmarks/gpu.sh                 # on the GPU machine, from the repository root
-#   bash benchmarks/gpu.sh --smoke         # dry run on any machine (CPU): tiny sizes, a minute
+#   bash benchmarks/gpu.sh --smoke         # dry run on any machine (CPU): tiny sizes, a few minutes
 #
-# In order (most important first; each writes its JSON as soon as it ends, a failed step does not
-# stop the others; exit status 1 if any failed):
-#   1. train_cost.py --real-size --batch-size 8,64 --profile: one training step of LeRobot's normal
-#      fine-tune vs reflow with cached pairs vs online pairs (CUDA-graph teacher sampling) vs online
-#      pairs with LeRobot's eager sampling; smolvla_base architecture, random weights; time, CUDA
-#      memory, aten ops / CUDA syncs / kernel and graph launches per step, top ops by CPU and CUDA
-#      time, phase times.                                          -> train_cost_gpu.json
-#   2. teacher_sampling.py: LeRobot's eager sample_actions vs the CUDA-graph fast path at batch 8,
-#      64 and 5 (a last smaller batch): speed-up, capture time, max difference. -> teacher_sampling_gpu.json
-#   3. latency.py --compile: chunk latency at batch 1 (1 camera, LeRobot's bf16 layout), eager at
-#      1/2/4/10 steps, then through LeRobot's compile_model (reduce-overhead) at 1 and 10 steps with
-#      the compile time apart; the compiles get what is left of --budget (a compile that does not
-#      finish is recorded as such).                               -> latency_gpu.json
+# In order (most important first; each writes its JSON as it goes, a failed or timed-out step does
+# not stop the others; exit status 1 if any failed):
+#   1. train_cost.py --real-size --batch-size 8,64 --profile --capture-effect: one training step of
+#      LeRobot's normal fine-tune vs reflow with online pairs (CUDA-graph teacher sampling) vs cached
+#      pairs; smolvla_base architecture, random weights; time, CUDA memory, aten ops / syncs /
+#      launches per step, top ops, phase times, the per-op host cost ratio against the normal step,
+#      the normal step before/after its process captures a sampling graph, the normal and cached
+#      steps profiled in one process in alternating rounds (--interleaved); and, at batch 8, the
+#      memory row of the cached step with the bf16 stochastic-rounding update (no fp32 masters).
+#      At most BUDGET-190 s.                                        -> train_cost_gpu.json
+#   2. teacher_sampling.py: LeRobot's eager sample_actions vs the CUDA-graph fast path at batch 8
+#      and 64: speed-up, capture time, max difference. At most 60 s. -> teacher_sampling_gpu.json
+#   3. latency.py --fast --compile: chunk latency at batch 1 (1 camera, LeRobot's bf16 layout),
+#      eager at 1/2/4/10 steps; hub_reflow.fast_inference (the whole chunk as one CUDA graph) at 1
+#      and 2 steps with its capture time and max difference to eager; then LeRobot's compile_model
+#      (reduce-overhead) of the 1-step student only, with what is left of --budget.
+#                                                                   -> latency_gpu.json
 #
 # Nothing is downloaded or installed at run time (HF_HUB_OFFLINE=1; the backbone with the
 # SmolVLM2-500M shape and random weights is written locally, ~1 GB, under --workdir). The GPU
@@ -31,7 +36,7 @@
 #     on PYTHONPATH).
 #
 # Options: --smoke, --out DIR (default benchmarks/results; --smoke: outputs/gpu-smoke),
-# --workdir DIR (default outputs/gpu), --budget SECONDS (default 460: the whole run; --smoke: 90),
+# --workdir DIR (default outputs/gpu), --budget SECONDS (default 440: the whole run; --smoke: 300),
 # --teacher T --dataset D --dataset-root R (train_cost.py on that teacher instead of building one).
 # PYTHON (default python) names the interpreter.
 set -uo pipefail
@@ -56,9 +61,9 @@ while [ $# -gt 0 ]; do
   shift
 done
 if [ "$SMOKE" = 1 ]; then  # the compile is only tried for a few seconds (Inductor takes minutes on a CPU)
-  OUT="${OUT:-$ROOT/outputs/gpu-smoke}"; WORKDIR="${WORKDIR:-$ROOT/outputs/gpu-smoke/work}"; BUDGET="${BUDGET:-90}"
+  OUT="${OUT:-$ROOT/outputs/gpu-smoke}"; WORKDIR="${WORKDIR:-$ROOT/outputs/gpu-smoke/work}"; BUDGET="${BUDGET:-300}"
 else
-  OUT="${OUT:-$ROOT/benchmarks/results}"; WORKDIR="${WORKDIR:-$ROOT/outputs/gpu}"; BUDGET="${BUDGET:-460}"
+  OUT="${OUT:-$ROOT/benchmarks/results}"; WORKDIR="${WORKDIR:-$ROOT/outputs/gpu}"; BUDGET="${BUDGET:-440}"
 fi
 mkdir -p "$OUT" "$WORKDIR"
 OUT="$(cd "$OUT" && pwd)"; WORKDIR="$(cd "$WORKDIR" && pwd)"
@@ -70,35 +75,44 @@ export HF_HOME="${HF_HOME:-$WORKDIR/hf_home}"
 SUFFIX=$([ "$SMOKE" = 1 ] && echo "_smoke" || echo "_gpu")
 FAILED=()
 START=$SECONDS
-step() {  # step NAME COMMAND...: run, report its time, keep going on failure
-  local name="$1"; shift
-  echo "== $name ($(( SECONDS - START )) s into the run): $*" >&2
-  if "$@"; then echo "== $name done in its $(( SECONDS - t0 )) s" >&2; else FAILED+=("$name"); echo "== $name FAILED" >&2; fi
+step() {  # step NAME SECONDS COMMAND...: run with a time limit (its whole process group), report, keep going
+  local name="$1" limit="$2"; shift 2
+  [ "$limit" -lt 5 ] && limit=5
+  [ "$SMOKE" = 1 ] && limit=3600  # --smoke: only the compile is held to the budget (CPU speeds vary)
+  echo "== $name ($(( SECONDS - START )) s into the run, at most $limit s): $*" >&2
+  local limiter=(timeout --kill-after=5 "$limit")
+  command -v timeout >/dev/null || limiter=()  # no coreutils timeout: the step runs unlimited
+  if "${limiter[@]}" "$@"; then echo "== $name done in its $(( SECONDS - t0 )) s" >&2
+  else local rc=$?; FAILED+=("$name"); echo "== $name FAILED (exit $rc$([ $rc = 124 ] && echo ": over its $limit s"))" >&2; fi
 }
+left() { echo $(( BUDGET - (SECONDS - START) - $1 )); }  # left RESERVE: seconds of the budget left, less RESERVE
 
 { command -v nvidia-smi >/dev/null && nvidia-smi || echo "no nvidia-smi"; "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"; } \
   > "$OUT/gpu_info$SUFFIX.txt" 2>&1
 cat "$OUT/gpu_info$SUFFIX.txt" >&2
 
 if [ "$SMOKE" = 1 ]; then
-  TC=(--smoke --profile --profile-steps 1)
+  TC=(--smoke --profile --profile-steps 1 --capture-effect --interleaved 2
+      --variants "normal,reflow_online,reflow_cached,reflow_cached_sr")
   TS=(--smoke --batch-sizes 4,2 --repeats 2)
-  LAT=(--smoke --cameras 1 --layouts lerobot --repeats 1 --compile-steps 1)
+  LAT=(--smoke --cameras 1 --layouts lerobot --repeats 1 --fast --fast-steps 1,2 --compile-steps 1)
 else
-  TC=(--real-size --batch-size 8,64 --profile --profile-steps 3)
-  TS=(--batch-sizes 8,64,5 --repeats 10)
-  LAT=(--cameras 1 --layouts lerobot --repeats 10 --warmup 2 --compile-steps 1,10)
+  TC=(--real-size --batch-size 8,64 --profile --profile-steps 2 --capture-effect --interleaved 3
+      --variants "normal,reflow_online,reflow_cached,reflow_cached_sr")
+  TS=(--batch-sizes 8,64 --repeats 10)
+  LAT=(--cameras 1 --layouts lerobot --repeats 10 --warmup 2 --fast --fast-steps 1,2 --compile-steps 1)
 fi
 
-t0=$SECONDS; step train_cost "$PY" benchmarks/train_cost.py "${TC[@]}" "${TEACHER_ARGS[@]}" \
+# Reserves: what the later steps need at least (sampling ~40 s, latency's eager and fast rows ~60 s,
+# the student's compile ~70 s on an H200).
+t0=$SECONDS; step train_cost "$(left 190)" "$PY" benchmarks/train_cost.py "${TC[@]}" "${TEACHER_ARGS[@]}" \
   --workdir "$WORKDIR" --json "$OUT/train_cost$SUFFIX.json"
-t0=$SECONDS; step teacher_sampling "$PY" benchmarks/teacher_sampling.py "${TS[@]}" --workdir "$WORKDIR" \
+LIMIT=$(left 130); [ "$LIMIT" -gt 60 ] && LIMIT=60
+t0=$SECONDS; step teacher_sampling "$LIMIT" "$PY" benchmarks/teacher_sampling.py "${TS[@]}" --workdir "$WORKDIR" \
   --out "$OUT/teacher_sampling$SUFFIX.json"
-# The compiles get what is left of the budget, less ~40 s for the eager latency rows and the tables.
-LEFT=$(( BUDGET - (SECONDS - START) - 40 ))
-[ "$LEFT" -lt 5 ] && LEFT=5
-t0=$SECONDS; step latency "$PY" benchmarks/latency.py "${LAT[@]}" --workdir "$WORKDIR" --no-png \
-  --compile --compile-budget "$LEFT" --out "$OUT/latency$SUFFIX.json"
+# The compile gets what is left of the budget, less ~60 s for the eager and fast rows and the tables.
+t0=$SECONDS; step latency "$(left 0)" "$PY" benchmarks/latency.py "${LAT[@]}" --workdir "$WORKDIR" --no-png \
+  --compile --compile-budget "$(left 60)" --out "$OUT/latency$SUFFIX.json"
 
 echo
 echo "# hub-reflow GPU measurements ($(( SECONDS - START )) s; JSON in $OUT)"
@@ -128,6 +142,8 @@ if tc.exists():
     if d.get("profile"):
         print()
         print(train_cost.profile_markdown(d["rows"]))
+        print()
+        print(train_cost.host_cost_markdown(d["rows"]))
 for name, title in (("teacher_sampling", "Teacher sampling: eager vs fast path"), ("latency", "Chunk latency, batch 1")):
     f = out / f"{name}{suffix}.json"
     if f.exists():
@@ -135,6 +151,9 @@ for name, title in (("teacher_sampling", "Teacher sampling: eager vs fast path")
         hw = d["hardware"]
         print(f"\n## {title} ({hw.get('gpu') or hw['cpu']}, torch {hw['torch']})\n")
         print(d["table"])
+        if d.get("fast_table"):
+            print("\nhub_reflow.fast_inference (the whole chunk as one CUDA graph on CUDA; eager on the CPU):\n")
+            print(d["fast_table"])
         if d.get("compiled_table"):
             print(f"\nLeRobot's compiled path (compile_model, mode {d['settings']['compile_mode']}):\n")
             print(d["compiled_table"])

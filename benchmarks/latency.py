@@ -53,6 +53,7 @@ from common import (  # noqa: E402
     markdown,
     stat_ms,
     quiet_imports,
+    sync,
     setup_device,
     time_call,
     write_json,
@@ -273,6 +274,9 @@ def parse_args(argv=None):
                    help="seconds one compiled measurement (load, compile, timing) may take before it is recorded as not finished")
     p.add_argument("--compile-budget", type=float, default=None,
                    help="seconds all compiled measurements together may take (each gets at most what is left)")
+    p.add_argument("--fast", action="store_true",
+                   help="also time hub_reflow.fast_inference (the whole chunk as one CUDA graph on CUDA) at --fast-steps")
+    p.add_argument("--fast-steps", default="1,2", help="comma-separated Euler step counts for --fast (default 1,2)")
     p.add_argument("--compile-child", default=None, help=argparse.SUPPRESS)  # one compiled measurement
     a = p.parse_args(argv)
     if a.compile_child:
@@ -293,8 +297,12 @@ def parse_args(argv=None):
         a.compile_steps = [int(k) for k in a.compile_steps.split(",")]
     except ValueError:
         raise OptionError(PROG, f"--compile-steps must be comma-separated integers, got {a.compile_steps!r}") from None
-    if not a.compile_steps or min(a.compile_steps) < 1 or a.compile_timeout <= 0:
-        raise OptionError(PROG, "--compile-steps must be >= 1 each and --compile-timeout > 0")
+    try:
+        a.fast_steps = [int(k) for k in a.fast_steps.split(",")]
+    except ValueError:
+        raise OptionError(PROG, f"--fast-steps must be comma-separated integers, got {a.fast_steps!r}") from None
+    if not a.compile_steps or min(a.compile_steps) < 1 or a.compile_timeout <= 0 or min(a.fast_steps, default=0) < 1:
+        raise OptionError(PROG, "--compile-steps and --fast-steps must be >= 1 each and --compile-timeout > 0")
     return a
 
 
@@ -325,7 +333,7 @@ def main(argv=None) -> int:
         print(f"backbone: {a.workdir / 'smolvlm2-500m-shape'} (written once, ~1 GB)", file=sys.stderr)
         backbone = write_real_size_backbone(a.workdir / "smolvlm2-500m-shape")
 
-    rows, layouts = [], {}
+    rows, layouts, fast_rows = [], {}, []
     for layout in a.layouts:
         torch.manual_seed(0)
         cfg = policy_config(backbone, smoke=a.smoke, cameras=max(a.cameras), layout=layout, device=device)
@@ -343,7 +351,10 @@ def main(argv=None) -> int:
                     "speedup_vs_10": tot[10] / tot[k], "prefix_tokens": m["prefix_tokens"], "lang_tokens": m["lang_tokens"],
                     "raw_s": m["raw_s"],
                 })
-            _write(a, device, load_at_start, rows, layouts, cfg, t_start, partial=True)
+            if a.fast:
+                print(f"fast path layout={layout} cameras={cams} steps={a.fast_steps}", file=sys.stderr, flush=True)
+                fast_rows += measure_fast(policy, layout, cams, device, a.fast_steps, a.repeats, a.warmup, a.stat, rows)
+            _write(a, device, load_at_start, rows, layouts, cfg, t_start, partial=True, fast_rows=fast_rows)
         del policy
     compiled_rows = []
     if a.compile:
@@ -356,8 +367,10 @@ def main(argv=None) -> int:
                     print(f"compiling layout={layout} cameras={cams} steps={k} (mode {a.compile_mode}, at most {left:.0f} s)",
                           file=sys.stderr, flush=True)
                     compiled_rows.append(measure_compiled(a, backbone, layout, cams, k, device, rows, max(left, 1.0)))
-                    _write(a, device, load_at_start, rows, layouts, cfg, t_start, partial=True, compiled_rows=compiled_rows)
-    out, table, hw = _write(a, device, load_at_start, rows, layouts, cfg, t_start, partial=False, compiled_rows=compiled_rows)
+                    _write(a, device, load_at_start, rows, layouts, cfg, t_start, partial=True, compiled_rows=compiled_rows,
+                           fast_rows=fast_rows)
+    out, table, hw = _write(a, device, load_at_start, rows, layouts, cfg, t_start, partial=False, compiled_rows=compiled_rows,
+                            fast_rows=fast_rows)
     if not a.no_png:
         _plot(rows, out.with_suffix(".png"), hardware_line(hw))
     print(f"# SmolVLA chunk latency ({'smoke: tiny backbone' if a.smoke else 'smolvla_base architecture, random weights'})")
@@ -367,6 +380,11 @@ def main(argv=None) -> int:
         print(f"layout {name}: {info['description']}; parameters by dtype: {json.dumps(info['parameters'])}")
     print()
     print(table)
+    if a.fast:
+        print()
+        print(f"hub_reflow.fast_inference, batch 1, {a.stat} of {a.repeats} after the capturing first call:")
+        print()
+        print(fast_table(fast_rows))
     if a.compile:
         print()
         print(f"LeRobot's compiled path (compile_model=True, compile_mode={a.compile_mode}), batch 1, "
@@ -454,7 +472,56 @@ def compiled_table(rows: list[dict] | None) -> str:
     )
 
 
-def _write(a, device, load_at_start, rows, layouts, cfg, t_start, *, partial: bool, compiled_rows=None):
+def measure_fast(policy, layout: str, cams: int, device, steps: list[int], repeats: int, warmup: int, stat: str,
+                 rows: list[dict]) -> list[dict]:
+    """``hub_reflow.fast_inference(policy).predict_action_chunk`` per step count: the first call
+    (capture, on CUDA) apart, then the steady latency; its chunk against LeRobot's eager one for
+    the same observation and noise."""
+    import torch
+
+    from hub_reflow.inference import fast_inference
+    from hub_reflow.smolvla import num_steps
+
+    cfg = policy.config
+    batch = make_batch(policy, cams, device)
+    noise = torch.randn(1, cfg.chunk_size, cfg.max_action_dim, generator=torch.Generator().manual_seed(1)).to(device)
+    out = []
+    for k in steps:
+        fast = fast_inference(policy)
+        with num_steps(policy, k), torch.no_grad():
+            eager = policy.predict_action_chunk(dict(batch), noise=noise)
+            sync(device)
+            t0 = time.perf_counter()
+            first = fast.predict_action_chunk(dict(batch), noise=noise)
+            sync(device)
+            first_s = time.perf_counter() - t0
+            times = time_call(lambda: fast.predict_action_chunk(dict(batch), noise=noise), device,
+                              warmup=warmup, repeats=repeats)
+            again = fast.predict_action_chunk(dict(batch), noise=noise)
+        eager_ms = next((r["total_ms"] for r in rows if (r["layout"], r["cameras"], r["steps"]) == (layout, cams, k)), None)
+        ms = stat_ms(times, stat)
+        out.append({"name": f"{layout} {cams}cam @{k} fast", "layout": layout, "cameras": cams, "steps": k,
+                    "fast_ms": ms, "eager_ms": eager_ms, "speedup_vs_eager": eager_ms / ms if eager_ms else None,
+                    "first_call_s": first_s, "capture_s": fast.stats["capture_s"], "mode": fast.mode,
+                    "stats": dict(fast.stats),
+                    "max_abs_diff_vs_eager": float((first.float() - eager.float()).abs().max()),
+                    "replay_equal_first": bool(torch.equal(first, again)), "raw_s": times})
+        del fast
+    return out
+
+
+def fast_table(rows: list[dict] | None) -> str:
+    return markdown(
+        ["layout", "cameras", "Euler steps", "fast chunk (ms)", "eager chunk (ms)", "speed-up vs eager",
+         "first call (s)", "capture (s)", "max abs diff vs eager", "mode"],
+        [[r["layout"], str(r["cameras"]), str(r["steps"]), fmt(r["fast_ms"]), fmt(r["eager_ms"]),
+          fmt(r["speedup_vs_eager"], 2), fmt(r["first_call_s"], 2), fmt(r["capture_s"], 2),
+          f"{r['max_abs_diff_vs_eager']:.3g}", r["mode"]] for r in rows or []],
+        align="lrrrrrrrrl",
+    )
+
+
+def _write(a, device, load_at_start, rows, layouts, cfg, t_start, *, partial: bool, compiled_rows=None, fast_rows=None):
     """The JSON (rewritten after each measured group, so an interrupted run keeps what it measured)."""
     hw = hardware(device)
     hw["load_average_1m_at_start"] = load_at_start
@@ -476,7 +543,8 @@ def _write(a, device, load_at_start, rows, layouts, cfg, t_start, *, partial: bo
     out = write_json(a.out, {"benchmark": "latency", "partial": partial, "hardware": hw, "settings": settings,
                              "layouts": layouts, "rows": rows, "table": table, "wall_s": time.perf_counter() - t_start,
                              **({"compiled_rows": compiled_rows, "compiled_table": compiled_table(compiled_rows)}
-                                if a.compile else {})})
+                                if a.compile else {}),
+                             **({"fast_rows": fast_rows, "fast_table": fast_table(fast_rows)} if a.fast else {})})
     return out, table, hw
 
 

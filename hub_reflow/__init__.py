@@ -3,6 +3,7 @@
 The public API::
 
     from hub_reflow import ReflowConfig, ReflowPolicy, TrainArgs, push_checkpoint, pull_checkpoint
+    from hub_reflow import fast_inference        # a loaded student's chunks as CUDA graphs
     from hub_reflow.train import train          # the functions named like their modules are
     from hub_reflow.verify import verify        # taken from the modules: a package attribute
     from hub_reflow.canonicalize import canonicalize  # must stay the submodule
@@ -18,6 +19,7 @@ from .checkpoint import Lineage, resolve_checkpoint
 from .config import ReflowConfig
 from .errors import UserError
 from .hub import pull_checkpoint, push_checkpoint, push_pairs, structural_problems
+from .inference import FastInference, fast_inference
 from .inspection import inspect_checkpoint
 from .pairs import PairsArgs, load_pairs, make_pairs
 from .policy import ReflowPolicy
@@ -29,5 +31,5 @@ __all__ = [
     "__version__", "UserError", "ReflowConfig", "ReflowPolicy", "TrainArgs", "PairsArgs", "make_pairs",
     "load_pairs", "Report", "Check", "NotRepairable", "inspect_checkpoint",
     "structure_checks", "push_checkpoint", "push_pairs", "pull_checkpoint", "structural_problems",
-    "resolve_checkpoint", "Lineage", "render_card",
+    "resolve_checkpoint", "Lineage", "render_card", "fast_inference", "FastInference",
 ]

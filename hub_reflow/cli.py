@@ -24,6 +24,7 @@ from .hub import pull_checkpoint, push_checkpoint, push_pairs
 from .logs import configured, quiet_environment
 from .pairs import PAIRS_META_NAME, PairsArgs
 from .safeio import dumps
+from .sr_adamw import UPDATES
 from .train import TrainArgs
 from .validation import MAX_SEED, MAX_TEACHER_STEPS, Parser, check_output_folder, float_in, int_in, ref_name, repo_id
 from .verify import verify
@@ -50,6 +51,9 @@ def _add_train(sub) -> None:
     p.add_argument("--student-inputs", choices=list(STUDENT_INPUTS), default=ReflowConfig.student_inputs,
                    help="for a student of 2+ steps: train its later steps at the states its own Euler steps reach "
                    "(on-policy) or on straight paths; see docs/reflow.md")
+    p.add_argument("--update", choices=list(UPDATES), default="fp32-masters",
+                   help="how bf16 trainable weights are updated: fp32-masters (fp32 copies), bf16-sr (stochastic "
+                   "rounding, no copies) or bf16 (round to nearest); recorded in the lineage")
     p.add_argument("--lr", type=float_in(0), default=None,
                    help="peak learning rate (default: the teacher config's optimizer_lr, LeRobot's preset)")
     p.add_argument("--warmup-steps", type=NON_NEGATIVE, default=None, help="warm-up steps (default: 5%% of --steps)")
@@ -75,7 +79,7 @@ def _cmd_train(a) -> int:
             teacher_steps=a.teacher_steps, student_steps=a.student_steps, time_sampling=a.time_sampling,
             student_inputs=a.student_inputs,
             lr=a.lr, warmup_steps=a.warmup_steps, steps=a.steps, batch_size=a.batch_size, seed=a.seed,
-            holdout_episodes=a.holdout_episodes, cuda_graphs=not a.no_cuda_graphs,
+            holdout_episodes=a.holdout_episodes, cuda_graphs=not a.no_cuda_graphs, update=a.update,
         )
     except ValueError as e:
         flag = str(e).split(" ")[0].replace("_", "-")

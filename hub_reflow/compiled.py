@@ -10,7 +10,9 @@ checkpoint is loaded that way and timed so, through its own saved preprocessor:
 - ``warmup_s``: the next few calls (``reduce-overhead`` records its graphs on the second call);
 - ``steady_ms``: median of ``repeats`` calls after that: the latency on the robot;
 - ``eager_ms``: the same checkpoint loaded without ``compile_model``, timed the same way in the same
-  process, and ``max_abs_diff_vs_eager`` between the two chunks for the same noise.
+  process, and ``max_abs_diff_vs_eager`` between the two chunks for the same noise;
+- ``fast_ms``: that eager policy through ``hub_reflow.fast_inference`` (the whole chunk as CUDA
+  graphs, captured on its first call, ``fast_first_call_s``; no Inductor), timed the same way.
 
 The step count is the checkpoint's own ``num_steps`` (the student's 1-2, the teacher's 10). Nothing
 here trusts recorded numbers; every figure is measured now, on the device named in the result.
@@ -28,6 +30,7 @@ import torch
 from .checkpoint import load_smolvla, read_policy_config
 from .devices import resolve_device
 from .errors import UserError
+from .inference import fast_inference
 
 DEFAULT_MODE = "reduce-overhead"
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -129,7 +132,11 @@ def measure_checkpoint(folder: Path, device: torch.device, mode: str, *, warmup:
     cfg = policy.config
     noise = torch.randn(1, cfg.chunk_size, cfg.max_action_dim, generator=torch.Generator().manual_seed(seed + 1)).to(device)
     eager = time_chunks(policy, obs, noise, device, warmup=warmup, repeats=repeats)
-    del policy
+    fast_policy = fast_inference(policy)  # the whole chunk as CUDA graphs, no Inductor (inference.py)
+    fast = time_chunks(fast_policy, obs, noise, device, warmup=warmup, repeats=repeats)
+    fast_stats = dict(fast_policy.stats)
+    fast_mode = fast_policy.mode
+    del policy, fast_policy
     with _matmul_precision_kept():
         policy, _ = load(folder, device, mode)
         compiled = time_chunks(policy, obs, noise, device, warmup=warmup, repeats=repeats)
@@ -143,7 +150,12 @@ def measure_checkpoint(folder: Path, device: torch.device, mode: str, *, warmup:
         "warmup_s": compiled["warmup_s"],
         "eager_first_call_s": eager["first_call_s"],
         "max_abs_diff_vs_eager": float((compiled["chunk"].float() - eager["chunk"].float()).abs().max()),
-        "raw_ms": {"eager": eager["raw_ms"], "compiled": compiled["raw_ms"]},
+        "fast_ms": fast["steady_ms"],
+        "fast_first_call_s": fast["first_call_s"],
+        "fast_capture_s": fast_stats["capture_s"],
+        "fast_mode": fast_mode,
+        "fast_max_abs_diff_vs_eager": float((fast["chunk"].float() - eager["chunk"].float()).abs().max()),
+        "raw_ms": {"eager": eager["raw_ms"], "compiled": compiled["raw_ms"], "fast": fast["raw_ms"]},
     }
 
 
@@ -176,5 +188,9 @@ def summary(result: dict) -> str:
                  f"(first call {t['first_call_s']:.1f} s); student speed-up over teacher: compiled "
                  f"x{result['speedup_compiled']:.2f}, eager x{result['speedup_eager']:.2f}")
     diffs = [r["max_abs_diff_vs_eager"] for r in (s, t) if r]
-    return line + f"; compiled vs eager chunk: max abs difference {max(diffs):.2g} (normalised units)"
+    line += f"; compiled vs eager chunk: max abs difference {max(diffs):.2g} (normalised units)"
+    if "fast_ms" in s:
+        line += (f"; hub_reflow.fast_inference ({s['fast_mode']}): student @{s['steps']} {s['fast_ms']:.1f} ms, first "
+                 f"call {s['fast_first_call_s']:.1f} s, max abs difference to eager {s['fast_max_abs_diff_vs_eager']:.2g}")
+    return line
 

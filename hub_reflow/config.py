@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from .flow import TIME_SAMPLERS
+from .sr_adamw import UPDATES
 
 STUDENT_INPUTS = ("on-policy", "straight")
 
@@ -46,6 +47,11 @@ class ReflowConfig:
     # Teacher sampling (online pairs) through CUDA graphs captured per batch shape, on a CUDA
     # device (fastpath.py); False: LeRobot's eager sample_actions. No effect on the CPU.
     cuda_graphs: bool = True
+    # How bf16 trainable weights are updated (sr_adamw.py): "fp32-masters", AdamW on fp32 copies
+    # (precision.py; 12 bytes more per trainable parameter than LeRobot's fine-tune); "bf16-sr",
+    # AdamW straight on the bf16 weights with stochastic rounding (no copies); "bf16", LeRobot's
+    # AdamW straight on the bf16 weights, rounding to nearest (sub-ulp steps are lost).
+    update: str = "fp32-masters"
 
     def __post_init__(self) -> None:
         if self.teacher_steps < 1:
@@ -64,6 +70,8 @@ class ReflowConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.holdout_episodes < 0:
             raise ValueError(f"holdout_episodes must be >= 0, got {self.holdout_episodes}")
+        if self.update not in UPDATES:
+            raise ValueError(f"update must be one of {UPDATES}, got {self.update!r}")
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
 

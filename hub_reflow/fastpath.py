@@ -19,7 +19,7 @@ The split:
 LeRobot builds a few constants with ``torch.tensor(..., device=...)`` inside that loop (the Euler
 step times, the action tokens' attention pattern, the empty KV cache): host-to-device copies that a
 graph cannot record. They are made once by a warm-up run and, during the capture, answered with
-device copies of the same values (``_HostConstants``); a constant that the warm-up did not make
+device copies of the same values (``HostConstants``); a constant that the warm-up did not make
 fails the capture. The warm-up also runs with CUDA's sync debug mode set to ``error``, so any other
 synchronising operation fails before the capture. A shape whose capture fails is sampled eagerly,
 with one warning.
@@ -56,7 +56,7 @@ def graphs_possible(device: torch.device | str) -> bool:
     return torch.device(device).type == "cuda" and torch.cuda.is_available()
 
 
-class _HostConstants(TorchFunctionMode):
+class HostConstants(TorchFunctionMode):
     """Answers ``torch.tensor(data, device=<not cpu>)`` from a store of device tensors keyed by value.
 
     Recording (``capturing=False``): a new value is made on the device and stored. Capturing: the
@@ -78,7 +78,7 @@ class _HostConstants(TorchFunctionMode):
                 if key not in self.store:
                     if self.capturing:
                         raise NotCapturable(f"torch.tensor(..., device={device}) with a value the warm-up did not make: {key[:3]}")
-                    with _sync_debug("default"):  # the recording copy itself synchronises, once
+                    with sync_debug("default"):  # the recording copy itself synchronises, once
                         self.store[key] = func(*args, **kwargs)
                 return self.store[key].clone()
         return func(*args, **kwargs)
@@ -93,16 +93,16 @@ def _constant_key(data, kwargs: dict) -> tuple:
 
 
 @contextmanager
-def _sync_debug(mode: str):
+def sync_debug(mode: str):
     if not torch.cuda.is_available():
         yield
         return
-    old = torch.cuda.get_sync_debug_mode()
-    torch.cuda.set_sync_debug_mode(mode)
+    old = torch.cuda.getsync_debug_mode()
+    torch.cuda.setsync_debug_mode(mode)
     try:
         yield
     finally:
-        torch.cuda.set_sync_debug_mode(old)
+        torch.cuda.setsync_debug_mode(old)
 
 
 class _GivenPrefix:
@@ -189,6 +189,15 @@ class TeacherSampler:
             return entry.out.clone()
         return self._body(entry)
 
+    @torch.no_grad()
+    def warm_up_only(self, inputs: PolicyInputs, noise: Tensor) -> None:
+        """The capture's warm-up for this shape without the capture (a diagnostic for
+        ``benchmarks/train_cost.py``: what the warm-up alone leaves behind in the process)."""
+        prefix = self.policy.model.embed_prefix(*inputs.args())
+        entry = _Entry.like(prefix, inputs.state, noise)
+        entry.load(prefix, inputs.state, noise)
+        warm_up(lambda: self._body(entry), self._constants)
+
     # ---- internals ------------------------------------------------------------------------------
 
     def _body(self, entry: _Entry) -> Tensor:
@@ -217,14 +226,27 @@ class TeacherSampler:
         return entry
 
     def _capture(self, entry: _Entry) -> None:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), _HostConstants(self._constants, capturing=False), _sync_debug("error"):
-            for _ in range(2):  # warm-up: lazy initialisations, library handles, the constants
-                self._body(entry)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        # thread_local: a DataLoader's pin-memory thread may allocate while this thread captures
-        with _HostConstants(self._constants, capturing=True), torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            out = self._body(entry)
-        entry.graph, entry.out = graph, out
+        entry.graph, entry.out = capture_graph(lambda: self._body(entry), self._constants)
+
+
+def capture_graph(body, constants: dict) -> tuple[torch.cuda.CUDAGraph, Tensor]:
+    """``body()`` warmed up twice on a side stream (host constants recorded into ``constants``, any
+    synchronising operation an error), then captured as a CUDA graph; returns the graph and the
+    output tensor its replays overwrite. Raises on anything a graph cannot hold."""
+    warm_up(body, constants)
+    graph = torch.cuda.CUDAGraph()
+    # thread_local: a DataLoader's pin-memory thread may allocate while this thread captures
+    with HostConstants(constants, capturing=True), torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        out = body()
+    return graph, out
+
+
+def warm_up(body, constants: dict) -> None:
+    """``body()`` twice on a side stream, recording host constants, any synchronising operation an
+    error: lazy initialisations and library handles before a capture."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), HostConstants(constants, capturing=False), sync_debug("error"):
+        for _ in range(2):
+            body()
+    torch.cuda.current_stream().wait_stream(side)

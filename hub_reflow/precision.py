@@ -24,12 +24,13 @@ class MasterWeights:
     stepped as they are. Give :attr:`params` to the optimizer; call :meth:`grads_to_masters` after
     backward and :meth:`masters_to_params` after the optimizer step."""
 
-    def __init__(self, params: list[nn.Parameter]):
-        self.low = [p for p in params if p.dtype in LOW_PRECISION]
+    def __init__(self, params: list[nn.Parameter], enabled: bool = True):
+        """enabled=False: no masters (``params`` are stepped as they are; the calls do nothing)."""
+        self.low = [p for p in params if p.dtype in LOW_PRECISION] if enabled else []
         self.masters = [p.detach().float().requires_grad_(True) for p in self.low]
         self._grads = [torch.zeros_like(m) for m in self.masters]  # reused every step
         masters = iter(self.masters)
-        self.params: list[Tensor] = [next(masters) if p.dtype in LOW_PRECISION else p for p in params]
+        self.params: list[Tensor] = [next(masters) if enabled and p.dtype in LOW_PRECISION else p for p in params]
 
     @property
     def active(self) -> bool:

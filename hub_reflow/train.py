@@ -147,7 +147,7 @@ def setup(args: TrainArgs) -> Run:
         teacher_cfg, pretrained_path=str(resolved.path),
         preprocessor_overrides={"device_processor": {"device": device}},
     )
-    master = MasterWeights(policy.trainable_parameters())
+    master = MasterWeights(policy.trainable_parameters(), enabled=rcfg.update == "fp32-masters")
     optimizer, scheduler, clip, opt_used = make_optimizer(master.params, teacher_cfg, rcfg)
     policy.lineage.training["optimizer"] = {**opt_used, "fp32_master_weights": master.active}
     if pairs is not None:  # one "episode" spanning every pairs row: a seeded shuffle per epoch, resumable

@@ -22,6 +22,7 @@ from .validation import disk_full
 EVAL_FRAMES = 16  # held-out frames of the final measurement
 from .precision import FILE_NAME as MASTER_FILE
 from .precision import MasterWeights
+from .sr_adamw import StochasticRoundingAdamW
 
 
 def make_accelerator(device: str):
@@ -49,8 +50,12 @@ def make_optimizer(params, teacher_cfg, rcfg: ReflowConfig):
     sched_cfg.decay_lr = min(sched_cfg.decay_lr, opt_cfg.lr)
     sched_cfg.num_decay_steps = rcfg.steps
     sched_cfg.num_warmup_steps = rcfg.warmup_steps if rcfg.warmup_steps is not None else max(1, rcfg.steps // 20)
-    optimizer = opt_cfg.build(params)
-    used = {"lr": opt_cfg.lr, "lr_from": "--lr" if rcfg.lr is not None else "teacher config (LeRobot preset)",
+    if rcfg.update == "bf16-sr":  # LeRobot's AdamW settings, bf16 weights written by stochastic rounding
+        optimizer = StochasticRoundingAdamW(params, lr=opt_cfg.lr, betas=opt_cfg.betas, eps=opt_cfg.eps,
+                                            weight_decay=opt_cfg.weight_decay, seed=rcfg.seed)
+    else:
+        optimizer = opt_cfg.build(params)
+    used = {"update": rcfg.update, "lr": opt_cfg.lr, "lr_from": "--lr" if rcfg.lr is not None else "teacher config (LeRobot preset)",
             "betas": list(opt_cfg.betas), "weight_decay": opt_cfg.weight_decay, "grad_clip_norm": opt_cfg.grad_clip_norm,
             "warmup_steps": sched_cfg.num_warmup_steps, "decay_lr": sched_cfg.decay_lr}
     return optimizer, sched_cfg.build(optimizer, rcfg.steps), opt_cfg.grad_clip_norm, used

@@ -65,11 +65,15 @@ def test_measure_student_and_teacher(world, student, keep_matmul_precision):
         # The first call traces LeRobot's sample_actions: seconds, against milliseconds per chunk after.
         assert m["first_call_s"] > 10 * m["compiled_ms"] / 1000
         assert m["max_abs_diff_vs_eager"] == 0.0  # the eager backend runs the same operators
+        # fast_inference of the eager policy: on the CPU the same operators, eagerly
+        assert m["fast_max_abs_diff_vs_eager"] == 0.0 and m["fast_mode"] == "eager (static-shape path, no CUDA graph)"
+        assert len(m["raw_ms"]["fast"]) == 3 and m["fast_ms"] > 0 and m["fast_capture_s"] == 0.0
     assert r["speedup_compiled"] == pytest.approx(r["teacher"]["compiled_ms"] / r["student"]["compiled_ms"])
     assert r["speedup_eager"] == pytest.approx(r["teacher"]["eager_ms"] / r["student"]["eager_ms"])
     line = compiled.summary(r)
     assert line.startswith("torch.compile(mode=reduce-overhead) through LeRobot's compile_model on CPU ")
     assert "student @1" in line and "teacher @10" in line and "first call" in line
+    assert "; hub_reflow.fast_inference (eager (static-shape path, no CUDA graph)): student @1 " in line
 
 
 def test_verify_compile_adds_an_info_check(world, student, monkeypatch, capsys):

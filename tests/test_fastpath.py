@@ -15,7 +15,7 @@ from lerobot.policies.factory import make_pre_post_processors
 
 from hub_reflow.checkpoint import load_smolvla
 from hub_reflow.config import ReflowConfig
-from hub_reflow.fastpath import NotCapturable, TeacherSampler, _Entry, _HostConstants
+from hub_reflow.fastpath import NotCapturable, TeacherSampler, _Entry, HostConstants
 from hub_reflow.policy import ReflowPolicy, teacher_pairs
 from hub_reflow.smolvla import noise_shape, policy_inputs, sample_chunk
 
@@ -100,7 +100,7 @@ def test_host_constants_are_made_once_then_answered_from_the_store(teacher, fram
     on_meta = [torch.empty_like(t, device="meta") for t in (*prefix, big.state, _noise(teacher, 5, 0))]
     entry = _Entry.like(on_meta[:3], on_meta[3], on_meta[4])
     store: dict = {}
-    with _HostConstants(store, capturing=False):
+    with HostConstants(store, capturing=False):
         out = TeacherSampler(meta, 10)._body(entry)
     assert out.shape == (5, 8, 8) and out.device.type == "meta"
     values = {k[4] for k in store}
@@ -109,13 +109,13 @@ def test_host_constants_are_made_once_then_answered_from_the_store(teacher, fram
     times = sorted(k[4][0] for k in store if k[1] == ())  # the 0-d constants
     assert times == pytest.approx([1 - k / 10 for k in range(10)][::-1])
     assert len(store) == 12
-    with _HostConstants(store, capturing=True):
+    with HostConstants(store, capturing=True):
         TeacherSampler(meta, 10)._body(entry)
     assert len(store) == 12
-    with pytest.raises(NotCapturable, match="warm-up did not make"), _HostConstants(store, capturing=True):
+    with pytest.raises(NotCapturable, match="warm-up did not make"), HostConstants(store, capturing=True):
         TeacherSampler(meta, 4)._body(entry)
     # Host (CPU) tensors are left alone.
-    with _HostConstants(store, capturing=True):
+    with HostConstants(store, capturing=True):
         assert torch.equal(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0], device="cpu"))
 
 

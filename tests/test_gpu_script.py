@@ -1,6 +1,7 @@
 """``benchmarks/gpu.sh --smoke``: the one-shot GPU script runs end to end on the CPU at tiny sizes
-(train_cost with profile, teacher sampling, latency eager + LeRobot's compiled path within the
-budget), writes its JSON and prints the tables; bad options are refused in one line."""
+(train_cost with profile, per-op host cost, capture effect and the update options' rows; teacher
+sampling; latency eager + fast_inference + LeRobot's compiled student@1 within the budget), writes
+its JSON and prints the tables; bad options are refused in one line."""
 
 from __future__ import annotations
 
@@ -26,14 +27,29 @@ def test_gpu_script_smoke(world, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["gpu_info_smoke.txt", "latency_smoke.json", "teacher_sampling_smoke.json",
                                                      "train_cost_smoke.json"]
     tc = json.loads((out / "train_cost_smoke.json").read_text())
-    assert [row["name"] for row in tc["rows"]] == ["normal", "reflow_online", "reflow_cached"]
-    assert all(row["profile"]["steps"] == 1 for row in tc["rows"]) and tc["smoke"] is True
+    assert [row["name"] for row in tc["rows"]] == ["normal", "reflow_online", "reflow_cached", "reflow_cached_sr"]
+    assert [row["update"] for row in tc["rows"]] == [None, "fp32-masters", "fp32-masters", "bf16-sr"]
+    assert all(row["profile"]["steps"] == 1 for row in tc["rows"]) and tc["smoke"] is True and tc["partial"] is False
+    # The per-op host cost against the normal step (1 for the normal step itself), and its target.
+    assert tc["rows"][0]["host_cost_vs_normal"]["ratio"] == 1.0
+    assert tc["rows"][2]["host_cost_vs_normal"]["ops"] > 50 and "cached_host_cost" in tc["targets"]
+    assert tc["targets"]["memory"]["detail"].count("reflow_cached_sr ") == 1
+    # --capture-effect: the normal step timed in four states; no graph is captured on the CPU.
+    inter = tc["interleaved"]  # both steps in one process, alternating rounds
+    assert inter["rounds"] == 2 and inter["host_cost_vs_normal"]["ops"] > 50
+    assert "(one process, alternating rounds)" in tc["targets"]["cached_host_cost"]["detail"]
+    ce = tc["rows"][0]["capture_effect"]
+    assert ce["captured"] is False and all(len(ce[k]) == 2 for k in ("before", "after_warm_up", "after_capture", "after_free"))
     ts = json.loads((out / "teacher_sampling_smoke.json").read_text())
     assert [row["batch_size"] for row in ts["rows"]] == [4, 2]
     assert all(row["bit_identical"] and row["max_abs_diff"] == 0 for row in ts["rows"])  # no CUDA graph on the CPU
     assert ts["sampler_stats"]["captures"] == 0 and ts["mode"] == "eager (static-shape path, no CUDA graph)"
     lat = json.loads((out / "latency_smoke.json").read_text())
     assert [row["name"] for row in lat["rows"]] == [f"lerobot 1cam @{k}" for k in (1, 2, 4, 10)]
+    # hub_reflow.fast_inference at 1 and 2 steps: eager on the CPU, bit-identical to LeRobot's chunk.
+    assert [(r["steps"], r["mode"], r["max_abs_diff_vs_eager"]) for r in lat["fast_rows"]] == [
+        (1, "eager (static-shape path, no CUDA graph)", 0.0), (2, "eager (static-shape path, no CUDA graph)", 0.0)]
+    assert all(r["replay_equal_first"] and r["stats"]["captures"] == 0 for r in lat["fast_rows"])
     (row,) = lat["compiled_rows"]
     assert row["name"] == "lerobot 1cam @1 compiled" and row["compile_mode"] == "reduce-overhead"
     assert row["eager_ms"] == lat["rows"][0]["total_ms"]
@@ -43,7 +59,8 @@ def test_gpu_script_smoke(world, tmp_path):
     # The tables, once more at the end, after the one-line summary of the run.
     text = r.stdout[r.stdout.index("# hub-reflow GPU measurements"):]
     for heading in ("## Training step", "## Teacher sampling: eager vs fast path", "## Chunk latency, batch 1",
-                    "LeRobot's compiled path (compile_model, mode reduce-overhead)"):
+                    "hub_reflow.fast_inference (the whole chunk", "LeRobot's compiled path (compile_model, mode reduce-overhead)",
+                    "| step | batch | per-op host cost vs normal |"):
         assert heading in text, heading
     assert "| step | batch | aten ops / step |" in text and "| lerobot | 1 | 1 |" in text
     assert text.rstrip().splitlines()[-1].startswith("| lerobot | 1 | 1 |")

@@ -57,7 +57,14 @@ def test_train_cost_smoke(world, tmp_path):
     assert on["teacher_sampler_stats"] == {"calls": 5, "graph_replays": 0, "captures": 0, "capture_failures": 0}
     assert data["errors"] == [] and data["device"] == "cpu" and data["torch"] and data["hardware"]["cpu_count"] >= 1
     assert "--smoke" in data["command"] and data["batch_size"] == 4 and data["smoke"] is True and data["profile"] is True
-    assert set(data["targets"]) == {"memory", "cached_time", "cached_ops", "online_time"}
+    assert set(data["targets"]) == {"memory", "cached_time", "cached_host_cost", "cached_ops", "online_time"}
+    # The per-op host cost against the normal step: the normal step's own operators at each row's
+    # prices (1 for the normal step itself), over the aten operators both dispatch.
+    assert n["host_cost_vs_normal"]["ratio"] == 1.0 and set(n["host_cost_vs_normal"]["by_op"].values()) == {1.0}
+    for row in (ca, on):
+        h = row["host_cost_vs_normal"]
+        assert h["ops"] > 50 and h["ratio"] > 0 and "aten::mm" in row["profile"]["host_ops"] and len(h["by_op"]) == 6
+    assert "per-op host cost" in data["targets"]["cached_host_cost"]["target"]
     assert all(isinstance(t["met"], bool) for t in data["targets"].values())
     assert data["targets"]["cached_ops"]["met"] is True
     # The markdown tables are printed last (operator counts, then time and memory), after one line per target.
@@ -66,7 +73,7 @@ def test_train_cost_smoke(world, tmp_path):
     assert all(ln.startswith("|") for ln in table) and [ln.split("|")[1].strip() for ln in table[2:]] == ROWS
     ops = lines[-(2 * (2 + len(ROWS)) + 1):-(2 + len(ROWS)) - 1]
     assert ops[0].startswith("| step | batch | aten ops / step") and [ln.split("|")[1].strip() for ln in ops[2:]] == ROWS
-    assert sum(ln.startswith("- ") for ln in lines) == 4
+    assert sum(ln.startswith("- ") for ln in lines) == 5
     assert sum(ln.startswith("#### ") for ln in lines) == len(ROWS)
 
 
