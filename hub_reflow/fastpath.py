@@ -97,12 +97,12 @@ def sync_debug(mode: str):
     if not torch.cuda.is_available():
         yield
         return
-    old = torch.cuda.getsync_debug_mode()
-    torch.cuda.setsync_debug_mode(mode)
+    old = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(mode)
     try:
         yield
     finally:
-        torch.cuda.setsync_debug_mode(old)
+        torch.cuda.set_sync_debug_mode(old)
 
 
 class _GivenPrefix:
