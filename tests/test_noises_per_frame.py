@@ -6,6 +6,7 @@ LeRobot's cached-prefix ``denoise_step`` on the M x B rows). Compared with LeRob
 
 from __future__ import annotations
 
+import copy
 import json
 from contextlib import contextmanager
 
@@ -18,7 +19,7 @@ from hub_reflow import flow
 from hub_reflow.checkpoint import load_smolvla
 from hub_reflow.cli import main
 from hub_reflow.config import ReflowConfig
-from hub_reflow.fastpath import TeacherSampler
+from hub_reflow.fastpath import TeacherSampler, _Entry, _HostConstants
 from hub_reflow.policy import ReflowPolicy
 from hub_reflow.smolvla import (
     PolicyInputs,
@@ -35,8 +36,9 @@ M = 3
 FRAMES = (0, 37, 101, 150)
 
 
-def _inputs(world, teacher_path, policy) -> PolicyInputs:
-    pre, _ = make_pre_post_processors(policy.config, pretrained_path=str(teacher_path))
+def _inputs(world, teacher_path, policy, device: str = "cpu") -> PolicyInputs:
+    pre, _ = make_pre_post_processors(policy.config, pretrained_path=str(teacher_path),
+                                      preprocessor_overrides={"device_processor": {"device": device}})
     ds = LeRobotDataset(world.repo_id, root=world.dataset_root)
     picked = [ds[i] for i in FRAMES]
     raw = {k: torch.stack([f[k] for f in picked]) for k in picked[0] if k.startswith("observation.")}
@@ -97,6 +99,56 @@ def test_shared_prefix_teacher_sample_is_sample_actions_on_the_repeated_batch_bi
         assert torch.equal(ours, theirs) and torch.equal(fast, theirs) and torch.equal(eager, theirs), steps
         # The M noises of one observation give M different chunks.
         assert not torch.equal(ours[0], ours[1])
+
+
+def test_shared_prefix_body_makes_its_host_constants_in_the_warm_up(world):
+    """What a CUDA-graph capture of the shared-prefix body relies on, on the meta device (a stand-in
+    for CUDA; see test_fastpath): every ``torch.tensor(..., device=...)`` is made by the warm-up
+    and the capture-mode run is answered from the store alone."""
+    teacher = load_smolvla(world.teacher)
+    inputs = _inputs(world, world.teacher, teacher)
+    prefix = teacher.model.embed_prefix(*inputs.args())
+    meta = copy.deepcopy(teacher).to("meta")
+    z = _noise(teacher, inputs.batch_size * M, 0)
+    on_meta = [torch.empty_like(t, device="meta") for t in (*prefix, inputs.state, z)]
+    entry = _Entry.like(on_meta[:3], on_meta[3], on_meta[4])
+    store: dict = {}
+    with _HostConstants(store, capturing=False):
+        out = TeacherSampler(meta, 10)._body(entry)
+    assert out.shape == (inputs.batch_size * M, 8, 8) and out.device.type == "meta"
+    made = len(store)
+    with _HostConstants(store, capturing=True):
+        TeacherSampler(meta, 10)._body(entry)
+    assert len(store) == made
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graphs_and_student_gradients_with_m_noises_per_frame(world):
+    """On a CUDA device: the captured shared-prefix teacher sample agrees with LeRobot's eager
+    ``sample_actions`` on the repeated batch within bf16 tolerance (one graph per noise count), and
+    the shared-prefix student loss and gradients (fp32 teacher) with ``forward``'s within 1e-4."""
+    teacher = load_smolvla(world.teacher, device="cuda")
+    teacher.eval()
+    inputs = _inputs(world, world.teacher, teacher, "cuda")
+    b = inputs.batch_size
+    sampler = TeacherSampler(teacher, 10)
+    for m in (M, 1, M):
+        z = _noise(teacher, b * m, m).cuda()
+        torch.testing.assert_close(sampler(inputs, z), sample_chunk(teacher, _repeated(inputs, m), z, 10), rtol=2e-2, atol=2e-2)
+    assert sampler.stats["captures"] == 2 and sampler.stats["graph_replays"] == 3, sampler.stats
+    rp = ReflowPolicy.from_teacher(world.teacher_fp32, ReflowConfig(student_steps=2, noises_per_frame=M), device="cuda")
+    rp.train()
+    student = rp.student
+    inputs = _inputs(world, world.teacher_fp32, student, "cuda")
+    rows = inputs.batch_size * M
+    z, a = _noise(student, rows, 0).cuda(), _noise(student, rows, 1).cuda()
+    t = flow.sample_time("grid", rows, generator=torch.Generator().manual_seed(2), grid_steps=2).cuda()
+    loss, grads = _grads(student, lambda: shared_prefix_losses(student, inputs, a, z, t, 2).mean())
+    rep = _repeated(inputs, M)
+    ref_loss, ref_grads = _grads(student, lambda: student_losses(student, rep, a, on_policy_noise(student, rep, z, a, t, 2), t).mean())
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=0)
+    for name, g in grads.items():
+        torch.testing.assert_close(g, ref_grads[name], rtol=1e-4, atol=1e-4 * float(ref_grads[name].abs().max()), msg=name)
 
 
 def _grads(policy, loss_fn):
