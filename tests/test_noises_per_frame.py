@@ -238,3 +238,33 @@ def test_train_with_noises_per_frame_records_it(world, tmp_path):
     student = ReflowPolicy.from_pretrained(final)
     assert student.reflow_config.noises_per_frame == 3
     assert "noises_per_frame" in str(student.generate_model_card())
+
+
+def test_train_cost_compares_a_shared_step_with_m_separate_steps():
+    """benchmarks/train_cost.py's reflow_shared row against M online steps of the same batch:
+    ratios of time, CPU time, FLOPs and operator counts (below 1: the shared step is cheaper)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        import train_cost
+    finally:
+        sys.path.remove(str(bench))
+
+    def row(name, m, ms, cpu, flops, ops, fwd, bwd):
+        return {"name": name, "batch_size": 2, "noises_per_frame": m, "median_step_ms": ms, "median_cpu_ms": cpu,
+                "flops_per_step": flops, "aten_ops_per_step": ops,
+                "flops_by_phase": {"preprocess": 0, "forward": fwd, "backward": bwd, "optimizer": 0}}
+
+    rows = [row("reflow_online", 1, 100.0, 80.0, 1000, 500, 600, 400), row("reflow_shared", 4, 200.0, 160.0, 2000, 600, 1200, 800)]
+    (c,) = train_cost.shared_vs_separate(rows)
+    assert (c["median_step_ms_ratio"], c["median_cpu_ms_ratio"], c["flops_per_step_ratio"], c["aten_ops_per_step_ratio"]) == (
+        0.5, 0.5, 0.5, 0.3)
+    assert c["flops_ratio_by_phase"] == {"preprocess": None, "forward": 0.5, "backward": 0.5, "optimizer": None}
+    assert train_cost.shared_markdown(rows).splitlines()[-1] == "| 2 | 4 | 0.50 | 0.50 | 0.50 | 0.30 | 0.50 | 0.50 |"
+    r = subprocess.run([sys.executable, str(bench / "train_cost.py"), "--noises-per-frame", "0"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and "train_cost.py: error: --noises-per-frame must be >= 1" in r.stderr, r.stderr[-2000:]
