@@ -29,8 +29,14 @@ step under an operator counter, and with ``--profile`` ``--profile-steps`` steps
   rows): the cached step with the other weight updates of ``ReflowConfig.update``, AdamW with
   stochastic rounding straight on the bf16 weights (``sr_adamw.py``), and LeRobot's AdamW on the
   bf16 weights (rounding to nearest), neither with fp32 masters.
+- ``reflow_shared`` (with ``--noises-per-frame M`` > 1): online pairs with M noises per observation,
+  the VLM prefix once per observation for teacher and student (docs/reflow.md#many-noises-per-observation):
+  ``batch x M`` training rows. Compared with M separate ``reflow_online`` steps of the same batch
+  (the same number of (observation, noise) rows), in its own table and target.
 
-Per row, besides time and memory: ``aten_ops_per_step`` (every aten operator dispatched in one step:
+Per row, besides time and memory: ``flops_per_step`` (torch's ``FlopCounterMode``: the matmuls,
+convolutions and attention of forward, backward and optimizer; a hardware-free measure of the
+arithmetic), ``aten_ops_per_step`` (every aten operator dispatched in one step:
 preprocessor, forward, autograd's backward, clipping and optimizer; split by phase), and
 ``item_calls_per_step`` (``aten::_local_scalar_dense``: a device-to-host read, a sync on CUDA); on
 CUDA ``cuda_syncs_per_step`` (CUDA's sync debug mode). ``--profile`` adds, per row, the top operators
@@ -71,7 +77,8 @@ ROWS = ("normal", "reflow_online", "reflow_cached")
 EAGER_ONLINE = "reflow_online_eager"
 # The cached step with the other weight updates (ReflowConfig.update; memory rows, first batch size only).
 UPDATE_ROWS = {"reflow_cached": "fp32-masters", "reflow_cached_sr": "bf16-sr", "reflow_cached_bf16": "bf16"}
-VARIANTS = (*ROWS, EAGER_ONLINE, "reflow_cached_sr", "reflow_cached_bf16")
+SHARED = "reflow_shared"
+VARIANTS = (*ROWS, EAGER_ONLINE, "reflow_cached_sr", "reflow_cached_bf16", SHARED)
 PHASES = ("preprocess", "forward", "backward", "optimizer")
 PROG = "train_cost.py"
 
@@ -98,6 +105,8 @@ def _parse(argv=None):
                    help="time the normal step again after its process captured a teacher-sampling CUDA graph (CUDA)")
     p.add_argument("--variants", default=None, help=f"comma-separated, from {','.join(VARIANTS)} (default: the first three, "
                    f"plus {EAGER_ONLINE} on CUDA)")
+    p.add_argument("--noises-per-frame", type=int, default=1, metavar="M",
+                   help=f"M > 1 adds the {SHARED} row: M noises per observation, the prefix once per observation")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--json", type=Path, default=None, help="default outputs/benchmarks/train_cost[_smoke].json")
     p.add_argument("--interleaved", type=int, default=0, metavar="ROUNDS",
@@ -119,6 +128,8 @@ def _parse(argv=None):
         raise OptionError(PROG, "--real-size builds its own teacher; leave out --teacher")
     a.warmup = a.warmup if a.warmup is not None else (1 if a.smoke else 2)
     a.repeats = a.repeats or (3 if a.smoke else 5 if a.real_size else 10)
+    if a.noises_per_frame < 1:
+        raise OptionError(PROG, f"--noises-per-frame must be >= 1, got {a.noises_per_frame}")
     if a.variants is not None:
         a.variants = a.variants.split(",")
         bad = [v for v in a.variants if v not in VARIANTS]
@@ -181,16 +192,20 @@ class _Step:
 
 
 def _count_ops(step: _Step) -> dict:
+    from torch.utils.flop_counter import FlopCounterMode
+
     from common import op_counter
 
-    phases, names = {}, {}
+    phases, names, flops = {}, {}, {}
     for name, fn in step.phases():
-        with op_counter() as c:
+        with FlopCounterMode(display=False) as f, op_counter() as c:
             fn()
         phases[name] = sum(c.counts.values())
+        flops[name] = f.get_total_flops()
         for k, v in c.counts.items():
             names[k] = names.get(k, 0) + v
-    return {"aten_ops_per_step": sum(phases.values()), "aten_ops_by_phase": phases,
+    return {"flops_per_step": sum(flops.values()), "flops_by_phase": flops,
+            "aten_ops_per_step": sum(phases.values()), "aten_ops_by_phase": phases,
             "item_calls_per_step": names.get("aten::_local_scalar_dense", 0), "aten_ops_by_name": names}
 
 
@@ -413,7 +428,8 @@ def run_variant(variant: str, spec: dict) -> list[dict]:
         # one pair eagerly so, as there, no graph is captured in its process (issue 18: a captured graph
         # made every host operation of the cached step ~1.6x dearer; see capture_effect).
         rcfg = ReflowConfig(teacher_steps=spec["teacher_steps"], batch_size=max(spec["batch_sizes"]), steps=1000,
-                            cuda_graphs=variant == "reflow_online", update=UPDATE_ROWS.get(variant, "fp32-masters"))
+                            cuda_graphs=variant in ("reflow_online", SHARED), update=UPDATE_ROWS.get(variant, "fp32-masters"),
+                            noises_per_frame=spec.get("noises_per_frame", 1) if variant == SHARED else 1)
         rp = ReflowPolicy.from_teacher(resolved, rcfg, device=device)
         rp.train()
         model_bytes, teacher_bytes = _bytes(rp.student), _bytes(rp.teacher)
@@ -441,6 +457,7 @@ def run_variant(variant: str, spec: dict) -> list[dict]:
             "name": variant,
             "batch_size": b,
             "update": None if variant == "normal" else rp.reflow_config.update,
+            "noises_per_frame": rp.reflow_config.noises_per_frame if rp is not None else 1,
             "median_step_ms": 1000 * statistics.median(times),
             "min_step_ms": 1000 * min(times),
             "max_step_ms": 1000 * max(times),
@@ -638,6 +655,32 @@ def profile_markdown(rows: list[dict], top: int = 8) -> str:
     return "\n".join(out)
 
 
+def shared_vs_separate(rows: list[dict]) -> list[dict]:
+    """Per batch size: one shared-prefix step with M noises per observation against M separate
+    online steps of the same batch (the same (observation, noise) rows): ratios below 1 are savings."""
+    online = {r["batch_size"]: r for r in rows if r["name"] == "reflow_online"}
+    out = []
+    for r in rows:
+        if r["name"] != SHARED or r["batch_size"] not in online:
+            continue
+        m, o = r["noises_per_frame"], online[r["batch_size"]]
+        out.append({"batch_size": r["batch_size"], "noises_per_frame": m,
+                    **{f"{k}_ratio": r[k] / (m * o[k]) for k in ("median_step_ms", "median_cpu_ms", "flops_per_step", "aten_ops_per_step")},
+                    "flops_ratio_by_phase": {k: (r["flops_by_phase"][k] / (m * o["flops_by_phase"][k]) if o["flops_by_phase"][k] else None)
+                                             for k in PHASES}})
+    return out
+
+
+def shared_markdown(rows: list[dict]) -> str:
+    lines = ["| batch | M | shared step / M online steps: wall | CPU time | FLOPs | aten ops | FLOPs forward | FLOPs backward |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in shared_vs_separate(rows):
+        ph = c["flops_ratio_by_phase"]
+        lines.append(f"| {c['batch_size']} | {c['noises_per_frame']} | {c['median_step_ms_ratio']:.2f} | {c['median_cpu_ms_ratio']:.2f} | "
+                     f"{c['flops_per_step_ratio']:.2f} | {c['aten_ops_per_step_ratio']:.2f} | {_fmt(ph['forward'], 2)} | {_fmt(ph['backward'], 2)} |")
+    return "\n".join(lines)
+
+
 def add_host_cost(rows: list[dict]) -> None:
     """Per profiled row, ``host_cost_vs_normal``: the normal step's aten operators priced at this
     row's host cost per call, over the normal step's own cost (``common.host_cost_ratio``)."""
@@ -718,6 +761,13 @@ def evaluate_targets(rows: list[dict], device: str, interleaved: dict | None = N
                               "met": ratio <= 2.0,
                               "detail": f"{on['median_step_ms']:.1f} ms vs {n['median_step_ms']:.1f} ms = {ratio:.2f}x; "
                                         f"teacher sampling: {on.get('teacher_sampling')} (batch {b})"}
+    for c in shared_vs_separate(rows)[:1]:
+        m = c["noises_per_frame"]
+        out["shared_prefix"] = {"target": f"one shared-prefix step with {m} noises per observation costs less than {m} separate online steps",
+                                "met": c["flops_per_step_ratio"] < 1 and c["median_cpu_ms_ratio"] < 1,
+                                "detail": f"FLOPs {c['flops_per_step_ratio']:.2f}x, CPU time {c['median_cpu_ms_ratio']:.2f}x, "
+                                          f"wall {c['median_step_ms_ratio']:.2f}x, aten ops {c['aten_ops_per_step_ratio']:.2f}x "
+                                          f"(batch {c['batch_size']})"}
     return out
 
 
@@ -748,7 +798,7 @@ def main(argv=None) -> int:
         raise OptionError(PROG, "--device cuda was asked for but no CUDA device is visible; use --device cpu or auto")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    variants = a.variants or [*ROWS, *([EAGER_ONLINE] if device == "cuda" else [])]
+    variants = a.variants or [*ROWS, *([EAGER_ONLINE] if device == "cuda" else []), *([SHARED] if a.noises_per_frame > 1 else [])]
     if a.real_size:
         teacher, dataset, dataset_root = _real_size_world(a)
         size = "real size: smolvla_base architecture (SmolVLM2-500M shape, 16 VLM layers, chunk 50, 512x512), random weights, tiny dataset"
@@ -762,7 +812,7 @@ def main(argv=None) -> int:
     spec = {"teacher": teacher, "dataset": dataset, "dataset_root": str(dataset_root) if dataset_root else None,
             "batch_sizes": a.batch_sizes, "teacher_steps": a.teacher_steps, "warmup": a.warmup, "repeats": a.repeats,
             "device": device, "profile": a.profile, "profile_steps": a.profile_steps, "capture_effect": a.capture_effect,
-            "interleaved": a.interleaved}
+            "interleaved": a.interleaved, "noises_per_frame": a.noises_per_frame}
     rows, errors, interleaved = [], [], {}
     path = a.json or Path("outputs/benchmarks") / ("train_cost_smoke.json" if a.smoke else "train_cost.json")
 
@@ -787,7 +837,7 @@ def main(argv=None) -> int:
             "size": size,
             "batch_size": a.batch_sizes[0] if len(a.batch_sizes) == 1 else a.batch_sizes,
             "batch_sizes": a.batch_sizes, "teacher_steps": a.teacher_steps, "warmup": a.warmup, "repeats": a.repeats,
-            "smoke": a.smoke, "real_size": a.real_size, "profile": a.profile,
+            "smoke": a.smoke, "real_size": a.real_size, "profile": a.profile, "noises_per_frame": a.noises_per_frame,
             "rows": kept,
             "interleaved": interleaved or None,
             "errors": errors + ([] if partial else unmatched),
@@ -842,6 +892,9 @@ def main(argv=None) -> int:
     print(ops_markdown(rows))
     print()
     print(markdown(rows))
+    if any(r["name"] == SHARED for r in rows):
+        print()
+        print(shared_markdown(rows))
     if errors:
         print(f"{PROG}: failed: " + "; ".join(f"{e['name']} batch {e['batch_size']}: {e['error']}" for e in errors), file=sys.stderr)
         return 1

@@ -54,6 +54,9 @@ def _add_train(sub) -> None:
     p.add_argument("--update", choices=list(UPDATES), default="fp32-masters",
                    help="how bf16 trainable weights are updated: fp32-masters (fp32 copies), bf16-sr (stochastic "
                    "rounding, no copies) or bf16 (round to nearest); recorded in the lineage")
+    p.add_argument("--noises-per-frame", type=POSITIVE, default=ReflowConfig.noises_per_frame, metavar="M",
+                   help="noise draws paired with each observation of a batch (batch-size x M rows per step; the VLM "
+                   "runs once per observation); see docs/reflow.md")
     p.add_argument("--lr", type=float_in(0), default=None,
                    help="peak learning rate (default: the teacher config's optimizer_lr, LeRobot's preset)")
     p.add_argument("--warmup-steps", type=NON_NEGATIVE, default=None, help="warm-up steps (default: 5%% of --steps)")
@@ -77,7 +80,7 @@ def _cmd_train(a) -> int:
     try:
         rcfg = ReflowConfig(
             teacher_steps=a.teacher_steps, student_steps=a.student_steps, time_sampling=a.time_sampling,
-            student_inputs=a.student_inputs,
+            student_inputs=a.student_inputs, noises_per_frame=a.noises_per_frame,
             lr=a.lr, warmup_steps=a.warmup_steps, steps=a.steps, batch_size=a.batch_size, seed=a.seed,
             holdout_episodes=a.holdout_episodes, cuda_graphs=not a.no_cuda_graphs, update=a.update,
         )

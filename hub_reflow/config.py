@@ -26,6 +26,10 @@ class ReflowConfig:
     # "on-policy", at the states its own Euler steps reach from z, towards the teacher's answer;
     # "straight", on the straight path between z and the teacher's answer. No effect for K = 1.
     student_inputs: str = "on-policy"
+    # Noise draws paired with each observation of a batch (docs/reflow.md#many-noises-per-observation):
+    # a step trains on batch_size * noises_per_frame (observation, noise) rows, with the VLM prefix
+    # computed once per observation for the teacher's sampling and the student's loss alike.
+    noises_per_frame: int = 1
     # Keep the student's VLM frozen (vision encoder, connector, text model). The expert and the
     # projections train. Unfreezing changes the KV cache the expert attends to and costs memory.
     freeze_vlm: bool = True
@@ -62,6 +66,8 @@ class ReflowConfig:
             raise ValueError(f"time_sampling must be one of {TIME_SAMPLERS}, got {self.time_sampling!r}")
         if self.student_inputs not in STUDENT_INPUTS:
             raise ValueError(f"student_inputs must be one of {STUDENT_INPUTS}, got {self.student_inputs!r}")
+        if self.noises_per_frame < 1:
+            raise ValueError(f"noises_per_frame must be >= 1, got {self.noises_per_frame}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.steps < 1:

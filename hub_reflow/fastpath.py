@@ -14,7 +14,9 @@ The split:
   the Euler loop of ``denoise_step`` calls), run with ``embed_prefix`` answered from static input
   buffers. It is captured once per shape key (batch size, prefix length, dtypes, step count), so a
   last smaller batch gets its own graph; at most ``max_shapes`` graphs are kept (least recently used
-  dropped).
+  dropped). With ``m`` noises per observation (more noise rows than observations) the body is
+  ``smolvla.sample_shared`` instead: the VLM pass on the B observations, its KV cache expanded over
+  the ``m * B`` noises, the same Euler loop (the noise count is part of the shape key).
 
 LeRobot builds a few constants with ``torch.tensor(..., device=...)`` inside that loop (the Euler
 step times, the action tokens' attention pattern, the empty KV cache): host-to-device copies that a
@@ -40,7 +42,7 @@ import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from .smolvla import PolicyInputs, num_steps, sample_chunk
+from .smolvla import PolicyInputs, num_steps, sample_chunk, sample_shared
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +172,8 @@ class TeacherSampler:
 
     @torch.no_grad()
     def __call__(self, inputs: PolicyInputs, noise: Tensor) -> Tensor:
-        """The padded chunk (B, chunk_size, max_action_dim), as ``sample_actions`` returns it."""
+        """The padded chunk (len(noise), chunk_size, max_action_dim), as ``sample_chunk`` returns it
+        (``m`` noises per observation: ``len(noise) = m * B``, the VLM run once per observation)."""
         self.stats["calls"] += 1
         if not self.cuda_graphs:
             return sample_chunk(self.policy, inputs, noise, self.steps)
@@ -202,11 +205,15 @@ class TeacherSampler:
 
     def _body(self, entry: _Entry) -> Tensor:
         """LeRobot's ``VLAFlowMatching.sample_actions`` (the class's own function: a
-        ``compile_model`` wrapper on the instance is bypassed) on the static buffers."""
+        ``compile_model`` wrapper on the instance is bypassed) on the static buffers; with more noise
+        rows than observations, ``smolvla.sample_shared`` (the VLM once per observation, its KV cache
+        expanded over the noises)."""
         model = self.policy.model
-        given = _GivenPrefix(model, (entry.embs, entry.pad_masks, entry.att_masks))
+        prefix = (entry.embs, entry.pad_masks, entry.att_masks)
         with num_steps(self.policy, self.steps):
-            return type(model).sample_actions(given, None, None, None, None, entry.state, noise=entry.noise)
+            if entry.noise.shape[0] != entry.state.shape[0]:  # m noises per observation: the VLM once per observation
+                return sample_shared(model, prefix, entry.noise, self.steps)
+            return type(model).sample_actions(_GivenPrefix(model, prefix), None, None, None, None, entry.state, noise=entry.noise)
 
     def _add(self, key: tuple, prefix, state, noise) -> _Entry:
         entry = _Entry.like(prefix, state, noise)

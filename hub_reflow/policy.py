@@ -29,7 +29,7 @@ from .config import ReflowConfig
 from .errors import UserError
 from .fastpath import TeacherSampler
 from .hub import push_policy
-from .smolvla import noise_shape, on_policy_noise, policy_inputs, student_losses, teacher_pairs
+from .smolvla import noise_shape, on_policy_noise, policy_inputs, shared_prefix_losses, student_losses, teacher_pairs
 
 
 def vlm_module(policy) -> nn.Module:
@@ -131,11 +131,14 @@ class ReflowPolicy(
 
     @torch.no_grad()
     def make_pairs(self, inputs, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Noise ``z`` (float32) and the teacher's ODE output for it, as training data (padded dims 0)."""
+        """Noise ``z`` (float32) and the teacher's ODE output for it, as training data (padded dims 0);
+        ``reflow_config.noises_per_frame`` noises per observation when not given (row ``i * m + j``:
+        observation ``i``)."""
         if self.teacher is None:
             raise UserError("this ReflowPolicy has no teacher attached; call attach_teacher() first")
         if noise is None:
-            noise = torch.randn(noise_shape(self.student, inputs.batch_size), dtype=torch.float32, device=inputs.state.device)
+            rows = inputs.batch_size * self.reflow_config.noises_per_frame
+            noise = torch.randn(noise_shape(self.student, rows), dtype=torch.float32, device=inputs.state.device)
         return teacher_pairs(self.teacher, inputs, noise, self.reflow_config.teacher_steps,
                              self.student.config.action_feature.shape[0], sampler=self.teacher_sampler)
 
@@ -159,7 +162,8 @@ class ReflowPolicy(
     def forward(self, batch: dict, noise: Tensor | None = None, time: Tensor | None = None,
                 target: Tensor | None = None, inputs=None) -> tuple[Tensor, dict]:
         """The reflow loss on a preprocessed batch: student velocity error on straight paths between
-        ``z`` and the teacher's output for ``z`` (docs/reflow.md#loss).
+        ``z`` and the teacher's output for ``z`` (docs/reflow.md#loss). ``noise``, ``time`` and
+        ``target`` have ``reflow_config.noises_per_frame`` rows per observation of the batch.
 
         ``target`` (with its ``noise``): a cached pair (``pairs.py``) used as is; the teacher is not run.
         ``inputs``: ``policy_inputs(student, batch)`` when the caller has it already (the images are
@@ -173,13 +177,21 @@ class ReflowPolicy(
             noise, data = _on(noise, device), _on(target, device)
         else:
             noise, data = self.make_pairs(inputs, None if noise is None else _on(noise, device))
+        rcfg = self.reflow_config
+        if noise.shape[0] != inputs.batch_size * rcfg.noises_per_frame:
+            raise ValueError(f"{noise.shape[0]} noise rows for {inputs.batch_size} observations; noises_per_frame "
+                             f"is {rcfg.noises_per_frame}")
         if time is None:
-            time = flow.sample_time(self.reflow_config.time_sampling, inputs.batch_size, device=device,
-                                    grid_steps=self.reflow_config.student_steps)
+            time = flow.sample_time(rcfg.time_sampling, noise.shape[0], device=device, grid_steps=rcfg.student_steps)
         time = _on(time, device)
-        if self.reflow_config.on_policy:
-            noise = on_policy_noise(self.student, inputs, noise, data, time, self.reflow_config.student_steps)
-        loss = student_losses(self.student, inputs, data, noise, time).mean()
+        if rcfg.noises_per_frame > 1:  # the prefix once per observation (docs/reflow.md#many-noises-per-observation)
+            losses = shared_prefix_losses(self.student, inputs, data, noise, time,
+                                          rcfg.student_steps if rcfg.on_policy else 0)
+        else:
+            if rcfg.on_policy:
+                noise = on_policy_noise(self.student, inputs, noise, data, time, rcfg.student_steps)
+            losses = student_losses(self.student, inputs, data, noise, time)
+        loss = losses.mean()
         return loss, {"loss": loss.detach()}
 
     # ---- saving and loading ---------------------------------------------------------------------

@@ -228,7 +228,7 @@ def train_step(run: Run, batch: dict) -> torch.Tensor:
     with timer("preprocess"):
         batch = run.preprocessor(batch)
         inputs = policy_inputs(policy.student, batch)  # images prepared once, for teacher and student
-    bsz = inputs.batch_size
+    bsz = inputs.batch_size * run.rcfg.noises_per_frame  # (observation, noise) rows
     if target is None:
         noise = torch.randn(noise_shape(policy.student, bsz), dtype=torch.float32, generator=gen).to(acc.device, non_blocking=True)
         with timer("teacher"):
