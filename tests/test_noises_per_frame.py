@@ -19,7 +19,7 @@ from hub_reflow import flow
 from hub_reflow.checkpoint import load_smolvla
 from hub_reflow.cli import main
 from hub_reflow.config import ReflowConfig
-from hub_reflow.fastpath import TeacherSampler, _Entry, _HostConstants
+from hub_reflow.fastpath import TeacherSampler, _Entry, HostConstants
 from hub_reflow.policy import ReflowPolicy
 from hub_reflow.smolvla import (
     PolicyInputs,
@@ -113,11 +113,11 @@ def test_shared_prefix_body_makes_its_host_constants_in_the_warm_up(world):
     on_meta = [torch.empty_like(t, device="meta") for t in (*prefix, inputs.state, z)]
     entry = _Entry.like(on_meta[:3], on_meta[3], on_meta[4])
     store: dict = {}
-    with _HostConstants(store, capturing=False):
+    with HostConstants(store, capturing=False):
         out = TeacherSampler(meta, 10)._body(entry)
     assert out.shape == (inputs.batch_size * M, 8, 8) and out.device.type == "meta"
     made = len(store)
-    with _HostConstants(store, capturing=True):
+    with HostConstants(store, capturing=True):
         TeacherSampler(meta, 10)._body(entry)
     assert len(store) == made
 
