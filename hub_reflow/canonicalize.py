@@ -23,7 +23,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, clean_config_dict, parse_policy_config, resolve_checkpoint
+from .checkpoint import (
+    CONFIG_NAME,
+    LINEAGE_NAME,
+    WEIGHTS_NAME,
+    CheckpointRef,
+    Lineage,
+    clean_config_dict,
+    parse_policy_config,
+    resolve_checkpoint,
+)
 from .errors import UserError
 from .files import atomic_dir
 from .inspection import Facts, inspect_checkpoint
@@ -140,7 +149,7 @@ def _refuse_stats(f: Facts, check: Check, plan: Plan) -> None:
 
 
 def _refuse_lineage(f: Facts, check: Check, plan: Plan) -> None:
-    plan.problems.append(f"lineage: {check.summary}")
+    plan.problems.append(f"{check.name}: {check.summary}")
 
 
 # Check name -> what canonicalize does about its failure.
@@ -155,6 +164,7 @@ REPAIRS: dict[str, Callable[[Facts, Check, Plan], None]] = {
     "processors.files": _repair_processor_files,
     "processors.stats": _refuse_stats,
     "lineage": _refuse_lineage,
+    "weights.expert": _refuse_lineage,  # the teacher's own expert: nothing to repair, not a student
 }
 
 
@@ -233,3 +243,10 @@ def _write(f: Facts, plan: Plan, dst: Path, cfg) -> None:
             tensors = {f.weights.names[k]: src.get_tensor(k).to(torch_dtype(ref[f.weights.names[k]][1])).contiguous()
                        for k in f.weights.own}
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        if not (tmp / LINEAGE_NAME).is_file():
+            # What is known, no more (docs/canonical.md#lineage): the teacher it was checked against, if
+            # any; the training record unknown. The card then says so and push accepts it.
+            ref = f.teacher_ref or CheckpointRef(None, None, None, "")
+            (tmp / LINEAGE_NAME).write_text(Lineage(
+                teacher=ref, reflow={"student_steps": cfg.num_steps}, teacher_num_steps=(f.config.teacher_raw or {}).get("num_steps", 10),
+                training={"record": "unknown", "written_by": "hub-reflow canonicalize"}).to_json())

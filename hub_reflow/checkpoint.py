@@ -76,8 +76,11 @@ def validate_smolvla_folder(folder: Path, what: str = "teacher") -> dict:
     return raw
 
 
-def resolve_checkpoint(ref: str, revision: str | None = None, what: str = "teacher", validate: bool = True) -> ResolvedCheckpoint:
-    """A local folder, or a Hub repo id at ``revision`` resolved to its commit sha and downloaded.
+def resolve_checkpoint(ref: str, revision: str | None = None, what: str = "teacher", validate: bool = True,
+                       **hub) -> ResolvedCheckpoint:
+    """A local folder, or a Hub repo id at ``revision`` resolved to its commit sha and downloaded
+    (offline: the cached snapshot; ``hub``: ``token``, ``cache_dir``, ``force_download``,
+    ``local_files_only``, as ``hub_io.snapshot`` takes them).
 
     ``validate=False`` accepts an incomplete checkpoint (for ``verify``, which reports what lacks)."""
     local = Path(ref).expanduser()
@@ -92,15 +95,15 @@ def resolve_checkpoint(ref: str, revision: str | None = None, what: str = "teach
         return ResolvedCheckpoint(folder, CheckpointRef(None, None, None, _weights_sha(folder)))
     if not is_repo_id(ref):
         raise UserError(f"{what}: {ref} does not exist as a folder and is not a Hub repo id (namespace/name); check the path")
-    return _download_checkpoint(ref, revision, what, validate)
+    return _download_checkpoint(ref, revision, what, validate, **hub)
 
 
 def _weights_sha(folder: Path) -> str:
     return sha256_file(folder / WEIGHTS_NAME) if (folder / WEIGHTS_NAME).is_file() else ""
 
 
-def _download_checkpoint(repo_id: str, revision: str | None, what: str, validate: bool = True) -> ResolvedCheckpoint:
-    folder, commit = snapshot(repo_id, revision, action=what)
+def _download_checkpoint(repo_id: str, revision: str | None, what: str, validate: bool = True, **hub) -> ResolvedCheckpoint:
+    folder, commit = snapshot(repo_id, revision, action=what, **hub)
     if validate:
         validate_smolvla_folder(folder, what)
     return ResolvedCheckpoint(folder, CheckpointRef(repo_id, commit, revision, _weights_sha(folder)))

@@ -187,8 +187,13 @@ def weights_expert(f: Facts) -> Check | None:
     if f.teacher is None or not f.weights.readable or f.reference.header is None:
         return None
     w = f.weights
+    details = {"changed": w.expert_changed, "total": w.expert_total}
+    if w.expert_total and not w.expert_changed:
+        # The teacher (or an untrained copy of it) is not its own student (docs/canonical.md#lineage).
+        return Check("weights.expert", FAIL, f"none of the {w.expert_total} action-expert tensors differs from the teacher's: "
+                     "the teacher itself or an untrained copy of it, not a reflow student", details)
     return Check("weights.expert", INFO, f"{w.expert_changed} of {w.expert_total} action-expert tensors differ from the "
-                 "teacher's (0: an untrained copy)", {"changed": w.expert_changed, "total": w.expert_total})
+                 "teacher's", details)
 
 
 # ---- processors and lineage ------------------------------------------------------------------------

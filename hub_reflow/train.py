@@ -30,6 +30,8 @@ from .policy import ReflowPolicy
 from .precision import FILE_NAME as MASTER_FILE
 from .precision import MasterWeights
 from .run_checks import check_batch_size, check_resume, check_train_args
+from .runlock import run_lock
+from .validation import check_output_folder
 from .smolvla import noise_shape, policy_inputs
 from .train_utils import (
     PhaseTimer,
@@ -64,6 +66,7 @@ class TrainArgs:
     progress: bool = True
     pairs: str | None = None  # cached teacher pairs (pairs.py): folder or Hub dataset repo id
     pairs_revision: str | None = None
+    record: dict | None = None  # the command line's settings, kept with each checkpoint for --resume
 
 
 @dataclass
@@ -276,7 +279,7 @@ def save(run: Run) -> Path | None:
         })
         with run.timer("checkpoint"):
             path = save_checkpoint(Path(run.args.output_dir), run.step, policy, run.optimizer, run.scheduler,
-                                   acc.num_processes, rcfg.batch_size, run.master)
+                                   acc.num_processes, rcfg.batch_size, run.master, run.args.record)
         run.saved_name = path.name
         tqdm.write(f"checkpoint {path.name} written")
     acc.wait_for_everyone()
@@ -284,7 +287,14 @@ def save(run: Run) -> Path | None:
 
 
 def train(args: TrainArgs) -> Path:
-    """Run reflow training; return the final ``pretrained_model`` folder."""
+    """Run reflow training; return the final ``pretrained_model`` folder. One run per output folder:
+    the folder's lock is held for the whole run (``runlock``), taken before anything is written."""
+    check_output_folder(Path(args.output_dir), "--output-dir", may_hold_files=True)  # a path a folder can be made at
+    with run_lock(Path(args.output_dir)):
+        return _train(args)
+
+
+def _train(args: TrainArgs) -> Path:
     from tqdm.auto import tqdm
 
     run = setup(args)
