@@ -29,8 +29,10 @@ from .checkpoint import (
     WEIGHTS_NAME,
     CheckpointRef,
     Lineage,
+    check_backbone_repo,
     clean_config_dict,
     parse_policy_config,
+    rename_backbone,
     resolve_checkpoint,
 )
 from .errors import UserError
@@ -52,6 +54,7 @@ class Plan:
     problems: list[str] = field(default_factory=list)  # what cannot be repaired
     config: dict = field(default_factory=dict)  # the config to write (known fields only)
     copied: list[str] = field(default_factory=list)  # processor files taken from the teacher
+    backbone: tuple[str, str] | None = None  # (local folder, Hub repo id): renamed in config and processors
 
 
 class NotRepairable(UserError):
@@ -62,10 +65,8 @@ class NotRepairable(UserError):
 
 
 def _repair_config(f: Facts, check: Check, plan: Plan) -> None:
-    # Unknown fields are always dropped (plan_repairs); a local backbone path or a config plain LeRobot
-    # refuses cannot be repaired from the files.
-    if f.config.local_vlm:
-        plan.problems.append("config: vlm_model_name is a local path; which Hub repo holds the backbone cannot be told from the files")
+    # Unknown fields are always dropped and a local backbone renamed (plan_repairs); a config plain
+    # LeRobot refuses cannot be repaired from the files.
     if f.config.parse_error is not None:
         plan.problems.append(f"config: plain LeRobot cannot parse it ({f.config.parse_error})")
 
@@ -168,9 +169,18 @@ REPAIRS: dict[str, Callable[[Facts, Check, Plan], None]] = {
 }
 
 
-def plan_repairs(f: Facts) -> Plan:
-    """The repair plan for the structural checks that fail on ``f``; ``problems`` lists what cannot be repaired."""
+def plan_repairs(f: Facts, vlm_repo_id: str | None = None) -> Plan:
+    """The repair plan for the structural checks that fail on ``f``; ``problems`` lists what cannot be
+    repaired. ``vlm_repo_id``: the Hub repo id of a local backbone folder (checked against its files)."""
     plan = Plan(config=dict(f.config.cleaned))
+    local = f.config.raw.get("vlm_model_name") if f.config.raw else None
+    if f.config.local_vlm and vlm_repo_id is None:
+        plan.problems.append(f"config: vlm_model_name is a local path ({local}); pass --vlm-repo-id ORG/NAME, the Hub "
+                             "repo that holds that backbone (checked against the folder's files)")
+    elif f.config.local_vlm:
+        check_backbone_repo(local, vlm_repo_id, "canonicalize")
+        plan.config["vlm_model_name"], plan.backbone = vlm_repo_id, (local, vlm_repo_id)
+        plan.changes.append(f"config and processors: vlm_model_name {local} -> {vlm_repo_id} (the same files)")
     if f.config.unknown:
         plan.changes.append(f"config: dropped fields LeRobot does not know: {', '.join(f.config.unknown)}")
     want = bool(f.config.teacher_raw.get("load_vlm_weights")) if f.teacher is not None else True
@@ -185,7 +195,7 @@ def plan_repairs(f: Facts) -> Plan:
 
 
 def canonicalize(src: str, dst: str | Path, teacher: str | None = None, *, revision: str | None = None,
-                 teacher_revision: str | None = None) -> list[str]:
+                 teacher_revision: str | None = None, vlm_repo_id: str | None = None) -> list[str]:
     """Write the canonical form of ``src`` into ``dst``; return the list of changes made.
 
     Raises ``NotRepairable`` (nothing written) when the checkpoint cannot be made canonical."""
@@ -213,7 +223,7 @@ def canonicalize(src: str, dst: str | Path, teacher: str | None = None, *, revis
     reference_config = None if t else {**clean_config_dict(raw)[0], "load_vlm_weights": True}
     facts = inspect_checkpoint(src_dir, t.path if t else None, t.ref if t else None,
                                reference_config=reference_config, action="canonicalize")
-    plan = plan_repairs(facts)
+    plan = plan_repairs(facts, vlm_repo_id)
     if plan.problems:
         raise NotRepairable("canonicalize: not repairable, nothing written: " + "; ".join(plan.problems))
     _write(facts, plan, dst, parse_policy_config(plan.config, "source"))
@@ -238,6 +248,7 @@ def _write(f: Facts, plan: Plan, dst: Path, cfg) -> None:
         for name in plan.copied:
             shutil.copyfile(f.teacher / name, tmp / name)
         cfg._save_pretrained(tmp)  # LeRobot's own config writer, as lerobot-train uses
+        rename_backbone(tmp, plan.backbone)
         # The student's own tensors under their reference names, in the reference's dtypes.
         with safe_open(f.folder / WEIGHTS_NAME, "source") as src:
             tensors = {f.weights.names[k]: src.get_tensor(k).to(torch_dtype(ref[f.weights.names[k]][1])).contiguous()

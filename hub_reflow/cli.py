@@ -67,9 +67,16 @@ def _add_train(sub) -> None:
     p.add_argument("--pairs-revision", default=None, help="branch, tag or commit of a Hub pairs repo")
     p.add_argument("--no-cuda-graphs", action="store_true",
                    help="sample the teacher eagerly (LeRobot's sample_actions) instead of through CUDA graphs on CUDA")
+    _add_vlm_repo_id(p)
     p.set_defaults(func=_cmd_train)
     # Options not given stay out of the namespace: --resume fills them from the run's record.
     given_or_recorded(p)
+
+
+def _add_vlm_repo_id(p) -> None:
+    p.add_argument("--vlm-repo-id", default=None, type=repo_id, metavar="ORG/NAME",
+                   help="the Hub repo id of the teacher's backbone when its vlm_model_name is a local folder (checked "
+                   "against the folder's files): written into the student's config and processors, so it can be pushed")
 
 
 def _cmd_train(a) -> int:
@@ -88,6 +95,7 @@ def _cmd_train(a) -> int:
         dataset_revision=a.dataset_revision, output_dir=a.output_dir, reflow=rcfg, device=a.device,
         save_freq=a.save_freq, log_freq=a.log_freq, num_workers=a.num_workers, resume=a.resume,
         progress=not a.no_progress, pairs=a.pairs, pairs_revision=a.pairs_revision, record=a.record,
+        vlm_repo_id=a.vlm_repo_id,
     ))
     if os.environ.get("RANK", "0") == "0":  # once, under torchrun / accelerate launch
         print(f"student checkpoint: {out}")
@@ -267,6 +275,7 @@ def _add_canonicalize(sub) -> None:
     p.add_argument("dst", type=Path, help="new folder for the canonical checkpoint")
     _add_verify_args(p, "the teacher (folder or Hub repo id): its dtype layout, load_vlm_weights and processor "
                      "files; without it the load_vlm_weights: true layout")
+    _add_vlm_repo_id(p)
     p.set_defaults(func=_cmd_canonicalize)
 
 
@@ -274,7 +283,8 @@ def _cmd_canonicalize(a) -> int:
     check_output_folder(a.dst, "DST", hint="pass a new folder as DST (SRC is never overwritten)")
 
     with _quiet_stdout(a.json):
-        changes = canonicalize(a.src, a.dst, a.teacher, revision=a.revision, teacher_revision=a.teacher_revision)
+        changes = canonicalize(a.src, a.dst, a.teacher, revision=a.revision, teacher_revision=a.teacher_revision,
+                               vlm_repo_id=a.vlm_repo_id)
         print(f"wrote {a.dst}")
         for change in changes:
             print(f"changed: {change}")

@@ -223,6 +223,14 @@ def pull_checkpoint(
 
 
 def _check_pulled(folder: Path, left: str) -> None:
+    if not (folder / LINEAGE_NAME).is_file() and (folder / WEIGHTS_NAME).is_file():
+        try:
+            kind = json.loads((folder / CONFIG_NAME).read_text()).get("type")
+        except (OSError, ValueError, AttributeError):
+            kind = None
+        if kind == "smolvla":
+            raise UserError(f"pull: a plain SmolVLA checkpoint, not a reflow student (no {LINEAGE_NAME}); {left}; load "
+                            "it with SmolVLAPolicy.from_pretrained, or train a student from it with --teacher")
     try:
         check_checkpoint(folder, what="pull")
     except UserError as e:

@@ -124,8 +124,8 @@ def cached_snapshot(repo_id: str, revision: str | None = None, *, action: str, r
     except (*HUB_ERRORS, ValueError):
         at = f" at {revision!r}" if revision else ""
         why = "HF_HUB_OFFLINE is set" if constants.is_offline_mode() else "local_files_only is set"
-        raise UserError(f"{action}: {repo_id}{at} is not in the Hugging Face cache and {why}; download it once online "
-                        f"(e.g. hub-reflow pull {repo_id}) or unset HF_HUB_OFFLINE") from None
+        raise UserError(f"{action}: {repo_id}{at} is not in the Hugging Face cache and {why}; download it once with "
+                        "the network on, or unset HF_HUB_OFFLINE") from None
     return folder, folder.name
 
 

@@ -81,6 +81,7 @@ class ReflowPolicy(
         self.student = student
         self.teacher = teacher
         self.base = base
+        self.vlm_repo_id: str | None = None  # names the base's local backbone folder when saved (train --vlm-repo-id)
         self.lineage = lineage or Lineage(
             teacher=base.ref if base else CheckpointRef(None, None, None, ""),
             reflow=self.reflow_config.to_dict(),
@@ -205,7 +206,8 @@ class ReflowPolicy(
     def _save_pretrained(self, save_directory: Path) -> None:
         if self.base is None:
             raise UserError("cannot save: no base checkpoint (config and processors) is known for this student")
-        write_canonical(Path(save_directory), self.student, self.base, self.reflow_config.student_steps, self.lineage)
+        write_canonical(Path(save_directory), self.student, self.base, self.reflow_config.student_steps, self.lineage,
+                        vlm_repo_id=self.vlm_repo_id)
 
     @classmethod
     def from_pretrained(

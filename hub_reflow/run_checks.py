@@ -12,13 +12,14 @@ import os
 from dataclasses import MISSING, fields
 from pathlib import Path
 
+from .checkpoint import check_backbone_repo, is_local_path
 from .config import ReflowConfig
 from .data import check_dataset_root
 from .errors import UserError
 from .runlock import LOCK_NAME
 from .validation import MAX_SEED, MAX_TEACHER_STEPS, check_free_space, check_output_folder
 
-__all__ = ["RUN_RECORD", "read_run_record", "check_train_args", "check_train_output", "check_batch_size", "checkpoint_bytes", "checkpoints_to_write",
+__all__ = ["backbone_repo_id", "RUN_RECORD", "read_run_record", "check_train_args", "check_train_output", "check_batch_size", "checkpoint_bytes", "checkpoints_to_write",
            "check_free_space", "check_resume", "RESUME_MAY_CHANGE"]
 
 
@@ -153,3 +154,15 @@ def read_run_record(output_dir: Path | str) -> dict | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def backbone_repo_id(vlm_model_name: str, repo_id: str | None) -> str | None:
+    """``train --vlm-repo-id``: for a teacher whose backbone is a local folder, its Hub repo id
+    (checked against the folder's files); a teacher that names a repo needs none."""
+    if repo_id is None:
+        return None
+    if not is_local_path(vlm_model_name):
+        raise UserError(f"--vlm-repo-id: the teacher already names its backbone by Hub repo id ({vlm_model_name}); "
+                        "leave --vlm-repo-id out")
+    check_backbone_repo(vlm_model_name, repo_id, "train")
+    return repo_id

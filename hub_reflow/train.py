@@ -29,7 +29,7 @@ from .pairs import NOISE_KEY, TARGET_KEY, Pairs, PairsDataset, check_pairs, load
 from .policy import ReflowPolicy
 from .precision import FILE_NAME as MASTER_FILE
 from .precision import MasterWeights
-from .run_checks import check_batch_size, check_resume, check_train_args
+from .run_checks import backbone_repo_id, check_batch_size, check_resume, check_train_args
 from .runlock import run_lock
 from .validation import check_output_folder
 from .smolvla import noise_shape, policy_inputs
@@ -67,6 +67,7 @@ class TrainArgs:
     pairs: str | None = None  # cached teacher pairs (pairs.py): folder or Hub dataset repo id
     pairs_revision: str | None = None
     record: dict | None = None  # the command line's settings, kept with each checkpoint for --resume
+    vlm_repo_id: str | None = None  # the Hub repo id of the teacher's local backbone folder, written into the student
 
 
 @dataclass
@@ -140,6 +141,7 @@ def setup(args: TrainArgs) -> Run:
             **ds_info, **({"pairs": pairs.lineage_record()} if pairs is not None else {})}))
 
     policy = ReflowPolicy.from_teacher(resolved, rcfg, device=device)  # keeps the Hub ref (repo id + sha)
+    policy.vlm_repo_id = backbone_repo_id(teacher_cfg.vlm_model_name, args.vlm_repo_id)
     require_finite_teacher(policy.teacher)
     policy.lineage = Lineage(teacher=resolved.ref, reflow=rcfg.to_dict(), dataset=ds_info,
                              teacher_num_steps=teacher_cfg.num_steps, teacher_card=teacher_card_data(resolved.path))

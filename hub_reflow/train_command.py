@@ -15,16 +15,26 @@ from .run_checks import check_train_output, read_run_record
 def given_or_recorded(p: argparse.ArgumentParser) -> None:
     """Options not given stay UNSET (the parser's defaults are kept in TRAIN_DEFAULTS)."""
     TRAIN_DEFAULTS.update({x.dest: x.default for x in p._actions if x.dest != "help"})
-    p.set_defaults(**{dest: UNSET for dest in TRAIN_DEFAULTS})
+    p.set_defaults(**{dest: Unset(default) for dest, default in TRAIN_DEFAULTS.items()})
 
 
 TRAIN_DEFAULTS: dict = {}
-UNSET = object()  # an option not given (argparse would pass a string default through its type)
+
+
+class Unset:
+    """An option not given: shows its default in --help (argparse would pass a plain string default
+    through the option's type)."""
+
+    def __init__(self, default):
+        self.default = default
+
+    def __str__(self) -> str:
+        return str(self.default)
 
 
 def train_settings(a) -> argparse.Namespace:
     """The options given, then (with --resume) the run's recorded ones, then the defaults."""
-    given = {k: v for k, v in vars(a).items() if k in TRAIN_DEFAULTS and v is not UNSET}
+    given = {k: v for k, v in vars(a).items() if k in TRAIN_DEFAULTS and not isinstance(v, Unset)}
     if given.get("resume"):
         check_train_output(given["output_dir"], resume=True)  # a run to resume: before reading its record
     recorded = read_run_record(given["output_dir"]) if given.get("resume") else None

@@ -80,7 +80,8 @@ def save_checkpoint(output_dir: Path, step: int, policy, optimizer, scheduler, n
         with atomic_dir(final) as tmp:
             pretrained = tmp / "pretrained_model"
             pretrained.mkdir()
-            write_canonical(pretrained, policy.student, policy.base, policy.reflow_config.student_steps, policy.lineage)
+            write_canonical(pretrained, policy.student, policy.base, policy.reflow_config.student_steps, policy.lineage,
+                            vlm_repo_id=policy.vlm_repo_id)
             save_training_state(tmp, step, optimizer, scheduler, num_processes=num_processes, batch_size=batch_size)
             if master is not None and master.active:
                 save_file(master.state_dict(), str(tmp / TRAINING_STATE_DIR / MASTER_FILE))

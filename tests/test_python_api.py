@@ -171,8 +171,7 @@ def test_offline_api_loads_from_the_warm_cache(server, hf_home, online):
     out = run_python(script, env_for(server, hf_home, offline=True))
     assert out["commit"] == out["by_branch"] == server.head(PUBLIC)
     assert out["missing"] == ("checkpoint: user/never-downloaded is not in the Hugging Face cache and HF_HUB_OFFLINE is "
-                              "set; download it once online (e.g. hub-reflow pull user/never-downloaded) or unset "
-                              "HF_HUB_OFFLINE")
+                              "set; download it once with the network on, or unset HF_HUB_OFFLINE")
     # local_files_only=True is the same rule online.
     local = run_python(f"""
     import json
@@ -183,7 +182,11 @@ def test_offline_api_loads_from_the_warm_cache(server, hf_home, online):
 
 
 def test_offline_commands_read_the_warm_cache(server, hf_home, online, world, tmp_path):
-    run_cli("pull", TEACHER, env=env_for(server, hf_home))  # online once: the teacher is now cached
+    # Online once: a plain SmolVLA is refused by pull, with an accurate line, but is now in the cache.
+    teacher = run_cli("pull", TEACHER, env=env_for(server, hf_home), check=False)
+    assert teacher.returncode == 2 and teacher.stderr.strip().splitlines()[-1].startswith(
+        "hub-reflow: error: pull: a plain SmolVLA checkpoint, not a reflow student (no reflow_lineage.json); the "
+        "download is left in the Hugging Face cache at ")
     offline = env_for(server, hf_home, offline=True)
     pulled = run_cli("pull", PUBLIC, "--local-dir", str(tmp_path / "pulled"), env=offline)
     assert Path(pulled.stdout.strip().splitlines()[-1]) == tmp_path / "pulled"
@@ -203,4 +206,4 @@ def test_offline_commands_read_the_warm_cache(server, hf_home, online, world, tm
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert refused.stderr.strip().splitlines()[-1] == (
         "hub-reflow: error: pull: user/never-downloaded is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
-        "download it once online (e.g. hub-reflow pull user/never-downloaded) or unset HF_HUB_OFFLINE")
+        "download it once with the network on, or unset HF_HUB_OFFLINE")
