@@ -23,7 +23,7 @@ def card_data(lineage: Lineage, license: str | None = None) -> ModelCardData:
     data = ModelCardData(
         library_name="lerobot",
         pipeline_tag="robotics",
-        license=license or lineage.teacher_card.get("license") or "apache-2.0",
+        license=license or lineage.teacher_card.get("license"),  # none asserted when the teacher states none
         tags=list(TAGS),
     )
     if lineage.teacher.repo_id:

@@ -1,4 +1,4 @@
-"""``hub-reflow``: a thin command line over the library. User mistakes print one line.
+"""hub-reflow: a thin command line over the library. User mistakes print one line.
 
 Exit codes: 0 ok, 1 a check failed, 2 bad input, 130 interrupted."""
 
@@ -106,7 +106,7 @@ def _cmd_train(a) -> int:
 def _add_pairs(sub) -> None:
     p = sub.add_parser("pairs", help="run the teacher once over the dataset and cache its (noise, target) pairs")
     p.add_argument("--teacher", required=True, help="teacher checkpoint: local pretrained_model/ folder or Hub repo id")
-    p.add_argument("--teacher-revision", default=None)
+    p.add_argument("--teacher-revision", default=None, help="branch, tag or commit of a Hub teacher")
     p.add_argument("--dataset", required=True, help="LeRobotDataset repo id")
     p.add_argument("--dataset-root", type=Path, default=None, help="local folder of the dataset (else the Hub)")
     p.add_argument("--dataset-revision", default=None, help="branch, tag or commit of a Hub dataset")
@@ -160,7 +160,7 @@ def _add_push(sub) -> None:
                    "untrained copy, no lineage): its card then says so")
     p.add_argument("--teacher", default=None, help="run every structural check against this teacher (folder or Hub repo "
                    "id), as verify does; without it the checks that need a reference (key set, dtypes, VLM) are skipped")
-    p.add_argument("--teacher-revision", default=None)
+    p.add_argument("--teacher-revision", default=None, help="branch, tag or commit of a Hub --teacher")
     p.set_defaults(func=_cmd_push)
 
 
@@ -264,8 +264,13 @@ def _quiet_stdout(as_json: bool):
 
 
 def _cmd_verify(a) -> int:
-    with _quiet_stdout(a.json):
-        report = _run_verify(a, a.checkpoint, a.revision)
+    try:
+        with _quiet_stdout(a.json):
+            report = _run_verify(a, a.checkpoint, a.revision)
+    except UserError as e:
+        if a.json:  # stdout stays JSON; the one error line still goes to stderr
+            print(dumps({"error": str(e), "exit_code": e.exit_code}))
+        raise
     return _print_report(report, a.json)
 
 

@@ -22,7 +22,7 @@ from .checkpoint import (
 )
 from .errors import UserError
 from .files import atomic_dir, sha256_file
-from .hub_io import check_repo_id, snapshot, upload_folder
+from .hub_io import check_repo_id, dataset_exists, snapshot, upload_folder
 from .inspection import inspect_checkpoint
 from .pairs import read_pairs_meta
 from .plots import draw_card_images
@@ -209,17 +209,27 @@ def pull_checkpoint(
         local_dir = Path(local_dir).expanduser()
         _check_local_dir(local_dir, repo_id)
     if local_dir is None:
-        path, _ = snapshot(repo_id, revision, action="pull", token=token, endpoint=endpoint, need_namespace=False)
+        path, _ = _pull_snapshot(repo_id, revision, token=token, endpoint=endpoint)
         _check_pulled(path, f"the download is left in the Hugging Face cache at {path}")
         return path
     with atomic_dir(local_dir) as stage:
-        _, sha = snapshot(repo_id, revision, action="pull", token=token, endpoint=endpoint, need_namespace=False,
-                          local_dir=stage)
+        _, sha = _pull_snapshot(repo_id, revision, token=token, endpoint=endpoint, local_dir=stage)
         _check_pulled(stage, f"nothing was written to {local_dir}")
         (stage / PULL_RECORD).parent.mkdir(parents=True, exist_ok=True)
         (stage / PULL_RECORD).write_text(json.dumps({"repo_id": repo_id, "commit": sha}))
         stage.chmod(0o755)  # atomic_dir's temporary folder is private; a downloaded checkpoint is not
     return local_dir
+
+
+def _pull_snapshot(repo_id: str, revision: str | None, **kwargs) -> tuple[Path, str]:
+    """``hub_io.snapshot`` of a model repo; a dataset repo of that name (teacher pairs) is named as such."""
+    try:
+        return snapshot(repo_id, revision, action="pull", need_namespace=False, **kwargs)
+    except UserError as e:
+        if " not found " not in str(e) or not dataset_exists(repo_id, kwargs.get("token"), kwargs.get("endpoint")):
+            raise
+        raise UserError(f"pull: {repo_id} is a dataset repo, not a model: teacher pairs (hub-reflow pairs) are used "
+                        f"where they are, with train --pairs {repo_id}; pull downloads reflow students") from None
 
 
 def _check_pulled(folder: Path, left: str) -> None:

@@ -161,6 +161,14 @@ def dataset_commit(repo_id: str, revision: str | None = None) -> str | None:
         return None
 
 
+def dataset_exists(repo_id: str, token: str | None = None, endpoint: str | None = None) -> bool:
+    """Whether a dataset repo of that id is visible (False when the Hub cannot tell)."""
+    try:
+        return HfApi(token=token, endpoint=endpoint).repo_exists(repo_id, repo_type="dataset")
+    except (*HUB_ERRORS, ValueError):
+        return False
+
+
 def upload_folder(folder: Path, repo_id: str, repo_type: str, *, commit_message: str, ignore_patterns: list[str],
                   private: bool = False, branch: str | None = None, tag: str | None = None, token: str | None = None,
                   endpoint: str | None = None) -> str:

@@ -34,6 +34,7 @@ from .runlock import run_lock
 from .validation import check_output_folder
 from .smolvla import noise_shape, policy_inputs
 from .train_utils import (
+    Pace,
     PhaseTimer,
     check_space,
     cycle,
@@ -123,6 +124,8 @@ def setup(args: TrainArgs) -> Run:
     # with the plain seed on every process, which accelerate's sharding of its batches relies on.
     set_seed(rcfg.seed, accelerator=accelerator)
     device = accelerator.device.type
+    say = logger.info if accelerator.is_main_process else (lambda *_: None)  # what setup is doing, once
+    say("setup: loading the teacher %s", args.teacher)
     with accelerator.main_process_first():  # one download into the shared cache
         resolved = resolve_checkpoint(args.teacher, args.teacher_revision, what="teacher")
     teacher_cfg = read_policy_config(resolved.path)
@@ -140,6 +143,7 @@ def setup(args: TrainArgs) -> Run:
         check_resume(saved, Lineage(teacher=resolved.ref, reflow=rcfg.to_dict(), dataset={
             **ds_info, **({"pairs": pairs.lineage_record()} if pairs is not None else {})}))
 
+    say("setup: dataset ready (%d frames); building the student (a copy of the teacher) on %s", len(dataset), device)
     policy = ReflowPolicy.from_teacher(resolved, rcfg, device=device)  # keeps the Hub ref (repo id + sha)
     policy.vlm_repo_id = backbone_repo_id(teacher_cfg.vlm_model_name, args.vlm_repo_id)
     require_finite_teacher(policy.teacher)
@@ -310,6 +314,7 @@ def _train(args: TrainArgs) -> Path:
     check_space(acc, Path(args.output_dir), run.step, rcfg.steps, args.save_freq, run.resolved.path / "model.safetensors",
                 sum(p.numel() for p in run.policy.trainable_parameters()))
     prepare(run)
+    pace = Pace(run.step, rcfg.steps)
     batches = cycle(run.dataloader)
     bar = tqdm(total=rcfg.steps, initial=run.step, desc="reflow", disable=None if (main and args.progress) else True,
                dynamic_ncols=True)  # None: off when not a TTY
@@ -330,7 +335,8 @@ def _train(args: TrainArgs) -> Path:
                 avg = acc.reduce(loss_sum, reduction="mean").item() / loss_n
                 if main:
                     bar.set_postfix(loss=f"{avg:.4f}")
-                    tqdm.write(f"step {run.step}/{rcfg.steps} loss {avg:.5f} lr {run.scheduler.get_last_lr()[0]:.2e}")
+                    tqdm.write(f"step {run.step}/{rcfg.steps} loss {avg:.5f} lr {run.scheduler.get_last_lr()[0]:.2e} "
+                               f"{pace.at(run.step)}")
                     run.policy.lineage.training.setdefault("loss_curve", []).append([run.step, avg])
                 loss_sum.zero_()
                 loss_n = 0

@@ -65,6 +65,19 @@ def update_last(checkpoints: Path, step_dir: Path) -> None:
     os.replace(tmp, checkpoints / "last")
 
 
+class Pace:
+    """Rate and time left for the step log lines (a log file has no progress bar)."""
+
+    def __init__(self, start_step: int, steps: int):
+        self.start, self.steps, self.t0 = start_step, steps, time.monotonic()
+
+    def at(self, step: int) -> str:
+        elapsed = time.monotonic() - self.t0
+        rate = (step - self.start) / elapsed if elapsed > 0 else 0.0
+        left = (self.steps - step) / rate if rate > 0 else 0.0
+        return f"({rate:.2f} steps/s, ETA {int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d})"
+
+
 def save_checkpoint(output_dir: Path, step: int, policy, optimizer, scheduler, num_processes: int, batch_size: int,
                     master: MasterWeights | None = None, record: dict | None = None) -> Path:
     """``record``: the run's settings (``run_checks.RUN_RECORD``), beside LeRobot's training state."""

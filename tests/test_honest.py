@@ -97,6 +97,18 @@ def test_push_warns_loudly_on_a_recorded_fail_verdict(server, student_fp32, tmp_
     assert "hub-reflow: warning: push: WARNING: this student's recorded fidelity verdict is FAIL (" in r.stderr
     assert "Fidelity verdict (the rule of `hub-reflow verify`, docs/fidelity.md): **FAIL**" in card(server, "user/failing")
     assert REFLOW_CLAIM in card(server, "user/failing")
+    # The tiny teacher has no card, so no license: none is asserted for the student either.
+    front = card(server, "user/failing").split("---")[1]
+    assert "license:" not in front and "library_name: lerobot" in front
+    # The card shows how to act with the processors.
+    assert "action = postprocessor(policy.select_action(preprocessor(observation)))" in card(server, "user/failing")
+
+
+def test_verify_json_errors_are_json(tmp_path):
+    r = run_cli("verify", str(tmp_path / "missing"), "--json", check=False)
+    assert r.returncode == 2
+    assert json.loads(r.stdout) == {"error": f"checkpoint: {tmp_path / 'missing'} does not exist as a folder and is not a "
+                                             "Hub repo id (namespace/name); check the path", "exit_code": 2}
 
 
 def test_canonicalize_output_is_pushable_with_an_honest_card(server, world, student_fp32, tmp_path, tmp_path_factory):

@@ -202,6 +202,11 @@ def test_offline_commands_read_the_warm_cache(server, hf_home, online, world, tm
     pairs = run_cli("pairs", "--teacher", TEACHER, "--dataset", world.repo_id, "--dataset-root", str(world.dataset_root),
                     "--output", str(tmp_path / "pairs"), "--device", "cpu", "--batch-size", "64", env=offline)
     assert pairs.returncode == 0
+    HfApi(endpoint=server.url, token=WRITE).create_repo("user/some-pairs", repo_type="dataset", exist_ok=True)
+    pairs_repo = run_cli("pull", "user/some-pairs", env=env_for(server, hf_home), check=False)
+    assert pairs_repo.returncode == 2 and pairs_repo.stderr.strip().splitlines()[-1] == (
+        "hub-reflow: error: pull: user/some-pairs is a dataset repo, not a model: teacher pairs (hub-reflow pairs) are "
+        "used where they are, with train --pairs user/some-pairs; pull downloads reflow students")
     refused = run_cli("pull", "user/never-downloaded", env=offline, check=False)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert refused.stderr.strip().splitlines()[-1] == (
