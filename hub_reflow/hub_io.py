@@ -19,6 +19,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.file_download import repo_folder_name
 from huggingface_hub.utils import validate_repo_id
 
 from .errors import UserError
@@ -145,8 +146,26 @@ def snapshot(repo_id: str, revision: str | None = None, *, action: str, repo_typ
         return Path(local_dir), commit
     commit = resolve_commit(repo_id, revision, action=action, repo_type=repo_type, token=token, endpoint=endpoint,
                             need_namespace=need_namespace)
-    return download(repo_id, commit, action=action, repo_type=repo_type, token=token, endpoint=endpoint,
-                    local_dir=local_dir, cache_dir=cache_dir, force_download=force_download), commit
+    folder = download(repo_id, commit, action=action, repo_type=repo_type, token=token, endpoint=endpoint,
+                      local_dir=local_dir, cache_dir=cache_dir, force_download=force_download)
+    if local_dir is None:
+        remember_ref(repo_id, repo_type, revision or "main", commit, cache_dir)
+    return folder, commit
+
+
+def remember_ref(repo_id: str, repo_type: str, revision: str, commit: str, cache_dir: str | Path | None = None) -> None:
+    """Record in the cache which commit ``revision`` resolved to (``refs/<revision>``, the cache
+    layout huggingface_hub reads offline): a download pinned to the sha writes no ref itself."""
+    if revision == commit:
+        return
+    repo = Path(cache_dir or constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type=repo_type)
+    ref = repo / "refs" / revision
+    try:
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        if not ref.is_file() or ref.read_text() != commit:
+            ref.write_text(commit)
+    except OSError:  # a read-only cache: offline use then needs the sha
+        pass
 
 
 def _secret(token: str | bool | None) -> str | None:

@@ -45,9 +45,19 @@ def train_settings(a) -> argparse.Namespace:
     if missing:
         why = " (this run has no recorded settings: pass them as the run was started)" if given.get("resume") else ""
         raise SystemExit(fail(f"the following arguments are required: {', '.join(missing)}{why}"))
-    settings["record"] = {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()
+    settings["record"] = {k: _absolute(v) if k in PATHS else v for k, v in settings.items()
                           if k in TRAIN_DEFAULTS and k not in ("output_dir", "resume")}
     return argparse.Namespace(**settings)
+
+
+PATHS = ("teacher", "dataset_root", "pairs")  # options that may name a local folder
+
+
+def _absolute(value):
+    """A local path as an absolute one (the record stays on this machine: --resume from anywhere)."""
+    if isinstance(value, Path) or (isinstance(value, str) and Path(value).expanduser().exists()):
+        return str(Path(value).expanduser().resolve())
+    return value
 
 
 def final_verdict(folder: Path) -> str:
