@@ -100,7 +100,7 @@ def push_checkpoint(
     _validate_refs(branch, tag, "push")
     src = _pretrained_dir(folder)
     check_checkpoint(src, force=force, what="push", warn=warn, teacher=teacher, teacher_revision=teacher_revision)
-    lineage, claim = _publishable_claim(src, force, warn)
+    lineage, claim = _publishable_claim(src, force)
     with tempfile.TemporaryDirectory(prefix="hub-reflow-push-") as tmp:
         stage = Path(tmp) / "checkpoint"
         shutil.copytree(src, stage, ignore=shutil.ignore_patterns("training_state", ".cache", ".tmp-*", ".old-*"))
@@ -119,11 +119,10 @@ def push_checkpoint(
                              ignore_patterns=["training_state/**", ".cache/**"])
 
 
-def _publishable_claim(src: Path, force: bool, warn) -> tuple[Lineage, str]:
+def _publishable_claim(src: Path, force: bool) -> tuple[Lineage, str]:
     """The lineage the card is drawn from and what the card may claim (``card.lineage_claim``).
     An untrained copy or a checkpoint without lineage is refused unless ``force`` (its card then says
-    so); a recorded FAIL verdict is pushed with a loud warning."""
-    say = warn or logging.getLogger(__name__).warning
+    so); a recorded FAIL verdict is pushed with a warning (a log line: it goes with every push of it)."""
     try:
         lineage = Lineage.from_file(src / LINEAGE_NAME) if (src / LINEAGE_NAME).is_file() else None
     except Exception as e:  # not JSON, fields missing
@@ -138,8 +137,9 @@ def _publishable_claim(src: Path, force: bool, warn) -> tuple[Lineage, str]:
         lineage = Lineage(teacher=CheckpointRef(None, None, None, ""), reflow={}, versions={})
     verdict = recorded_verdict(lineage.evaluation)
     if verdict is not None and not verdict.passed:
-        say(f"push: WARNING: this student's recorded fidelity verdict is FAIL ({verdict.reason}); the card says so. "
-            "Consider training longer (--steps) or checking it with hub-reflow verify --dataset before sharing it")
+        logging.getLogger(__name__).warning(
+            "push: this student's recorded fidelity verdict is FAIL (%s); the card says so. Consider training longer "
+            "(--steps) or checking it with hub-reflow verify --dataset before sharing it", verdict.reason)
     return lineage, claim
 
 

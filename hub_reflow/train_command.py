@@ -26,10 +26,10 @@ class Unset:
     through the option's type)."""
 
     def __init__(self, default):
-        self.default = default
+        self.unset_default = default
 
     def __str__(self) -> str:
-        return str(self.default)
+        return str(self.unset_default)
 
 
 def train_settings(a) -> argparse.Namespace:

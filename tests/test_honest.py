@@ -94,7 +94,7 @@ def test_push_warns_loudly_on_a_recorded_fail_verdict(server, student_fp32, tmp_
     lineage["evaluation"]["student_rmse"] = 10 * lineage["evaluation"]["teacher_spread_rmse"] + 1.0
     (failing / LINEAGE_NAME).write_text(json.dumps(lineage))
     r = run_cli("push", str(failing), "--repo-id", "user/failing", env=env(server, tmp_path_factory.mktemp("hf")))
-    assert "hub-reflow: warning: push: WARNING: this student's recorded fidelity verdict is FAIL (" in r.stderr
+    assert "WARNING hub_reflow.hub: push: this student's recorded fidelity verdict is FAIL (" in r.stderr
     assert "Fidelity verdict (the rule of `hub-reflow verify`, docs/fidelity.md): **FAIL**" in card(server, "user/failing")
     assert REFLOW_CLAIM in card(server, "user/failing")
     # The tiny teacher has no card, so no license: none is asserted for the student either.
