@@ -23,7 +23,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, clean_config_dict, parse_policy_config, resolve_checkpoint
+from .checkpoint import (
+    CONFIG_NAME,
+    LINEAGE_NAME,
+    WEIGHTS_NAME,
+    CheckpointRef,
+    Lineage,
+    check_backbone_repo,
+    clean_config_dict,
+    parse_policy_config,
+    rename_backbone,
+    resolve_checkpoint,
+)
 from .errors import UserError
 from .files import atomic_dir
 from .inspection import Facts, inspect_checkpoint
@@ -43,6 +54,7 @@ class Plan:
     problems: list[str] = field(default_factory=list)  # what cannot be repaired
     config: dict = field(default_factory=dict)  # the config to write (known fields only)
     copied: list[str] = field(default_factory=list)  # processor files taken from the teacher
+    backbone: tuple[str, str] | None = None  # (local folder, Hub repo id): renamed in config and processors
 
 
 class NotRepairable(UserError):
@@ -53,10 +65,8 @@ class NotRepairable(UserError):
 
 
 def _repair_config(f: Facts, check: Check, plan: Plan) -> None:
-    # Unknown fields are always dropped (plan_repairs); a local backbone path or a config plain LeRobot
-    # refuses cannot be repaired from the files.
-    if f.config.local_vlm:
-        plan.problems.append("config: vlm_model_name is a local path; which Hub repo holds the backbone cannot be told from the files")
+    # Unknown fields are always dropped and a local backbone renamed (plan_repairs); a config plain
+    # LeRobot refuses cannot be repaired from the files.
     if f.config.parse_error is not None:
         plan.problems.append(f"config: plain LeRobot cannot parse it ({f.config.parse_error})")
 
@@ -140,7 +150,7 @@ def _refuse_stats(f: Facts, check: Check, plan: Plan) -> None:
 
 
 def _refuse_lineage(f: Facts, check: Check, plan: Plan) -> None:
-    plan.problems.append(f"lineage: {check.summary}")
+    plan.problems.append(f"{check.name}: {check.summary}")
 
 
 # Check name -> what canonicalize does about its failure.
@@ -155,12 +165,22 @@ REPAIRS: dict[str, Callable[[Facts, Check, Plan], None]] = {
     "processors.files": _repair_processor_files,
     "processors.stats": _refuse_stats,
     "lineage": _refuse_lineage,
+    "weights.expert": _refuse_lineage,  # the teacher's own expert: nothing to repair, not a student
 }
 
 
-def plan_repairs(f: Facts) -> Plan:
-    """The repair plan for the structural checks that fail on ``f``; ``problems`` lists what cannot be repaired."""
+def plan_repairs(f: Facts, vlm_repo_id: str | None = None) -> Plan:
+    """The repair plan for the structural checks that fail on ``f``; ``problems`` lists what cannot be
+    repaired. ``vlm_repo_id``: the Hub repo id of a local backbone folder (checked against its files)."""
     plan = Plan(config=dict(f.config.cleaned))
+    local = f.config.raw.get("vlm_model_name") if f.config.raw else None
+    if f.config.local_vlm and vlm_repo_id is None:
+        plan.problems.append(f"config: vlm_model_name is a local path ({local}); pass --vlm-repo-id ORG/NAME, the Hub "
+                             "repo that holds that backbone (checked against the folder's files)")
+    elif f.config.local_vlm:
+        check_backbone_repo(local, vlm_repo_id, "canonicalize")
+        plan.config["vlm_model_name"], plan.backbone = vlm_repo_id, (local, vlm_repo_id)
+        plan.changes.append(f"config and processors: vlm_model_name {local} -> {vlm_repo_id} (the same files)")
     if f.config.unknown:
         plan.changes.append(f"config: dropped fields LeRobot does not know: {', '.join(f.config.unknown)}")
     want = bool(f.config.teacher_raw.get("load_vlm_weights")) if f.teacher is not None else True
@@ -175,7 +195,7 @@ def plan_repairs(f: Facts) -> Plan:
 
 
 def canonicalize(src: str, dst: str | Path, teacher: str | None = None, *, revision: str | None = None,
-                 teacher_revision: str | None = None) -> list[str]:
+                 teacher_revision: str | None = None, vlm_repo_id: str | None = None) -> list[str]:
     """Write the canonical form of ``src`` into ``dst``; return the list of changes made.
 
     Raises ``NotRepairable`` (nothing written) when the checkpoint cannot be made canonical."""
@@ -203,7 +223,7 @@ def canonicalize(src: str, dst: str | Path, teacher: str | None = None, *, revis
     reference_config = None if t else {**clean_config_dict(raw)[0], "load_vlm_weights": True}
     facts = inspect_checkpoint(src_dir, t.path if t else None, t.ref if t else None,
                                reference_config=reference_config, action="canonicalize")
-    plan = plan_repairs(facts)
+    plan = plan_repairs(facts, vlm_repo_id)
     if plan.problems:
         raise NotRepairable("canonicalize: not repairable, nothing written: " + "; ".join(plan.problems))
     _write(facts, plan, dst, parse_policy_config(plan.config, "source"))
@@ -228,8 +248,16 @@ def _write(f: Facts, plan: Plan, dst: Path, cfg) -> None:
         for name in plan.copied:
             shutil.copyfile(f.teacher / name, tmp / name)
         cfg._save_pretrained(tmp)  # LeRobot's own config writer, as lerobot-train uses
+        rename_backbone(tmp, plan.backbone)
         # The student's own tensors under their reference names, in the reference's dtypes.
         with safe_open(f.folder / WEIGHTS_NAME, "source") as src:
             tensors = {f.weights.names[k]: src.get_tensor(k).to(torch_dtype(ref[f.weights.names[k]][1])).contiguous()
                        for k in f.weights.own}
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        if not (tmp / LINEAGE_NAME).is_file():
+            # What is known, no more (docs/canonical.md#lineage): the teacher it was checked against, if
+            # any; the training record unknown. The card then says so and push accepts it.
+            ref = f.teacher_ref or CheckpointRef(None, None, None, "")
+            (tmp / LINEAGE_NAME).write_text(Lineage(
+                teacher=ref, reflow={"student_steps": cfg.num_steps}, teacher_num_steps=(f.config.teacher_raw or {}).get("num_steps", 10),
+                training={"record": "unknown", "written_by": "hub-reflow canonicalize"}).to_json())

@@ -23,7 +23,7 @@ def card_data(lineage: Lineage, license: str | None = None) -> ModelCardData:
     data = ModelCardData(
         library_name="lerobot",
         pipeline_tag="robotics",
-        license=license or lineage.teacher_card.get("license") or "apache-2.0",
+        license=license or lineage.teacher_card.get("license"),  # none asserted when the teacher states none
         tags=list(TAGS),
     )
     if lineage.teacher.repo_id:
@@ -63,8 +63,30 @@ def human_setting(name: str, value, reflow: dict, policy_config) -> str:
 IMAGES = [(LOSS_CURVE, "reflow training loss"), (CHUNKS, "teacher and student action chunks on a held-out frame")]
 
 
-def _verdict(evaluation: dict):
-    """The fidelity verdict of the recorded measurement, by the rule verify applies."""
+# What a card may claim a checkpoint is (docs/canonical.md#lineage), from its lineage alone.
+REFLOW, UNTRAINED, RECORD_UNKNOWN, NO_LINEAGE = "reflow student", "untrained copy", "training record unknown", "lineage unknown"
+
+
+CLAIMS = {"reflow": REFLOW, "untrained": UNTRAINED, "unknown": RECORD_UNKNOWN, "none": NO_LINEAGE}
+
+
+def lineage_claim(lineage: Lineage | None, weights_sha256: str | None = None) -> str:
+    """``REFLOW`` only with a training record written by ``hub-reflow train`` (a step count) and
+    weights (``weights_sha256``, when known) that are not the teacher's own; ``RECORD_UNKNOWN`` for
+    a ``canonicalize`` output without one."""
+    if lineage is None:
+        return NO_LINEAGE
+    training = lineage.training or {}
+    if training.get("record") == "unknown":
+        return RECORD_UNKNOWN
+    own = weights_sha256 is not None and weights_sha256 == lineage.teacher.weights_sha256
+    if isinstance(training.get("step"), int) and training["step"] > 0 and not own:
+        return REFLOW
+    return UNTRAINED
+
+
+def recorded_verdict(evaluation: dict):
+    """The fidelity verdict of the recorded measurement, by the rule verify applies (None: none recorded)."""
     keys = ("student_rmse", "teacher_rmse_at_student_steps", "teacher_spread_rmse")
     if not all(isinstance(evaluation.get(k), (int, float)) for k in keys):
         return None
@@ -72,21 +94,22 @@ def _verdict(evaluation: dict):
 
 
 def render_card(lineage: Lineage, policy_config, repo_id: str | None = None, license: str | None = None,
-                image_names: tuple[str, ...] | None = None) -> ModelCard:
+                image_names: tuple[str, ...] | None = None, claim: str | None = None) -> ModelCard:
     """``image_names``: the images present beside the card (default: those the lineage has data for,
-    which ``write_canonical`` draws)."""
+    which ``write_canonical`` draws). ``claim``: what the checkpoint is (default: ``lineage_claim``)."""
     if image_names is None:
         image_names = tuple(n for n, has in ((LOSS_CURVE, lineage.training.get("loss_curve")),
                                               (CHUNKS, lineage.evaluation.get("example_chunks"))) if has)
     ref = lineage.teacher
     reflow = lineage.reflow
+    claim = claim or lineage_claim(lineage)
     holdout = lineage.dataset.get("holdout_episodes") or [0, 0]
     return ModelCard.from_template(
         card_data(lineage, license),
         template_str=template_text(),
         model_name=(repo_id or "SmolVLA reflow student").split("/")[-1],
         repo_id=repo_id or "<this repo id>",
-        teacher_name=ref.display_name,
+        teacher_name="unknown" if claim == NO_LINEAGE else ref.display_name,
         teacher_commit=ref.commit,
         teacher_sha256=ref.weights_sha256,
         student_steps=reflow.get("student_steps", policy_config.num_steps),
@@ -98,7 +121,8 @@ def render_card(lineage: Lineage, policy_config, repo_id: str | None = None, lic
         versions=sorted(lineage.versions.items()),
         teacher_base_model=lineage.teacher_card.get("base_model"),
         evaluation=lineage.evaluation,
-        verdict=_verdict(lineage.evaluation),
+        verdict=recorded_verdict(lineage.evaluation),
+        claim=claim, claims=CLAIMS,
         features=[(name, f.type.value, list(f.shape)) for name, f in
                   {**policy_config.input_features, **policy_config.output_features}.items()],
         chunk_size=policy_config.chunk_size,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -76,8 +77,11 @@ def validate_smolvla_folder(folder: Path, what: str = "teacher") -> dict:
     return raw
 
 
-def resolve_checkpoint(ref: str, revision: str | None = None, what: str = "teacher", validate: bool = True) -> ResolvedCheckpoint:
-    """A local folder, or a Hub repo id at ``revision`` resolved to its commit sha and downloaded.
+def resolve_checkpoint(ref: str, revision: str | None = None, what: str = "teacher", validate: bool = True,
+                       **hub) -> ResolvedCheckpoint:
+    """A local folder, or a Hub repo id at ``revision`` resolved to its commit sha and downloaded
+    (offline: the cached snapshot; ``hub``: ``token``, ``cache_dir``, ``force_download``,
+    ``local_files_only``, as ``hub_io.snapshot`` takes them).
 
     ``validate=False`` accepts an incomplete checkpoint (for ``verify``, which reports what lacks)."""
     local = Path(ref).expanduser()
@@ -92,15 +96,15 @@ def resolve_checkpoint(ref: str, revision: str | None = None, what: str = "teach
         return ResolvedCheckpoint(folder, CheckpointRef(None, None, None, _weights_sha(folder)))
     if not is_repo_id(ref):
         raise UserError(f"{what}: {ref} does not exist as a folder and is not a Hub repo id (namespace/name); check the path")
-    return _download_checkpoint(ref, revision, what, validate)
+    return _download_checkpoint(ref, revision, what, validate, **hub)
 
 
 def _weights_sha(folder: Path) -> str:
     return sha256_file(folder / WEIGHTS_NAME) if (folder / WEIGHTS_NAME).is_file() else ""
 
 
-def _download_checkpoint(repo_id: str, revision: str | None, what: str, validate: bool = True) -> ResolvedCheckpoint:
-    folder, commit = snapshot(repo_id, revision, action=what)
+def _download_checkpoint(repo_id: str, revision: str | None, what: str, validate: bool = True, **hub) -> ResolvedCheckpoint:
+    folder, commit = snapshot(repo_id, revision, action=what, **hub)
     if validate:
         validate_smolvla_folder(folder, what)
     return ResolvedCheckpoint(folder, CheckpointRef(repo_id, commit, revision, _weights_sha(folder)))
@@ -204,14 +208,49 @@ class Lineage:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def write_canonical(folder: Path, student, teacher: ResolvedCheckpoint, num_steps: int, lineage: Lineage) -> None:
+def is_local_path(name: str) -> bool:
+    """A ``vlm_model_name`` that names a folder on this machine, not a Hub repo id."""
+    return os.path.isabs(name) or name.startswith(("./", "../", "~"))
+
+
+def renamed_in(data, swap: tuple[str, str] | None):
+    """``data`` (parsed JSON) with every string equal to ``swap[0]`` replaced by ``swap[1]``."""
+    if swap is None:
+        return data
+    if isinstance(data, dict):
+        return {k: renamed_in(v, swap) for k, v in data.items()}
+    if isinstance(data, list):
+        return [renamed_in(v, swap) for v in data]
+    return swap[1] if data == swap[0] else data
+
+
+def check_backbone_repo(local: str, repo_id: str, action: str) -> None:
+    """``--vlm-repo-id``: the Hub repo (offline: its cached snapshot) holds the very files of the
+    local backbone folder ``local`` (every file of the repo's, byte for byte; README and
+    .gitattributes aside)."""
+    folder = Path(local).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"{action}: --vlm-repo-id: the backbone folder {local} is not on this machine, so {repo_id} "
+                        "cannot be checked against it")
+    hub_folder, commit = snapshot(repo_id, None, action=f"{action} --vlm-repo-id")
+    names = sorted(p.name for p in hub_folder.iterdir() if p.is_file() and p.name not in ("README.md", ".gitattributes"))
+    differ = [n for n in names if not (folder / n).is_file() or sha256_file(folder / n) != sha256_file(hub_folder / n)]
+    if differ or CONFIG_NAME not in names:
+        raise UserError(f"{action}: --vlm-repo-id {repo_id}@{commit[:12]} does not hold the backbone in {local} "
+                        f"({', '.join(differ) or 'no config.json'} differ or lack); name the repo that holds these files")
+
+
+def write_canonical(folder: Path, student, teacher: ResolvedCheckpoint, num_steps: int, lineage: Lineage,
+                    vlm_repo_id: str | None = None) -> None:
     """Write the canonical checkpoint files of ``student`` into an existing ``folder``.
 
     - config.json: the teacher's config parsed by LeRobot, ``num_steps`` set, written by LeRobot;
     - model.safetensors: the student only, saved by the same safetensors call LeRobot uses;
     - the teacher's processor files, byte for byte (same statistics, same tokenizer name);
     - reflow_lineage.json (the model card and its images are drawn from it at push time).
-    """
+
+    ``vlm_repo_id``: the Hub repo id that replaces the teacher's local backbone folder in the config
+    and the processor configs (``check_backbone_repo`` checked it)."""
     from safetensors.torch import save_model
 
     folder = Path(folder)
@@ -219,11 +258,23 @@ def write_canonical(folder: Path, student, teacher: ResolvedCheckpoint, num_step
     require_finite_weights(model)  # never a checkpoint full of NaN (and never `last` pointing at one)
     cfg = read_policy_config(teacher.path)
     cfg.num_steps = num_steps
+    swap = (cfg.vlm_model_name, vlm_repo_id) if vlm_repo_id else None
+    if swap:
+        cfg.vlm_model_name = vlm_repo_id
     cfg._save_pretrained(folder)
     save_model(model, str(folder / WEIGHTS_NAME))
     for name in processor_files(teacher.path):
         shutil.copyfile(teacher.path / name, folder / name)
+    rename_backbone(folder, swap)
     (folder / LINEAGE_NAME).write_text(lineage.to_json())
+
+
+def rename_backbone(folder: Path, swap: tuple[str, str] | None) -> None:
+    """The processor configs in ``folder`` with the backbone renamed (``renamed_in``; the tokenizer's name)."""
+    for name in PROCESSOR_CONFIGS if swap else ():
+        data = json.loads((folder / name).read_text())
+        if renamed_in(data, swap) != data:
+            (folder / name).write_text(json.dumps(renamed_in(data, swap), indent=2))
 
 
 def teacher_card_data(folder: Path) -> dict:

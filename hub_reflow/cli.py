@@ -1,4 +1,4 @@
-"""``hub-reflow``: a thin command line over the library. User mistakes print one line.
+"""hub-reflow: a thin command line over the library. User mistakes print one line.
 
 Exit codes: 0 ok, 1 a check failed, 2 bad input, 130 interrupted."""
 
@@ -26,6 +26,7 @@ from .pairs import PAIRS_META_NAME, PairsArgs
 from .safeio import dumps
 from .sr_adamw import UPDATES
 from .train import TrainArgs
+from .train_command import final_verdict, given_or_recorded, train_settings
 from .validation import MAX_SEED, MAX_TEACHER_STEPS, Parser, check_output_folder, float_in, int_in, ref_name, repo_id
 from .verify import verify
 
@@ -34,9 +35,10 @@ POSITIVE, NON_NEGATIVE = int_in(1), int_in(0)
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a reflow student from a SmolVLA teacher and its dataset")
-    p.add_argument("--teacher", required=True, help="teacher checkpoint: local pretrained_model/ folder or Hub repo id")
+    p.add_argument("--teacher", default=None, help="teacher checkpoint: local pretrained_model/ folder or Hub repo id "
+                   "(required, except with --resume)")
     p.add_argument("--teacher-revision", default=None, help="branch, tag or commit of a Hub teacher (recorded as a commit sha)")
-    p.add_argument("--dataset", required=True, help="LeRobotDataset repo id")
+    p.add_argument("--dataset", default=None, help="LeRobotDataset repo id (required, except with --resume)")
     p.add_argument("--dataset-root", type=Path, default=None, help="local folder of the dataset (else the Hub)")
     p.add_argument("--dataset-revision", default=None, help="branch, tag or commit of a Hub dataset")
     p.add_argument("--output-dir", type=Path, required=True, help="new folder for the run (or the run to --resume)")
@@ -67,16 +69,28 @@ def _add_train(sub) -> None:
     p.add_argument("--log-freq", type=POSITIVE, default=50, help="print the mean loss every N steps")
     p.add_argument("--num-workers", type=NON_NEGATIVE, default=None,
                    help="data loader worker processes (default: on CUDA LeRobot's 4, at most the spare cores; 0 on the CPU)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from checkpoints/last")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from checkpoints/last, with "
+                   "the run's own recorded settings (an option given must equal the run's, except --save-freq, "
+                   "--log-freq, --num-workers, --device, --no-progress, --no-cuda-graphs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--pairs", default=None, help="train on cached teacher pairs (hub-reflow pairs): folder or Hub dataset repo id")
     p.add_argument("--pairs-revision", default=None, help="branch, tag or commit of a Hub pairs repo")
     p.add_argument("--no-cuda-graphs", action="store_true",
                    help="sample the teacher eagerly (LeRobot's sample_actions) instead of through CUDA graphs on CUDA")
+    _add_vlm_repo_id(p)
     p.set_defaults(func=_cmd_train)
+    # Options not given stay out of the namespace: --resume fills them from the run's record.
+    given_or_recorded(p)
+
+
+def _add_vlm_repo_id(p) -> None:
+    p.add_argument("--vlm-repo-id", default=None, type=repo_id, metavar="ORG/NAME",
+                   help="the Hub repo id of the teacher's backbone when its vlm_model_name is a local folder (checked "
+                   "against the folder's files): written into the student's config and processors, so it can be pushed")
 
 
 def _cmd_train(a) -> int:
+    a = train_settings(a)
     try:
         rcfg = ReflowConfig(
             teacher_steps=a.teacher_steps, student_steps=a.student_steps, time_sampling=a.time_sampling,
@@ -91,17 +105,19 @@ def _cmd_train(a) -> int:
         teacher=a.teacher, teacher_revision=a.teacher_revision, dataset=a.dataset, dataset_root=a.dataset_root,
         dataset_revision=a.dataset_revision, output_dir=a.output_dir, reflow=rcfg, device=a.device,
         save_freq=a.save_freq, log_freq=a.log_freq, num_workers=a.num_workers, resume=a.resume,
-        progress=not a.no_progress, pairs=a.pairs, pairs_revision=a.pairs_revision,
+        progress=not a.no_progress, pairs=a.pairs, pairs_revision=a.pairs_revision, record=a.record,
+        vlm_repo_id=a.vlm_repo_id,
     ))
     if os.environ.get("RANK", "0") == "0":  # once, under torchrun / accelerate launch
         print(f"student checkpoint: {out}")
-    return 0
+        print(final_verdict(out))
+    return 0  # a finished run is not an error, whatever its verdict: the line says what to try
 
 
 def _add_pairs(sub) -> None:
     p = sub.add_parser("pairs", help="run the teacher once over the dataset and cache its (noise, target) pairs")
     p.add_argument("--teacher", required=True, help="teacher checkpoint: local pretrained_model/ folder or Hub repo id")
-    p.add_argument("--teacher-revision", default=None)
+    p.add_argument("--teacher-revision", default=None, help="branch, tag or commit of a Hub teacher")
     p.add_argument("--dataset", required=True, help="LeRobotDataset repo id")
     p.add_argument("--dataset-root", type=Path, default=None, help="local folder of the dataset (else the Hub)")
     p.add_argument("--dataset-revision", default=None, help="branch, tag or commit of a Hub dataset")
@@ -151,10 +167,11 @@ def _add_push(sub) -> None:
     p.add_argument("--branch", default=None, type=ref_name("branch"), help="push to this branch (created if missing)")
     p.add_argument("--tag", default=None, type=ref_name("tag"), help="tag the new commit (a new tag)")
     p.add_argument("--message", default=None, help="commit message")
-    p.add_argument("--force", action="store_true", help="push even if the checkpoint fails the structural checks")
+    p.add_argument("--force", action="store_true", help="push even if the checkpoint fails the structural checks or is no reflow student (an "
+                   "untrained copy, no lineage): its card then says so")
     p.add_argument("--teacher", default=None, help="run every structural check against this teacher (folder or Hub repo "
                    "id), as verify does; without it the checks that need a reference (key set, dtypes, VLM) are skipped")
-    p.add_argument("--teacher-revision", default=None)
+    p.add_argument("--teacher-revision", default=None, help="branch, tag or commit of a Hub --teacher")
     p.set_defaults(func=_cmd_push)
 
 
@@ -191,8 +208,9 @@ def _add_card(sub) -> None:
 
 
 def _cmd_card(a) -> int:
-    if not (a.checkpoint / LINEAGE_NAME).is_file() or not (a.checkpoint / CONFIG_NAME).is_file():
-        raise UserError(f"{a.checkpoint} has no {LINEAGE_NAME} or {CONFIG_NAME}; pass a reflow student's pretrained_model/ folder")
+    missing = [n for n in (CONFIG_NAME, LINEAGE_NAME) if not (a.checkpoint / n).is_file()]
+    if missing:
+        raise UserError(f"{a.checkpoint} has no {' and no '.join(missing)}; pass a reflow student's pretrained_model/ folder")
     try:
         lineage = Lineage.from_file(a.checkpoint / LINEAGE_NAME)
     except Exception as e:  # not JSON, fields missing
@@ -257,8 +275,13 @@ def _quiet_stdout(as_json: bool):
 
 
 def _cmd_verify(a) -> int:
-    with _quiet_stdout(a.json):
-        report = _run_verify(a, a.checkpoint, a.revision)
+    try:
+        with _quiet_stdout(a.json):
+            report = _run_verify(a, a.checkpoint, a.revision)
+    except UserError as e:
+        if a.json:  # stdout stays JSON; the one error line still goes to stderr
+            print(dumps({"error": str(e), "exit_code": e.exit_code}))
+        raise
     return _print_report(report, a.json)
 
 
@@ -268,6 +291,7 @@ def _add_canonicalize(sub) -> None:
     p.add_argument("dst", type=Path, help="new folder for the canonical checkpoint")
     _add_verify_args(p, "the teacher (folder or Hub repo id): its dtype layout, load_vlm_weights and processor "
                      "files; without it the load_vlm_weights: true layout")
+    _add_vlm_repo_id(p)
     p.set_defaults(func=_cmd_canonicalize)
 
 
@@ -275,7 +299,8 @@ def _cmd_canonicalize(a) -> int:
     check_output_folder(a.dst, "DST", hint="pass a new folder as DST (SRC is never overwritten)")
 
     with _quiet_stdout(a.json):
-        changes = canonicalize(a.src, a.dst, a.teacher, revision=a.revision, teacher_revision=a.teacher_revision)
+        changes = canonicalize(a.src, a.dst, a.teacher, revision=a.revision, teacher_revision=a.teacher_revision,
+                               vlm_repo_id=a.vlm_repo_id)
         print(f"wrote {a.dst}")
         for change in changes:
             print(f"changed: {change}")

@@ -184,6 +184,8 @@ def measure(teacher, student, preprocessor, postprocessor, raw_batch: dict, *, t
     return {
         "frames": len(raw_batch["task"]),
         "frames_from": frames_from,
+        "noise_draws_per_frame": 1,  # one shared draw per frame (compare), from ``seed``
+        "seed": seed,
         "hardware": hardware(next(student.parameters()).device),
         "latency_mode": LATENCY_MODE,
         "rows": [r.__dict__ for r in rows],

@@ -10,11 +10,19 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .card import render_card
-from .checkpoint import CONFIG_NAME, LINEAGE_NAME, CheckpointRef, Lineage, read_policy_config, resolve_checkpoint
+from .card import NO_LINEAGE, UNTRAINED, lineage_claim, recorded_verdict, render_card
+from .checkpoint import (
+    CONFIG_NAME,
+    LINEAGE_NAME,
+    WEIGHTS_NAME,
+    CheckpointRef,
+    Lineage,
+    read_policy_config,
+    resolve_checkpoint,
+)
 from .errors import UserError
-from .files import atomic_dir
-from .hub_io import check_repo_id, download, resolve_commit, upload_folder
+from .files import atomic_dir, sha256_file
+from .hub_io import check_repo_id, dataset_exists, snapshot, upload_folder
 from .inspection import inspect_checkpoint
 from .pairs import read_pairs_meta
 from .plots import draw_card_images
@@ -81,6 +89,7 @@ def push_checkpoint(
     warn=None,
     teacher: str | None = None,
     teacher_revision: str | None = None,
+    license: str | None = None,
 ) -> str:
     """Upload a canonical checkpoint (and its rendered model card) in one commit; return the commit URL.
 
@@ -91,11 +100,11 @@ def push_checkpoint(
     _validate_refs(branch, tag, "push")
     src = _pretrained_dir(folder)
     check_checkpoint(src, force=force, what="push", warn=warn, teacher=teacher, teacher_revision=teacher_revision)
+    lineage, claim = _publishable_claim(src, force)
     with tempfile.TemporaryDirectory(prefix="hub-reflow-push-") as tmp:
         stage = Path(tmp) / "checkpoint"
         shutil.copytree(src, stage, ignore=shutil.ignore_patterns("training_state", ".cache", ".tmp-*", ".old-*"))
         try:
-            lineage = Lineage.from_file(stage / LINEAGE_NAME)
             config = read_policy_config(stage, what="push")
         except UserError:
             raise
@@ -104,10 +113,34 @@ def push_checkpoint(
         # The card's images are drawn here, from the lineage, not at every checkpoint of a run.
         draw_card_images(lineage, stage)
         image_names = tuple(p.name for p in stage.glob("*.png"))
-        render_card(lineage, config, repo_id=repo_id, image_names=image_names).save(stage / README_NAME)
+        render_card(lineage, config, repo_id=repo_id, license=license, image_names=image_names, claim=claim).save(stage / README_NAME)
         return upload_folder(stage, repo_id, "model", private=private, branch=branch, tag=tag, token=token, endpoint=endpoint,
                              commit_message=commit_message or "Upload reflow student (hub-reflow)",
                              ignore_patterns=["training_state/**", ".cache/**"])
+
+
+def _publishable_claim(src: Path, force: bool) -> tuple[Lineage, str]:
+    """The lineage the card is drawn from and what the card may claim (``card.lineage_claim``).
+    An untrained copy or a checkpoint without lineage is refused unless ``force`` (its card then says
+    so); a recorded FAIL verdict is pushed with a warning (a log line: it goes with every push of it)."""
+    try:
+        lineage = Lineage.from_file(src / LINEAGE_NAME) if (src / LINEAGE_NAME).is_file() else None
+    except Exception as e:  # not JSON, fields missing
+        raise UserError(f"push: {LINEAGE_NAME} cannot be read ({type(e).__name__}); pass --force only for a complete checkpoint") from None
+    claim = lineage_claim(lineage, sha256_file(src / WEIGHTS_NAME))
+    if claim in (UNTRAINED, NO_LINEAGE) and not force:
+        what = ("it has no hub-reflow training record (an untrained copy of its teacher, or the teacher itself)"
+                if claim == UNTRAINED else f"it has no {LINEAGE_NAME}")
+        raise UserError(f"push: not a reflow student: {what}; train it with hub-reflow train, or pass --force to push it "
+                        f"with a card that says {claim}")
+    if lineage is None:
+        lineage = Lineage(teacher=CheckpointRef(None, None, None, ""), reflow={}, versions={})
+    verdict = recorded_verdict(lineage.evaluation)
+    if verdict is not None and not verdict.passed:
+        logging.getLogger(__name__).warning(
+            "push: this student's recorded fidelity verdict is FAIL (%s); the card says so. Consider training longer "
+            "(--steps) or checking it with hub-reflow verify --dataset before sharing it", verdict.reason)
+    return lineage, claim
 
 
 def push_pairs(
@@ -166,7 +199,8 @@ def pull_checkpoint(
     token: str | None = None,
     endpoint: str | None = None,
 ) -> Path:
-    """Download ``repo_id`` at ``revision`` (pinned to its commit sha) and check it; return the folder.
+    """Download ``repo_id`` at ``revision`` (pinned to its commit sha; offline: from the Hugging Face
+    cache) and check it; return the folder.
 
     With ``local_dir``, the files are downloaded into a temporary sibling and moved into place only
     when the checkpoint passes the checks: a refused checkpoint leaves ``local_dir`` as it was."""
@@ -174,13 +208,12 @@ def pull_checkpoint(
     if local_dir is not None:
         local_dir = Path(local_dir).expanduser()
         _check_local_dir(local_dir, repo_id)
-    sha = resolve_commit(repo_id, revision, action="pull", token=token, endpoint=endpoint, need_namespace=False)
     if local_dir is None:
-        path = download(repo_id, sha, action="pull", token=token, endpoint=endpoint)
+        path, _ = _pull_snapshot(repo_id, revision, token=token, endpoint=endpoint)
         _check_pulled(path, f"the download is left in the Hugging Face cache at {path}")
         return path
     with atomic_dir(local_dir) as stage:
-        download(repo_id, sha, action="pull", token=token, endpoint=endpoint, local_dir=stage)
+        _, sha = _pull_snapshot(repo_id, revision, token=token, endpoint=endpoint, local_dir=stage)
         _check_pulled(stage, f"nothing was written to {local_dir}")
         (stage / PULL_RECORD).parent.mkdir(parents=True, exist_ok=True)
         (stage / PULL_RECORD).write_text(json.dumps({"repo_id": repo_id, "commit": sha}))
@@ -188,7 +221,26 @@ def pull_checkpoint(
     return local_dir
 
 
+def _pull_snapshot(repo_id: str, revision: str | None, **kwargs) -> tuple[Path, str]:
+    """``hub_io.snapshot`` of a model repo; a dataset repo of that name (teacher pairs) is named as such."""
+    try:
+        return snapshot(repo_id, revision, action="pull", need_namespace=False, **kwargs)
+    except UserError as e:
+        if " not found " not in str(e) or not dataset_exists(repo_id, kwargs.get("token"), kwargs.get("endpoint")):
+            raise
+        raise UserError(f"pull: {repo_id} is a dataset repo, not a model: teacher pairs (hub-reflow pairs) are used "
+                        f"where they are, with train --pairs {repo_id}; pull downloads reflow students") from None
+
+
 def _check_pulled(folder: Path, left: str) -> None:
+    if not (folder / LINEAGE_NAME).is_file() and (folder / WEIGHTS_NAME).is_file():
+        try:
+            kind = json.loads((folder / CONFIG_NAME).read_text()).get("type")
+        except (OSError, ValueError, AttributeError):
+            kind = None
+        if kind == "smolvla":
+            raise UserError(f"pull: a plain SmolVLA checkpoint, not a reflow student (no {LINEAGE_NAME}); {left}; load "
+                            "it with SmolVLAPolicy.from_pretrained, or train a student from it with --teacher")
     try:
         check_checkpoint(folder, what="pull")
     except UserError as e:

@@ -1,13 +1,16 @@
 """Hub I/O, each rule once: what a repo id is, downloads pinned to a commit (models and datasets),
-the mapping of every Hub failure to a one-line user error, and the one-commit upload."""
+the offline rule (``HF_HUB_OFFLINE`` or ``local_files_only``: the Hugging Face cache, as
+huggingface_hub and LeRobot load), the mapping of every Hub failure to a one-line user error, and
+the one-commit upload."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import httpx
-from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub import HfApi, constants, snapshot_download
 from huggingface_hub.errors import (
     GatedRepoError,
     HFValidationError,
@@ -16,6 +19,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.file_download import repo_folder_name
 from huggingface_hub.utils import validate_repo_id
 
 from .errors import UserError
@@ -85,35 +89,87 @@ def hub_error(e: Exception, repo_id: str, action: str, token: str | None = None,
 
 
 def resolve_commit(repo_id: str, revision: str | None = None, *, action: str, repo_type: str = "model",
-                   token: str | None = None, endpoint: str | None = None, need_namespace: bool = True) -> str:
+                   token: str | bool | None = None, endpoint: str | None = None, need_namespace: bool = True) -> str:
     """The commit sha ``revision`` (a branch, tag or sha; default: main) of a Hub repo points to now."""
     check_repo_id(repo_id, action, need_namespace=need_namespace)
     api = HfApi(token=token, endpoint=endpoint)
     try:
         return (api.model_info if repo_type == "model" else api.dataset_info)(repo_id, revision=revision).sha
     except HUB_ERRORS as e:
-        raise hub_error(e, repo_id, action, token, revision) from None
+        raise hub_error(e, repo_id, action, _secret(token), revision) from None
 
 
-def download(repo_id: str, commit: str, *, action: str, repo_type: str = "model", token: str | None = None,
-             endpoint: str | None = None, local_dir: str | Path | None = None) -> Path:
+def is_offline(local_files_only: bool = False) -> bool:
+    """The offline rule: ``local_files_only`` or ``HF_HUB_OFFLINE`` (read as huggingface_hub reads it)."""
+    return bool(local_files_only) or constants.is_offline_mode()
+
+
+def download(repo_id: str, commit: str, *, action: str, repo_type: str = "model", token: str | bool | None = None,
+             endpoint: str | None = None, local_dir: str | Path | None = None, cache_dir: str | Path | None = None,
+             force_download: bool = False) -> Path:
     """The files of ``repo_id`` at ``commit``, through the Hugging Face cache (or into ``local_dir``)."""
     try:
         return Path(snapshot_download(repo_id, repo_type=repo_type, revision=commit, local_dir=local_dir, token=token,
-                                      endpoint=endpoint))
+                                      endpoint=endpoint, cache_dir=cache_dir, force_download=force_download))
     except HUB_ERRORS as e:
-        raise hub_error(e, repo_id, action, token, commit) from None
+        raise hub_error(e, repo_id, action, _secret(token), commit) from None
+
+
+def cached_snapshot(repo_id: str, revision: str | None = None, *, action: str, repo_type: str = "model",
+                    cache_dir: str | Path | None = None) -> tuple[Path, str]:
+    """Offline: the cached snapshot ``revision`` (a branch, tag or sha; default main) points to in
+    the Hugging Face cache, and its commit sha (the snapshot folder's name), with no request."""
+    try:
+        folder = Path(snapshot_download(repo_id, repo_type=repo_type, revision=revision, cache_dir=cache_dir,
+                                        local_files_only=True))
+    except (*HUB_ERRORS, ValueError):
+        at = f" at {revision!r}" if revision else ""
+        why = "HF_HUB_OFFLINE is set" if constants.is_offline_mode() else "local_files_only is set"
+        raise UserError(f"{action}: {repo_id}{at} is not in the Hugging Face cache and {why}; download it once with "
+                        "the network on, or unset HF_HUB_OFFLINE") from None
+    return folder, folder.name
 
 
 def snapshot(repo_id: str, revision: str | None = None, *, action: str, repo_type: str = "model",
-             token: str | None = None, endpoint: str | None = None, local_dir: str | Path | None = None,
-             need_namespace: bool = True) -> tuple[Path, str]:
+             token: str | bool | None = None, endpoint: str | None = None, local_dir: str | Path | None = None,
+             need_namespace: bool = True, cache_dir: str | Path | None = None, force_download: bool = False,
+             local_files_only: bool = False) -> tuple[Path, str]:
     """Download ``repo_id`` at ``revision`` pinned to the commit it resolves to first (a branch
-    that moves during the download cannot mix two commits); return (folder, commit sha)."""
+    that moves during the download cannot mix two commits); return (folder, commit sha). Offline
+    (``is_offline``): the cached snapshot, copied into ``local_dir`` when one is given."""
+    check_repo_id(repo_id, action, need_namespace=need_namespace)
+    if is_offline(local_files_only):
+        folder, commit = cached_snapshot(repo_id, revision, action=action, repo_type=repo_type, cache_dir=cache_dir)
+        if local_dir is None:
+            return folder, commit
+        shutil.copytree(folder, local_dir, dirs_exist_ok=True)  # the cache's links are followed: real files
+        return Path(local_dir), commit
     commit = resolve_commit(repo_id, revision, action=action, repo_type=repo_type, token=token, endpoint=endpoint,
                             need_namespace=need_namespace)
-    return download(repo_id, commit, action=action, repo_type=repo_type, token=token, endpoint=endpoint,
-                    local_dir=local_dir), commit
+    folder = download(repo_id, commit, action=action, repo_type=repo_type, token=token, endpoint=endpoint,
+                      local_dir=local_dir, cache_dir=cache_dir, force_download=force_download)
+    if local_dir is None:
+        remember_ref(repo_id, repo_type, revision or "main", commit, cache_dir)
+    return folder, commit
+
+
+def remember_ref(repo_id: str, repo_type: str, revision: str, commit: str, cache_dir: str | Path | None = None) -> None:
+    """Record in the cache which commit ``revision`` resolved to (``refs/<revision>``, the cache
+    layout huggingface_hub reads offline): a download pinned to the sha writes no ref itself."""
+    if revision == commit:
+        return
+    repo = Path(cache_dir or constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type=repo_type)
+    ref = repo / "refs" / revision
+    try:
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        if not ref.is_file() or ref.read_text() != commit:
+            ref.write_text(commit)
+    except OSError:  # a read-only cache: offline use then needs the sha
+        pass
+
+
+def _secret(token: str | bool | None) -> str | None:
+    return token if isinstance(token, str) else None
 
 
 def dataset_commit(repo_id: str, revision: str | None = None) -> str | None:
@@ -122,6 +178,14 @@ def dataset_commit(repo_id: str, revision: str | None = None) -> str | None:
         return HfApi().dataset_info(repo_id, revision=revision).sha
     except (*HUB_ERRORS, ValueError):  # offline, or not a Hub id: the commit is unknown, not an error
         return None
+
+
+def dataset_exists(repo_id: str, token: str | None = None, endpoint: str | None = None) -> bool:
+    """Whether a dataset repo of that id is visible (False when the Hub cannot tell)."""
+    try:
+        return HfApi(token=token, endpoint=endpoint).repo_exists(repo_id, repo_type="dataset")
+    except (*HUB_ERRORS, ValueError):
+        return False
 
 
 def upload_folder(folder: Path, repo_id: str, repo_type: str, *, commit_message: str, ignore_patterns: list[str],

@@ -12,7 +12,6 @@ one is given, else the state dict LeRobot builds from a config.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +24,10 @@ from .checkpoint import (
     CheckpointRef,
     Lineage,
     clean_config_dict,
+    is_local_path,
     parse_policy_config,
     processor_files,
+    renamed_in,
 )
 from .errors import UserError
 from .safeio import load_file, read_header, safe_open
@@ -43,9 +44,11 @@ from .keys import (
 )
 
 
-def is_local_path(name: str) -> bool:
-    """A ``vlm_model_name`` that names a folder on this machine, not a Hub repo id."""
-    return os.path.isabs(name) or name.startswith(("./", "../", "~"))
+def renamed_backbone(key: str, student_value, teacher_value) -> bool:
+    """The one config difference ``--vlm-repo-id`` makes: the teacher's local backbone folder named
+    by its Hub repo id in the student (checked against the folder's files when it was written)."""
+    return (key == "vlm_model_name" and isinstance(teacher_value, str) and is_local_path(teacher_value)
+            and isinstance(student_value, str) and not is_local_path(student_value))
 
 
 def architecture_layout(raw_cfg: dict, action: str = "verify") -> Header:
@@ -251,8 +254,12 @@ def processor_facts(folder: Path, teacher: Path | None) -> ProcessorFacts:
         return ProcessorFacts(error=f"processor configs unreadable ({type(e).__name__})")
     p = ProcessorFacts(wanted=wanted, missing=[n for n in wanted if not (folder / n).is_file()])
     if teacher is not None:
+        names = [_json_or_none(x / CONFIG_NAME) or {} for x in (folder, teacher)]
+        mine, theirs = (str(c.get("vlm_model_name")) for c in names)
+        swap = (theirs, mine) if renamed_backbone("vlm_model_name", mine, theirs) else None
         for n in wanted:
-            if n.endswith(".json") and (folder / n).is_file() and _json_or_none(folder / n) != _json_or_none(teacher / n):
+            if n.endswith(".json") and (folder / n).is_file() and \
+                    _json_or_none(folder / n) != renamed_in(_json_or_none(teacher / n), swap):
                 p.configs_differ.append(n)
     p.state_files = [n for n in wanted if n.endswith(".safetensors") and (folder / n).is_file()]
     for n in p.state_files:

@@ -44,6 +44,24 @@ class ReflowPolicy(
     tags=["lerobot", "smolvla", "reflow", "rectified-flow", "robotics"],
     pipeline_tag="robotics",
 ):
+    """A reflow student (a plain LeRobot ``SmolVLAPolicy`` that samples its action chunk in
+    ``reflow_config.student_steps`` Euler steps) with, while training, its frozen teacher.
+
+    Load, act and share it as any Hub model and LeRobot policy (README "Python API")::
+
+        policy = ReflowPolicy.from_pretrained("you/smolvla-reflow", revision="main", token=...)
+        pre, post = make_pre_post_processors(policy.config, pretrained_path="you/smolvla-reflow")
+        policy.reset()
+        action = post(policy.select_action(pre(observation)))
+        policy.save_pretrained("folder", push_to_hub=True, repo_id="you/copy")
+
+    ``from_pretrained`` takes what ``ModelHubMixin.from_pretrained`` takes (``revision``, ``token``,
+    ``cache_dir``, ``force_download``, ``local_files_only``) and, offline (``HF_HUB_OFFLINE=1``),
+    loads from the Hugging Face cache. ``select_action``, ``predict_action_chunk``, ``reset`` and
+    ``config`` are the student's; ``student`` is the ``SmolVLAPolicy`` itself. ``push_to_hub``
+    pushes through the same checks and model card as ``hub-reflow push``.
+    """
+
     def __init__(
         self,
         student,
@@ -63,6 +81,7 @@ class ReflowPolicy(
         self.student = student
         self.teacher = teacher
         self.base = base
+        self.vlm_repo_id: str | None = None  # names the base's local backbone folder when saved (train --vlm-repo-id)
         self.lineage = lineage or Lineage(
             teacher=base.ref if base else CheckpointRef(None, None, None, ""),
             reflow=self.reflow_config.to_dict(),
@@ -99,15 +118,17 @@ class ReflowPolicy(
         student_policy = copy.deepcopy(teacher_policy)
         return cls(student_policy, teacher_policy, config, base=resolved)
 
-    def attach_teacher(self, teacher: str | Path | None = None, revision: str | None = None, device: str = "cpu") -> None:
+    def attach_teacher(self, teacher: str | Path | None = None, revision: str | None = None, device: str = "cpu",
+                       **hub) -> None:
         """Load the teacher again (to continue training, or to measure fidelity). Without an
-        argument, from the lineage file: the teacher's repo at its recorded commit."""
+        argument, from the lineage file: the teacher's repo at its recorded commit. ``hub``: as
+        ``from_pretrained`` takes them (``token``, ``cache_dir``...)."""
         if teacher is None:
             ref = self.lineage.teacher
             if not ref.repo_id:
                 raise UserError("the teacher was a local folder (its path is not recorded); pass it explicitly")
             teacher, revision = ref.repo_id, ref.commit
-        resolved = resolve_checkpoint(str(teacher), revision, what="teacher")
+        resolved = resolve_checkpoint(str(teacher), revision, what="teacher", **hub)
         if self.lineage.teacher.weights_sha256 and resolved.ref.weights_sha256 != self.lineage.teacher.weights_sha256:
             raise UserError("the given teacher's weights differ from the ones this student was trained from (sha256 mismatch)")
         self.teacher = load_smolvla(resolved.path, device=device, what="teacher")
@@ -199,41 +220,83 @@ class ReflowPolicy(
     def _save_pretrained(self, save_directory: Path) -> None:
         if self.base is None:
             raise UserError("cannot save: no base checkpoint (config and processors) is known for this student")
-        write_canonical(Path(save_directory), self.student, self.base, self.reflow_config.student_steps, self.lineage)
+        write_canonical(Path(save_directory), self.student, self.base, self.reflow_config.student_steps, self.lineage,
+                        vlm_repo_id=self.vlm_repo_id)
 
     @classmethod
     def from_pretrained(
         cls,
         pretrained_model_name_or_path: str | Path,
         *,
+        force_download: bool = False,
+        token: str | bool | None = None,
+        cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
         revision: str | None = None,
         device: str = "cpu",
         attach_teacher: bool = False,
-        **_ignored,
+        **unknown,
     ) -> ReflowPolicy:
-        """A student from a canonical checkpoint (folder or Hub repo at ``revision``). The teacher
-        is re-attached from the lineage file only when asked (``attach_teacher=True``)."""
-        resolved = resolve_checkpoint(str(pretrained_model_name_or_path), revision, what="checkpoint")
+        """A student from a canonical checkpoint (folder or Hub repo at ``revision``), with the
+        arguments of ``ModelHubMixin.from_pretrained``; offline (``HF_HUB_OFFLINE=1`` or
+        ``local_files_only``) from the Hugging Face cache. The teacher is re-attached from the
+        lineage file only when asked (``attach_teacher=True``), with the same Hub arguments."""
+        if unknown:
+            raise TypeError(f"ReflowPolicy.from_pretrained() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
+        hub = dict(token=token, cache_dir=cache_dir, force_download=force_download, local_files_only=local_files_only)
+        resolved = resolve_checkpoint(str(pretrained_model_name_or_path), revision, what="checkpoint", **hub)
         student = load_smolvla(resolved.path, device=device, what="checkpoint")
         lineage_file = resolved.path / LINEAGE_NAME
         lineage = Lineage.from_file(lineage_file) if lineage_file.is_file() else None
         rcfg = ReflowConfig.from_dict(lineage.reflow) if lineage else ReflowConfig(student_steps=student.config.num_steps)
         policy = cls(student, None, rcfg, base=resolved, lineage=lineage)
         if attach_teacher:
-            policy.attach_teacher(device=device)
+            policy.attach_teacher(device=device, **hub)
         return policy
 
-    def push_to_hub(self, repo_id: str, *, private: bool = False, branch: str | None = None,
-                    commit_message: str | None = None, token: str | None = None, tag: str | None = None,
-                    force: bool = False, endpoint: str | None = None) -> str:
+    def push_to_hub(self, repo_id: str, *, config: dict | None = None, commit_message: str | None = None,
+                    private: bool | None = None, token: str | None = None, branch: str | None = None,
+                    create_pr: bool | None = None, allow_patterns=None, ignore_patterns=None, delete_patterns=None,
+                    model_card_kwargs: dict | None = None, tag: str | None = None, force: bool = False,
+                    endpoint: str | None = None) -> str:
         """Save the canonical checkpoint to a temp dir and push it with ``hub.push_checkpoint`` (one
         commit, checked, with the model card); returns the commit URL. ``endpoint`` defaults to
-        ``HF_ENDPOINT``."""
-        return push_policy(self, repo_id, private=private, branch=branch, commit_message=commit_message,
-                           token=token, tag=tag, force=force, endpoint=endpoint)
+        ``HF_ENDPOINT``. The arguments of ``ModelHubMixin.push_to_hub``, so that
+        ``save_pretrained(..., push_to_hub=True)`` works: ``config`` is the mixin's own record (the
+        checkpoint's config.json is LeRobot's and is pushed as saved); ``model_card_kwargs`` may
+        set the card's ``license``; file patterns and pull requests are refused."""
+        unsupported = [n for n, v in (("create_pr", create_pr), ("allow_patterns", allow_patterns),
+                                      ("ignore_patterns", ignore_patterns), ("delete_patterns", delete_patterns)) if v]
+        extra = sorted(set(model_card_kwargs or {}) - {"license"})
+        if unsupported or extra:
+            raise UserError(f"push: {', '.join(unsupported + extra)} not supported: a reflow checkpoint is pushed whole, "
+                            "in one commit, with its own model card")
+        return push_policy(self, repo_id, private=bool(private), branch=branch, commit_message=commit_message,
+                           token=token, tag=tag, force=force, endpoint=endpoint,
+                           license=(model_card_kwargs or {}).get("license"))
 
-    def generate_model_card(self, *args, **kwargs) -> ModelCard:
-        return render_card(self.lineage, self.student.config)
+    # ---- inference, the LeRobot way (the student's) ---------------------------------------------
+
+    @property
+    def config(self):
+        """The student's ``SmolVLAConfig`` (``num_steps`` is the student's step count)."""
+        return self.student.config
+
+    def reset(self) -> None:
+        """Empty the student's action queue: call it whenever the environment is reset."""
+        self.student.reset()
+
+    def select_action(self, batch: dict[str, Tensor], noise: Tensor | None = None, **kwargs) -> Tensor:
+        """One action for a preprocessed observation (``SmolVLAPolicy.select_action``: a chunk is
+        sampled in ``num_steps`` Euler steps and served ``n_action_steps`` at a time)."""
+        return self.student.select_action(batch, noise=noise, **kwargs)
+
+    def predict_action_chunk(self, batch: dict[str, Tensor], noise: Tensor | None = None, **kwargs) -> Tensor:
+        """A whole action chunk for a preprocessed observation (``SmolVLAPolicy.predict_action_chunk``)."""
+        return self.student.predict_action_chunk(batch, noise=noise, **kwargs)
+
+    def generate_model_card(self, *args, license: str | None = None, **kwargs) -> ModelCard:
+        return render_card(self.lineage, self.student.config, license=license)
 
 
 def _on(t: Tensor, device: torch.device) -> Tensor:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-PASS, FAIL, SKIP, INFO = "pass", "fail", "skip", "info"
+PASS, FAIL, SKIP, INFO, WARN = "pass", "fail", "skip", "info", "warn"  # WARN: fine here, not to publish
 
 
 @dataclass
 class Check:
     name: str
-    status: str  # pass | fail | skip | info
+    status: str  # pass | fail | skip | info | warn
     summary: str
     details: dict = field(default_factory=dict)
 

@@ -6,17 +6,20 @@ that changes what is trained must equal the checkpoint's record.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import MISSING, fields
 from pathlib import Path
 
+from .checkpoint import check_backbone_repo, is_local_path
 from .config import ReflowConfig
 from .data import check_dataset_root
 from .errors import UserError
+from .runlock import LOCK_NAME
 from .validation import MAX_SEED, MAX_TEACHER_STEPS, check_free_space, check_output_folder
 
-__all__ = ["check_train_args", "check_train_output", "check_batch_size", "checkpoint_bytes", "checkpoints_to_write",
+__all__ = ["backbone_repo_id", "RUN_RECORD", "read_run_record", "check_train_args", "check_train_output", "check_batch_size", "checkpoint_bytes", "checkpoints_to_write",
            "check_free_space", "check_resume", "RESUME_MAY_CHANGE"]
 
 
@@ -70,7 +73,9 @@ def check_train_output(output_dir: Path, resume: bool) -> None:
             raise UserError(f"--resume: no checkpoint at {last}; start without --resume")
         check_output_folder(output_dir, "--output-dir", may_hold_files=True)
         return
-    check_output_folder(output_dir, "--output-dir", hint="pass --resume to continue that run, or a new folder")
+    check_output_folder(output_dir, "--output-dir", may_hold_files=True)
+    if output_dir.is_dir() and any(p.name != LOCK_NAME for p in output_dir.iterdir()):  # the run's own lock aside
+        raise UserError(f"--output-dir {output_dir} already holds files; pass --resume to continue that run, or a new folder")
 
 
 def check_batch_size(batch_size: int, frames: int, what: str = "training frames") -> None:
@@ -137,3 +142,30 @@ def check_resume(saved, now) -> None:
         a, b = d_old.get(key), d_new.get(key)
         if a is not None and b is not None and a != b:
             raise UserError(f"--resume: {what} differs from the run's: it was {_show(a)}, now {_show(b)}; {fix}")
+
+
+# The settings a run was started with (the command line's option names), in each checkpoint's
+# training_state/ (never pushed): ``train --resume`` with no other option continues that run.
+RUN_RECORD = "hub_reflow_run.json"
+
+
+def read_run_record(output_dir: Path | str) -> dict | None:
+    """The recorded settings of the run in ``output_dir`` (None: none recorded, an older run)."""
+    path = Path(output_dir).expanduser() / "checkpoints" / "last" / "training_state" / RUN_RECORD
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def backbone_repo_id(vlm_model_name: str, repo_id: str | None) -> str | None:
+    """``train --vlm-repo-id``: for a teacher whose backbone is a local folder, its Hub repo id
+    (checked against the folder's files); a teacher that names a repo needs none."""
+    if repo_id is None:
+        return None
+    if not is_local_path(vlm_model_name):
+        raise UserError(f"--vlm-repo-id: the teacher already names its backbone by Hub repo id ({vlm_model_name}); "
+                        "leave --vlm-repo-id out")
+    check_backbone_repo(vlm_model_name, repo_id, "train")
+    return repo_id

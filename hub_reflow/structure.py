@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 
 from .checkpoint import LINEAGE_NAME, WEIGHTS_NAME
-from .inspection import Facts
+from .inspection import Facts, renamed_backbone
 from .keys import group_counts, group_of, nbytes
-from .report import FAIL, INFO, PASS, SKIP, Check
+from .report import FAIL, INFO, PASS, SKIP, WARN, Check
 
 # Fields a student may differ in from its teacher on purpose (step count; what push_to_hub sets).
 ALLOWED_CONFIG_DIFF = ("num_steps", "repo_id", "push_to_hub", "private", "tags", "license")
@@ -35,15 +35,21 @@ def check_config(f: Facts) -> Check:
         problems.append(f"{len(c.unknown)} fields LeRobot's SmolVLAConfig does not know: {', '.join(c.unknown)} "
                         "(plain LeRobot refuses it; hub-reflow canonicalize drops them)")
         details["unknown_fields"] = c.unknown
-    if c.local_vlm:
-        # Plain LeRobot elsewhere could not build the VLM, and a local path would be published.
-        problems.append(f"vlm_model_name is a local path ({c.raw.get('vlm_model_name')}); name the backbone by its Hub repo id")
-        details["local_vlm_model_name"] = True
     if c.parse_error is not None:
         problems.append(f"plain LeRobot cannot parse it: {c.parse_error}")
+    if c.local_vlm:
+        # Fine on this machine (the student only inherits it); plain LeRobot elsewhere could not build
+        # the VLM, and a local path would be published: push refuses it (publish_problems).
+        problems.append(local_backbone_problem(c.raw.get("vlm_model_name")))
+        details["local_vlm_model_name"] = True
     if problems:
-        return Check("config", FAIL, "; ".join(problems), details)
+        return Check("config", FAIL if len(problems) > c.local_vlm else WARN, "; ".join(problems), details)
     return Check("config", PASS, f"type smolvla, {len(c.raw)} fields, parses with plain LeRobot")
+
+
+def local_backbone_problem(name) -> str:
+    return (f"vlm_model_name is a local path ({name}): fine on this machine, refused by push; name the backbone by its "
+            "Hub repo id: hub-reflow canonicalize SRC DST --vlm-repo-id ORG/NAME (or train --vlm-repo-id)")
 
 
 def check_config_diff(f: Facts) -> Check | None:
@@ -55,7 +61,7 @@ def check_config_diff(f: Facts) -> Check | None:
                 "load_vlm_weights false: LeRobot will build every tensor in fp32; right only for a teacher trained from scratch")
         return Check("config.diff", SKIP, f"no teacher to compare with ({note}); pass --teacher",
                      {"load_vlm_weights": c.raw.get("load_vlm_weights")})
-    bad = {k: v for k, v in c.diff.items() if k not in ALLOWED_CONFIG_DIFF}
+    bad = {k: v for k, v in c.diff.items() if k not in ALLOWED_CONFIG_DIFF and not renamed_backbone(k, *v)}
     shown = "; ".join(f"{k}: {json.dumps(s)} (teacher {json.dumps(t)})" for k, (s, t) in c.diff.items()) or "nothing"
     extra = f"; the teacher's own unknown fields ignored: {', '.join(c.teacher_unknown)}" if c.teacher_unknown else ""
     if bad:
@@ -187,8 +193,13 @@ def weights_expert(f: Facts) -> Check | None:
     if f.teacher is None or not f.weights.readable or f.reference.header is None:
         return None
     w = f.weights
+    details = {"changed": w.expert_changed, "total": w.expert_total}
+    if w.expert_total and not w.expert_changed:
+        # The teacher (or an untrained copy of it) is not its own student (docs/canonical.md#lineage).
+        return Check("weights.expert", FAIL, f"none of the {w.expert_total} action-expert tensors differs from the teacher's: "
+                     "the teacher itself or an untrained copy of it, not a reflow student", details)
     return Check("weights.expert", INFO, f"{w.expert_changed} of {w.expert_total} action-expert tensors differ from the "
-                 "teacher's (0: an untrained copy)", {"changed": w.expert_changed, "total": w.expert_total})
+                 "teacher's", details)
 
 
 # ---- processors and lineage ------------------------------------------------------------------------
@@ -263,6 +274,8 @@ def publish_problems(facts: Facts) -> list[str]:
     """Why ``facts``' checkpoint may not be pushed (or was pulled broken): every failed structural
     check, and a missing lineage file (the model card is drawn from it). Empty: fit to publish."""
     problems = [f"{check_label(c.name)}: {c.summary}" for c in structure_checks(facts) if c.failed]
+    if facts.config.local_vlm and not facts.config.error:
+        problems.append(f"config check: {local_backbone_problem(facts.config.raw.get('vlm_model_name'))}")
     if not facts.lineage.present:
         problems.append(f"lineage check: {LINEAGE_NAME} is missing (the model card is drawn from it)")
     return problems

@@ -29,9 +29,12 @@ from .pairs import NOISE_KEY, TARGET_KEY, Pairs, PairsDataset, check_pairs, load
 from .policy import ReflowPolicy
 from .precision import FILE_NAME as MASTER_FILE
 from .precision import MasterWeights
-from .run_checks import check_batch_size, check_resume, check_train_args
+from .run_checks import backbone_repo_id, check_batch_size, check_resume, check_train_args
+from .runlock import run_lock
+from .validation import check_output_folder
 from .smolvla import noise_shape, policy_inputs
 from .train_utils import (
+    Pace,
     PhaseTimer,
     check_space,
     cycle,
@@ -64,6 +67,8 @@ class TrainArgs:
     progress: bool = True
     pairs: str | None = None  # cached teacher pairs (pairs.py): folder or Hub dataset repo id
     pairs_revision: str | None = None
+    record: dict | None = None  # the command line's settings, kept with each checkpoint for --resume
+    vlm_repo_id: str | None = None  # the Hub repo id of the teacher's local backbone folder, written into the student
 
 
 @dataclass
@@ -119,6 +124,8 @@ def setup(args: TrainArgs) -> Run:
     # with the plain seed on every process, which accelerate's sharding of its batches relies on.
     set_seed(rcfg.seed, accelerator=accelerator)
     device = accelerator.device.type
+    say = logger.info if accelerator.is_main_process else (lambda *_: None)  # what setup is doing, once
+    say("setup: loading the teacher %s", args.teacher)
     with accelerator.main_process_first():  # one download into the shared cache
         resolved = resolve_checkpoint(args.teacher, args.teacher_revision, what="teacher")
     teacher_cfg = read_policy_config(resolved.path)
@@ -136,7 +143,9 @@ def setup(args: TrainArgs) -> Run:
         check_resume(saved, Lineage(teacher=resolved.ref, reflow=rcfg.to_dict(), dataset={
             **ds_info, **({"pairs": pairs.lineage_record()} if pairs is not None else {})}))
 
+    say("setup: dataset ready (%d frames); building the student (a copy of the teacher) on %s", len(dataset), device)
     policy = ReflowPolicy.from_teacher(resolved, rcfg, device=device)  # keeps the Hub ref (repo id + sha)
+    policy.vlm_repo_id = backbone_repo_id(teacher_cfg.vlm_model_name, args.vlm_repo_id)
     require_finite_teacher(policy.teacher)
     policy.lineage = Lineage(teacher=resolved.ref, reflow=rcfg.to_dict(), dataset=ds_info,
                              teacher_num_steps=teacher_cfg.num_steps, teacher_card=teacher_card_data(resolved.path))
@@ -276,7 +285,7 @@ def save(run: Run) -> Path | None:
         })
         with run.timer("checkpoint"):
             path = save_checkpoint(Path(run.args.output_dir), run.step, policy, run.optimizer, run.scheduler,
-                                   acc.num_processes, rcfg.batch_size, run.master)
+                                   acc.num_processes, rcfg.batch_size, run.master, run.args.record)
         run.saved_name = path.name
         tqdm.write(f"checkpoint {path.name} written")
     acc.wait_for_everyone()
@@ -284,7 +293,14 @@ def save(run: Run) -> Path | None:
 
 
 def train(args: TrainArgs) -> Path:
-    """Run reflow training; return the final ``pretrained_model`` folder."""
+    """Run reflow training; return the final ``pretrained_model`` folder. One run per output folder:
+    the folder's lock is held for the whole run (``runlock``), taken before anything is written."""
+    check_output_folder(Path(args.output_dir), "--output-dir", may_hold_files=True)  # a path a folder can be made at
+    with run_lock(Path(args.output_dir)):
+        return _train(args)
+
+
+def _train(args: TrainArgs) -> Path:
     from tqdm.auto import tqdm
 
     run = setup(args)
@@ -298,6 +314,7 @@ def train(args: TrainArgs) -> Path:
     check_space(acc, Path(args.output_dir), run.step, rcfg.steps, args.save_freq, run.resolved.path / "model.safetensors",
                 sum(p.numel() for p in run.policy.trainable_parameters()))
     prepare(run)
+    pace = Pace(run.step, rcfg.steps)
     batches = cycle(run.dataloader)
     bar = tqdm(total=rcfg.steps, initial=run.step, desc="reflow", disable=None if (main and args.progress) else True,
                dynamic_ncols=True)  # None: off when not a TTY
@@ -318,7 +335,8 @@ def train(args: TrainArgs) -> Path:
                 avg = acc.reduce(loss_sum, reduction="mean").item() / loss_n
                 if main:
                     bar.set_postfix(loss=f"{avg:.4f}")
-                    tqdm.write(f"step {run.step}/{rcfg.steps} loss {avg:.5f} lr {run.scheduler.get_last_lr()[0]:.2e}")
+                    tqdm.write(f"step {run.step}/{rcfg.steps} loss {avg:.5f} lr {run.scheduler.get_last_lr()[0]:.2e} "
+                               f"{pace.at(run.step)}")
                     run.policy.lineage.training.setdefault("loss_curve", []).append([run.step, avg])
                 loss_sum.zero_()
                 loss_n = 0

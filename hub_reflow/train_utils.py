@@ -5,6 +5,7 @@ per-step seeds, phase timing."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ from .devices import check_device
 from .errors import UserError
 from .evaluate import action_scale, measure, observation_batch
 from .files import atomic_dir
-from .run_checks import check_free_space, checkpoint_bytes, checkpoints_to_write
+from .run_checks import RUN_RECORD, check_free_space, checkpoint_bytes, checkpoints_to_write
 from .validation import disk_full
 
 EVAL_FRAMES = 16  # held-out frames of the final measurement
@@ -69,8 +70,22 @@ def update_last(checkpoints: Path, step_dir: Path) -> None:
     os.replace(tmp, checkpoints / "last")
 
 
+class Pace:
+    """Rate and time left for the step log lines (a log file has no progress bar)."""
+
+    def __init__(self, start_step: int, steps: int):
+        self.start, self.steps, self.t0 = start_step, steps, time.monotonic()
+
+    def at(self, step: int) -> str:
+        elapsed = time.monotonic() - self.t0
+        rate = (step - self.start) / elapsed if elapsed > 0 else 0.0
+        left = (self.steps - step) / rate if rate > 0 else 0.0
+        return f"({rate:.2f} steps/s, ETA {int(left // 3600)}:{int(left % 3600 // 60):02d}:{int(left % 60):02d})"
+
+
 def save_checkpoint(output_dir: Path, step: int, policy, optimizer, scheduler, num_processes: int, batch_size: int,
-                    master: MasterWeights | None = None) -> Path:
+                    master: MasterWeights | None = None, record: dict | None = None) -> Path:
+    """``record``: the run's settings (``run_checks.RUN_RECORD``), beside LeRobot's training state."""
     from lerobot.common.train_utils import get_step_checkpoint_dir, save_training_state
     from lerobot.utils.constants import TRAINING_STATE_DIR
     from safetensors.torch import save_file
@@ -83,10 +98,13 @@ def save_checkpoint(output_dir: Path, step: int, policy, optimizer, scheduler, n
         with atomic_dir(final) as tmp:
             pretrained = tmp / "pretrained_model"
             pretrained.mkdir()
-            write_canonical(pretrained, policy.student, policy.base, policy.reflow_config.student_steps, policy.lineage)
+            write_canonical(pretrained, policy.student, policy.base, policy.reflow_config.student_steps, policy.lineage,
+                            vlm_repo_id=policy.vlm_repo_id)
             save_training_state(tmp, step, optimizer, scheduler, num_processes=num_processes, batch_size=batch_size)
             if master is not None and master.active:
                 save_file(master.state_dict(), str(tmp / TRAINING_STATE_DIR / MASTER_FILE))
+            if record:
+                (tmp / TRAINING_STATE_DIR / RUN_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True))
     except OSError as e:  # disk full, quota, permissions changed during the run: `last` is untouched
         reason = "the disk is full" if disk_full(e) else (e.strerror or type(e).__name__)
         last = final.parent / "last"

@@ -36,7 +36,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+        default = getattr(action.default, "unset_default", action.default)  # train_command.Unset: the real default
+        if default is None or default is False or action.default == argparse.SUPPRESS \
                 or "%(default)" in text or not action.option_strings:
             return text
         return super()._get_help_string(action)

@@ -121,13 +121,13 @@ def fidelity_checks(student_dir: Path, teacher_dir: Path, dataset: str, dataset_
     t_at_s = by[f"teacher @{s_steps}"]
     student_actions = chunks[f"student @{s_steps}"]
     checks = []
-    details = {"frames": len(idx), "frames_from": source, "student_steps": s_steps, "teacher_steps": t_steps,
+    details = {"frames": len(idx), "frames_from": source, "noise_draws_per_frame": 1, "seed": seed, "student_steps": s_steps, "teacher_steps": t_steps,
                "student_rmse": stu, "teacher_spread_rmse": spread, "teacher_rmse_at_student_steps": t_at_s,
                "tolerance": tolerance}
     scale = action_scale(meta.stats)
     verdict = fidelity_verdict(stu, t_at_s, spread, scale, max_ratio=tolerance)
     details.update({"ratio": verdict.ratio, "threshold": verdict.threshold, "action_scale": scale})
-    line = (f"{len(idx)} frames ({source}), shared noise, action RMSE vs teacher @{t_steps}: student @{s_steps} {stu:.4f}, "
+    line = (f"{len(idx)} frames ({source}), 1 noise draw each (seed {seed}), shared noise, action RMSE vs teacher @{t_steps}: student @{s_steps} {stu:.4f}, "
             f"teacher @{s_steps} {t_at_s:.4f}, teacher's own spread (other noise) {spread:.4f}")
     if verdict.passed:
         checks.append(Check("fidelity", PASS, f"{line}: {verdict.reason}", details))

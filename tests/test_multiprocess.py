@@ -42,7 +42,9 @@ def test_two_processes_write_one_canonical_checkpoint(world, tmp_path):
 
     # One optimizer step is one scheduler step whatever the process count (accelerate would
     # otherwise step it once per process: the rate would reach its floor halfway).
-    lrs = [float(x) for x in re.findall(r"^step \d+/\d+ loss \S+ lr (\S+)$", log, flags=re.M)]
+    # Each step line also shows the rate and time left (a log file has no progress bar).
+    lrs = [float(x) for x in re.findall(r"^step \d+/\d+ loss \S+ lr (\S+) \(\d+\.\d\d steps/s, ETA \d+:\d\d:\d\d\)$", log,
+                                        flags=re.M)]
     assert len(lrs) == STEPS and all(a > b for a, b in zip(lrs, lrs[1:], strict=False)), lrs
 
     assert_canonical(student, world.teacher_fp32)

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 from conftest import HOLDOUT, run_cli, train_student
 from hub_reflow.pairs import DATA_FILE, PAIRS_META_NAME
+from hub_reflow.run_checks import RUN_RECORD
 from hub_reflow.testing.hub_server import HubServer
 from test_train import _bad, assert_canonical, assert_plain_lerobot_loads
 
@@ -147,7 +148,9 @@ def test_resume_on_pairs_is_sample_exact(world, pairs_dir, trained, tmp_path):
     assert (copy / "checkpoints" / "last").resolve().name == f"{STEPS:06d}"
     a, b = load_file(cached / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    # Resuming that run without its pairs is refused.
+    # Resuming that run without its pairs is refused (a run without its settings record, as older
+    # hub-reflow wrote them: with one, an option left out takes the run's own value).
+    (copy / "checkpoints" / "last" / "training_state" / RUN_RECORD).unlink(missing_ok=True)
     msg = _bad("train", "--teacher", str(world.teacher_fp32), "--dataset", world.repo_id, "--dataset-root",
                str(world.dataset_root), "--output-dir", str(copy), "--steps", str(STEPS + 2), "--batch-size", "32",
                "--holdout-episodes", str(HOLDOUT), "--device", "cpu", "--resume")

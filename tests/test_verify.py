@@ -186,7 +186,9 @@ def test_teacher_with_unknown_config_fields_is_accepted(world, tmp_path, caplog)
     assert "fields LeRobot does not know, ignored: teacher_model_path, use_reflow" in caplog.text
     policy.save_pretrained(tmp_path / "student")
     report = verify(str(tmp_path / "student"), str(teacher))
-    assert report.passed and report.get("config.diff").details["diff"] == {"num_steps": [2, 10]}
+    assert report.get("config.diff").status == PASS and report.get("config.diff").details["diff"] == {"num_steps": [2, 10]}
+    # An untrained copy is accepted as a checkpoint but is no student of its teacher.
+    assert report.failed_names() == {"weights.expert"}
     # And the CLI trains from it.
     out = tmp_path / "run"
     result = run_cli("train", "--teacher", str(teacher), "--dataset", world.repo_id, "--dataset-root", str(world.dataset_root),

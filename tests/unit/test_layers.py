@@ -19,7 +19,7 @@ LAYERS = [
     {"errors", "flow", "files", "keys", "report", "precision", "sr_adamw", "plots", "logs", "testing",
      "testing.hub_server.protocol"},
     # 1: the device rule, the console, the run config, the SmolVLA adapter, Hub I/O, safe reads, NaN guards
-    {"devices", "console", "config", "smolvla", "hub_io", "safeio", "finite",
+    {"devices", "console", "config", "smolvla", "hub_io", "safeio", "finite", "runlock",
      "testing.hub_server.storage", "testing.hub_server.auth", "testing.hub_server.routes"},
     # 2: checkpoints, datasets, command-line values and folders, the teacher's fast sampling path
     {"checkpoint", "data", "validation", "fastpath", "testing.hub_server.routes_repos", "testing.hub_server.routes_uploads"},
@@ -34,7 +34,7 @@ LAYERS = [
     # 7: the training loop
     {"train"},
     # 8, 9: the demo, the command line; 10: the package's public API
-    {"demo"},
+    {"demo", "train_command"},
     {"cli"},
     {"__init__"},
 ]

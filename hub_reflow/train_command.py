@@ -1,0 +1,71 @@
+"""What ``hub-reflow train`` adds to its command line: the options given, then (with ``--resume``)
+the run's recorded ones (``run_checks.RUN_RECORD``), then the defaults; and the run's final verdict line."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .card import recorded_verdict
+from .checkpoint import LINEAGE_NAME, Lineage
+from .console import fail
+from .run_checks import check_train_output, read_run_record
+
+
+def given_or_recorded(p: argparse.ArgumentParser) -> None:
+    """Options not given stay UNSET (the parser's defaults are kept in TRAIN_DEFAULTS)."""
+    TRAIN_DEFAULTS.update({x.dest: x.default for x in p._actions if x.dest != "help"})
+    p.set_defaults(**{dest: Unset(default) for dest, default in TRAIN_DEFAULTS.items()})
+
+
+TRAIN_DEFAULTS: dict = {}
+
+
+class Unset:
+    """An option not given: shows its default in --help (argparse would pass a plain string default
+    through the option's type)."""
+
+    def __init__(self, default):
+        self.unset_default = default
+
+    def __str__(self) -> str:
+        return str(self.unset_default)
+
+
+def train_settings(a) -> argparse.Namespace:
+    """The options given, then (with --resume) the run's recorded ones, then the defaults."""
+    given = {k: v for k, v in vars(a).items() if k in TRAIN_DEFAULTS and not isinstance(v, Unset)}
+    if given.get("resume"):
+        check_train_output(given["output_dir"], resume=True)  # a run to resume: before reading its record
+    recorded = read_run_record(given["output_dir"]) if given.get("resume") else None
+    if recorded and recorded.get("dataset_root") is not None:
+        recorded["dataset_root"] = Path(recorded["dataset_root"])
+    settings = {**TRAIN_DEFAULTS, **(recorded or {}), **given}
+    missing = [f"--{k.replace('_', '-')}" for k in ("teacher", "dataset") if settings[k] is None]
+    if missing:
+        why = " (this run has no recorded settings: pass them as the run was started)" if given.get("resume") else ""
+        raise SystemExit(fail(f"the following arguments are required: {', '.join(missing)}{why}"))
+    settings["record"] = {k: _absolute(v) if k in PATHS else v for k, v in settings.items()
+                          if k in TRAIN_DEFAULTS and k not in ("output_dir", "resume")}
+    return argparse.Namespace(**settings)
+
+
+PATHS = ("teacher", "dataset_root", "pairs")  # options that may name a local folder
+
+
+def _absolute(value):
+    """A local path as an absolute one (the record stays on this machine: --resume from anywhere)."""
+    if isinstance(value, Path) or (isinstance(value, str) and Path(value).expanduser().exists()):
+        return str(Path(value).expanduser().resolve())
+    return value
+
+
+def final_verdict(folder: Path) -> str:
+    """The run's own fidelity verdict (the card's), in one line; on FAIL, what to try."""
+    verdict = recorded_verdict(Lineage.from_file(folder / LINEAGE_NAME).evaluation)
+    if verdict is None:
+        return "fidelity verdict: not measured"
+    if verdict.passed:
+        return f"fidelity verdict: PASS, {verdict.reason}"
+    return (f"fidelity verdict: FAIL, {verdict.reason}; train again with more --steps, --time-sampling grid, "
+            f"or measure on more frames: hub-reflow verify {folder} --teacher TEACHER --dataset DATASET --frames 64")

@@ -1,0 +1,214 @@
+"""ReflowPolicy as users know Hub models and LeRobot policies: ``from_pretrained`` with the mixin's
+arguments (a private repo with ``token=``, ``cache_dir``, ``force_download``), offline loading from
+a warm cache (``HF_HUB_OFFLINE=1``) for the API and every command that reads the Hub,
+``save_pretrained(push_to_hub=True)``, and inference on the ReflowPolicy itself; all against the
+local Hub server and the real huggingface_hub / LeRobot code, each in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from huggingface_hub import HfApi, constants
+
+from hub_reflow.hub import push_checkpoint
+from hub_reflow.testing.hub_server import HubServer
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
+
+WRITE = "hf_write_python_api_token_52c1"
+READ = "hf_read_python_api_token_0d9e"
+PRIVATE = "user/private-student"
+PUBLIC = "user/public-student"
+TEACHER = "user/api-teacher"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, world, student_fp32):
+    from hub_reflow.testing.tiny_world import publish_backbone
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        mp.setattr(constants, "HF_HUB_OFFLINE", False)
+        with HubServer(tmp_path_factory.mktemp("hub"), {WRITE: "write", READ: "read"}) as hub:
+            publish_backbone(world.backbone, endpoint=hub.url, token=WRITE)
+            push_checkpoint(student_fp32, PRIVATE, private=True, token=WRITE, endpoint=hub.url)
+            push_checkpoint(student_fp32, PUBLIC, token=WRITE, endpoint=hub.url)
+            api = HfApi(endpoint=hub.url, token=WRITE)
+            api.create_repo(TEACHER, exist_ok=True)
+            api.upload_folder(folder_path=str(world.teacher_fp32), repo_id=TEACHER)
+            yield hub
+
+
+@pytest.fixture(scope="module")
+def hf_home(tmp_path_factory):
+    return tmp_path_factory.mktemp("hf_home")
+
+
+def env_for(server, hf_home, offline: bool = False, token: str = "") -> dict:
+    return {"HF_ENDPOINT": server.url, "HF_HUB_OFFLINE": "1" if offline else "0", "HF_HUB_DISABLE_XET": "1",
+            "HF_HOME": str(hf_home), "HF_TOKEN": token}
+
+
+def run_python(script: str, env: dict) -> dict:
+    """Run ``script`` in a fresh process (huggingface_hub reads HF_* when imported); its RESULT line."""
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, **env})
+    assert r.returncode == 0, r.stderr[-4000:]
+    return json.loads(r.stdout.split("RESULT ", 1)[1])
+
+
+OBSERVATION = """
+    import torch
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    frame = LeRobotDataset({repo!r}, root={root!r})[0]
+    observation = {{k: v.unsqueeze(0) for k, v in frame.items() if k.startswith("observation.")}}
+    observation["task"] = [frame["task"]]
+"""
+
+
+@pytest.fixture(scope="module")
+def online(server, hf_home, world, tmp_path_factory):
+    """Online, with no HF_TOKEN: the private repo through ``token=``, into ``cache_dir``; the
+    public one into the default cache (warming it for the offline tests); act; save and push."""
+    cache_dir = tmp_path_factory.mktemp("cache_dir")
+    saved = tmp_path_factory.mktemp("saved") / "student"
+    script = OBSERVATION.format(repo=world.repo_id, root=str(world.dataset_root)) + f"""
+    import json, logging, os
+    logging.disable(logging.WARNING)
+    from lerobot.policies.factory import make_pre_post_processors
+    from hub_reflow.errors import UserError
+    from hub_reflow.policy import ReflowPolicy
+    out = {{}}
+    try:
+        ReflowPolicy.from_pretrained({PRIVATE!r})
+    except UserError as e:
+        out["no_token"] = str(e)
+    p = ReflowPolicy.from_pretrained({PRIVATE!r}, token={READ!r}, cache_dir={str(cache_dir)!r})
+    out["private_commit"] = p.base.ref.commit
+    out["in_cache_dir"] = str(p.base.path).startswith({str(cache_dir)!r})
+    blob = (p.base.path / "model.safetensors").resolve()
+    before = blob.stat().st_mtime_ns
+    again = ReflowPolicy.from_pretrained({PRIVATE!r}, token={READ!r}, cache_dir={str(cache_dir)!r})
+    out["cached_reload_same_blob"] = blob.stat().st_mtime_ns == before
+    ReflowPolicy.from_pretrained({PRIVATE!r}, token={READ!r}, cache_dir={str(cache_dir)!r}, force_download=True)
+    out["force_download_rewrote"] = blob.stat().st_mtime_ns != before
+    try:
+        ReflowPolicy.from_pretrained({PUBLIC!r}, map_location="cpu")
+    except TypeError as e:
+        out["unknown_kwarg"] = str(e)
+
+    policy = ReflowPolicy.from_pretrained({PUBLIC!r})
+    pre, post = make_pre_post_processors(policy.config, pretrained_path={PUBLIC!r})
+    batch = pre(observation)
+    policy.reset()
+    noise = torch.randn(1, policy.config.chunk_size, policy.config.max_action_dim, generator=torch.Generator().manual_seed(0))
+    chunk = policy.predict_action_chunk(batch, noise=noise)
+    action = post(policy.select_action(batch, noise=noise))
+    policy.student.reset()
+    direct = post(policy.student.select_action(batch, noise=noise))
+    out.update(config_is_student=policy.config is policy.student.config, num_steps=policy.config.num_steps,
+               chunk_shape=list(chunk.shape), action_shape=list(action.shape),
+               action_equals_student=bool(torch.equal(action, direct)), finite=bool(torch.isfinite(chunk).all()),
+               queue_after_reset=(policy.reset(), len(policy.student._queues["action"]))[1])
+    url = policy.save_pretrained({str(saved)!r}, push_to_hub=True, repo_id="user/saved-and-pushed", token={WRITE!r})
+    out["push_url"] = url
+    out["saved_files"] = sorted(os.listdir({str(saved)!r}))
+    print("RESULT " + json.dumps(out))
+    """
+    return run_python(script, env_for(server, hf_home)), cache_dir, saved
+
+
+def test_from_pretrained_takes_token_cache_dir_and_force_download(server, online):
+    out, cache_dir, _ = online
+    assert out["no_token"] == (f"checkpoint: Hub repo {PRIVATE} not found (or private: set HF_TOKEN); check the repo id")
+    assert out["private_commit"] == server.head(PRIVATE)
+    assert out["in_cache_dir"] and (cache_dir / f"models--{PRIVATE.replace('/', '--')}").is_dir()
+    assert out["cached_reload_same_blob"] and out["force_download_rewrote"]
+    assert out["unknown_kwarg"] == "ReflowPolicy.from_pretrained() got unexpected keyword arguments: map_location"
+
+
+def test_reflow_policy_acts_as_a_lerobot_policy(online, world):
+    out, _, _ = online
+    assert out["config_is_student"] and out["num_steps"] == 1
+    assert out["chunk_shape"] == [1, 8, 2] and out["action_shape"] == [1, 2] and out["finite"]
+    assert out["action_equals_student"]
+    assert out["queue_after_reset"] == 0
+
+
+def test_save_pretrained_with_push_to_hub(server, online, student_fp32):
+    out, _, saved = online
+    repo = "user/saved-and-pushed"
+    assert out["push_url"].endswith(server.head(repo)) and server.commit_count(repo) == 1
+    assert server.read_file(repo, "model.safetensors") == (student_fp32 / "model.safetensors").read_bytes()
+    assert {"config.json", "model.safetensors", "reflow_lineage.json", "README.md"} <= set(out["saved_files"])
+    assert {"README.md", "loss_curve.png"} <= set(server.repo_files(repo))
+
+
+def test_offline_api_loads_from_the_warm_cache(server, hf_home, online):
+    script = f"""
+    import json, logging
+    logging.disable(logging.WARNING)
+    from hub_reflow.errors import UserError
+    from hub_reflow.policy import ReflowPolicy
+    out = {{}}
+    p = ReflowPolicy.from_pretrained({PUBLIC!r})
+    out["commit"] = p.base.ref.commit
+    out["by_branch"] = ReflowPolicy.from_pretrained({PUBLIC!r}, revision="main").base.ref.commit
+    try:
+        ReflowPolicy.from_pretrained("user/never-downloaded")
+    except UserError as e:
+        out["missing"] = str(e)
+    print("RESULT " + json.dumps(out))
+    """
+    out = run_python(script, env_for(server, hf_home, offline=True))
+    assert out["commit"] == out["by_branch"] == server.head(PUBLIC)
+    assert out["missing"] == ("checkpoint: user/never-downloaded is not in the Hugging Face cache and HF_HUB_OFFLINE is "
+                              "set; download it once with the network on, or unset HF_HUB_OFFLINE")
+    # local_files_only=True is the same rule online.
+    local = run_python(f"""
+    import json
+    from hub_reflow.policy import ReflowPolicy
+    print("RESULT " + json.dumps(ReflowPolicy.from_pretrained({PUBLIC!r}, local_files_only=True).base.ref.commit))
+    """, env_for(server, hf_home))
+    assert local == server.head(PUBLIC)
+
+
+def test_offline_commands_read_the_warm_cache(server, hf_home, online, world, tmp_path):
+    # Online once: a plain SmolVLA is refused by pull, with an accurate line, but is now in the cache.
+    teacher = run_cli("pull", TEACHER, env=env_for(server, hf_home), check=False)
+    assert teacher.returncode == 2 and teacher.stderr.strip().splitlines()[-1].startswith(
+        "hub-reflow: error: pull: a plain SmolVLA checkpoint, not a reflow student (no reflow_lineage.json); the "
+        "download is left in the Hugging Face cache at ")
+    offline = env_for(server, hf_home, offline=True)
+    pulled = run_cli("pull", PUBLIC, "--local-dir", str(tmp_path / "pulled"), env=offline)
+    assert Path(pulled.stdout.strip().splitlines()[-1]) == tmp_path / "pulled"
+    assert json.loads((tmp_path / "pulled" / ".cache" / "hub-reflow" / "pull.json").read_text())["commit"] == server.head(PUBLIC)
+    verified = run_cli("verify", PUBLIC, "--no-speed", env=offline)
+    assert f"checkpoint: {PUBLIC}@{server.head(PUBLIC)}" in verified.stdout
+    assert verified.stdout.rstrip().endswith("verdict: PASS")
+    out = tmp_path / "run"
+    run_cli("train", "--teacher", TEACHER, "--dataset", world.repo_id, "--dataset-root", str(world.dataset_root),
+            "--output-dir", str(out), "--steps", "2", "--batch-size", "4", "--device", "cpu", env=offline)
+    lineage = json.loads((out / "checkpoints" / "last" / "pretrained_model" / "reflow_lineage.json").read_text())
+    assert lineage["teacher"]["repo_id"] == TEACHER and lineage["teacher"]["commit"] == server.head(TEACHER)
+    pairs = run_cli("pairs", "--teacher", TEACHER, "--dataset", world.repo_id, "--dataset-root", str(world.dataset_root),
+                    "--output", str(tmp_path / "pairs"), "--device", "cpu", "--batch-size", "64", env=offline)
+    assert pairs.returncode == 0
+    HfApi(endpoint=server.url, token=WRITE).create_repo("user/some-pairs", repo_type="dataset", exist_ok=True)
+    pairs_repo = run_cli("pull", "user/some-pairs", env=env_for(server, hf_home), check=False)
+    assert pairs_repo.returncode == 2 and pairs_repo.stderr.strip().splitlines()[-1] == (
+        "hub-reflow: error: pull: user/some-pairs is a dataset repo, not a model: teacher pairs (hub-reflow pairs) are "
+        "used where they are, with train --pairs user/some-pairs; pull downloads reflow students")
+    refused = run_cli("pull", "user/never-downloaded", env=offline, check=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "hub-reflow: error: pull: user/never-downloaded is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
+        "download it once with the network on, or unset HF_HUB_OFFLINE")

@@ -1,0 +1,85 @@
+"""One run per output folder, and ``--resume`` with the run's own settings: a second train on a
+folder in use is refused in one line (the first run's checkpoints intact and finite), a lock file
+left by a killed run is taken over, and ``train --output-dir RUN --resume`` alone continues the
+recorded run bit-exactly; every run ends with its fidelity verdict line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from hub_reflow.runlock import LOCK_NAME
+
+from conftest import run_cli
+
+STEPS, SAVE = 6, 2
+
+
+def _args(world, out: Path) -> list[str]:
+    return ["train", "--teacher", str(world.teacher_fp32), "--dataset", world.repo_id, "--dataset-root",
+            str(world.dataset_root), "--output-dir", str(out), "--steps", str(STEPS), "--save-freq", str(SAVE),
+            "--batch-size", "4", "--lr", "1e-3", "--device", "cpu", "--no-progress"]
+
+
+def _finite(folder: Path) -> bool:
+    return all(torch.isfinite(t.float()).all() for t in load_file(str(folder / "model.safetensors")).values())
+
+
+def test_second_train_on_a_folder_in_use_is_refused_and_resume_alone_continues(world, tmp_path):
+    out = tmp_path / "run"
+    exe = Path(sys.executable).with_name("hub-reflow")
+    first = subprocess.Popen([str(exe), *_args(world, out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock = out / LOCK_NAME
+    deadline = time.time() + 300
+    while not (lock.is_file() and lock.read_text()) and first.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert lock.is_file(), "the first run holds no lock on its folder"
+    second = run_cli(*_args(world, out), "--seed", "7", check=False)
+    stdout, stderr = first.communicate(timeout=600)
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    errors = [line for line in second.stderr.splitlines() if line.startswith("hub-reflow: error:")]
+    assert len(errors) == 1 and errors[0].startswith(
+        f"hub-reflow: error: --output-dir {out}: another hub-reflow train is running on this folder (pid {first.pid} on ")
+    assert errors[0].endswith("wait for it to end or pass another --output-dir (nothing was changed)")
+    # The first run: untouched by the second, every checkpoint complete and finite, its verdict said.
+    assert first.returncode == 0, stderr[-3000:]
+    steps = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert steps == ["000002", "000004", "000006", "last"]
+    for step in steps[:-1]:
+        lineage = json.loads((out / "checkpoints" / step / "pretrained_model" / "reflow_lineage.json").read_text())
+        assert lineage["reflow"]["seed"] == 1000 and lineage["training"]["step"] == int(step)
+        assert _finite(out / "checkpoints" / step / "pretrained_model")
+    verdicts = [line for line in stdout.splitlines() if line.startswith("fidelity verdict: ")]
+    assert len(verdicts) == 1 and verdicts[0].startswith(("fidelity verdict: PASS, ", "fidelity verdict: FAIL, "))
+    if "FAIL" in verdicts[0]:
+        assert "train again with more --steps" in verdicts[0]
+    assert not lock.exists()
+
+    # Stopped at step 4 by a kill: its lock file stays, held by no one; `--resume` alone continues it.
+    part = tmp_path / "part"
+    shutil.copytree(out, part, symlinks=True)
+    shutil.rmtree(part / "checkpoints" / "000006")
+    (part / "checkpoints" / "last").unlink()
+    (part / "checkpoints" / "last").symlink_to("000004")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (part / LOCK_NAME).write_text(json.dumps({"pid": dead.pid, "host": "h", "launch": "x", "started": "then"}))
+    resumed = run_cli("train", "--output-dir", str(part), "--resume")
+    assert f"a lock file left by an earlier run (pid {dead.pid} on h, since then) that is no longer running was taken over" \
+        in resumed.stderr
+    a = load_file(str(out / "checkpoints" / "last" / "pretrained_model" / "model.safetensors"))
+    b = load_file(str(part / "checkpoints" / "last" / "pretrained_model" / "model.safetensors"))
+    assert (part / "checkpoints" / "last").resolve().name == "000006"
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # An option given and different from the run's is still refused.
+    refused = run_cli("train", "--output-dir", str(part), "--resume", "--steps", "8", check=False)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1] == ("hub-reflow: error: --resume: --steps differs from the run's: it was "
+                                                       "6, now 8; resume with the run's own settings, or start a new --output-dir")
