@@ -190,7 +190,8 @@ def parse_args(argv=None):
 
 
 def train_student(teacher: Path, dataset_root: Path, repo_id: str, out: Path, *, steps: int, batch_size: int,
-                  student_steps: int, time_sampling: str, device: str, lr: float | None, seed: int) -> Path:
+                  student_steps: int, time_sampling: str, device: str, lr: float | None, seed: int,
+                  update: str = "fp32-masters") -> Path:
     from hub_reflow.config import ReflowConfig
     from hub_reflow.train import TrainArgs, train
 
