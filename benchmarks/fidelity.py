@@ -198,11 +198,7 @@ def parse_args(argv=None):
 
 def train_student(teacher: Path, dataset_root: Path, repo_id: str, out: Path, *, steps: int, batch_size: int,
                   student_steps: int, time_sampling: str, device: str, lr: float | None, seed: int,
-<<<<<<< HEAD
                   student_inputs: str = "on-policy", update: str = "fp32-masters") -> Path:
-=======
-                  update: str = "fp32-masters") -> Path:
->>>>>>> issue18
     from hub_reflow.config import ReflowConfig
     from hub_reflow.train import TrainArgs, train
 

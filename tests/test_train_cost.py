@@ -5,12 +5,12 @@ summary) with the markdown tables printed last."""
 from __future__ import annotations
 
 import json
-
-import pytest
 import math
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "train_cost.py"
 ROWS = ["normal", "reflow_online", "reflow_cached"]
