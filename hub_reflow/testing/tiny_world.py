@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 # The backbone lives in its own module; its names are re-exported here for the tests and benchmarks.
+from .post_world import record_expert_dataset
 from .tiny_backbone import (  # noqa: F401
     EXTRA_SPECIAL_TOKENS,
     IMAGE_SIZE,
@@ -124,6 +125,7 @@ class WorldSpec:
     action_dim: int = 2
     chunk_size: int = 8
     max_dim: int = 8  # max_state_dim = max_action_dim of the policy
+    closed_loop: bool = False  # the dataset is the scripted expert of post_world's env (its shapes only)
 
     def features(self) -> dict:
         feats = {cam: {"dtype": "image", "shape": (IMAGE_SIZE, IMAGE_SIZE, 3), "names": ["height", "width", "channels"]}
@@ -152,12 +154,15 @@ def _names(base: str, prefix: str, n: int) -> list[str]:
     return names + [f"{prefix}{i}" for i in range(n - len(names))]
 
 
-# The default world (tests, demo) and a second one with other cameras and dimensions (benchmarks).
+# The default world (tests, demo) is the closed-loop one (post_world.py: the same shapes, a dataset
+# recorded in its gymnasium env); the offline world above (benchmarks/fidelity.py) and a second one
+# with other cameras and dimensions (benchmarks) stay buildable.
+CLOSED_LOOP_WORLD = WorldSpec("closed-loop", TINY_REPO_ID, closed_loop=True)
 TINY_WORLD = WorldSpec("tiny", TINY_REPO_ID)
 TWO_CAMERA_WORLD = WorldSpec("two-camera", "hub-reflow-testing/tiny-go-around-2cam",
                              cameras=("observation.images.top", "observation.images.side"),
                              state_dim=3, action_dim=4, chunk_size=12, max_dim=6)
-WORLDS = {w.name: w for w in (TINY_WORLD, TWO_CAMERA_WORLD)}
+WORLDS = {w.name: w for w in (TINY_WORLD, TWO_CAMERA_WORLD)}  # the offline worlds of benchmarks/fidelity.py
 
 
 def _render(position: np.ndarray, view: int = 0) -> np.ndarray:
@@ -198,6 +203,9 @@ def make_tiny_dataset(
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     spec = spec or WorldSpec("tiny", repo_id, cameras=(camera_key,))
+    if spec.closed_loop:
+        return record_expert_dataset(root, repo_id=spec.repo_id, features=spec.features(), camera_key=spec.cameras[0],
+                                     num_pairs=num_episodes // 2, fps=fps)
     datasets.disable_progress_bars()  # one bar per episode otherwise
     rng = np.random.default_rng(seed)
     dataset = LeRobotDataset.create(
@@ -232,23 +240,23 @@ class TinyWorld:
 
 def build_tiny_world(
     root: str | Path, *, teacher_steps: int = 300, load_vlm_weights: bool = True, seed: int = 0,
-    spec: WorldSpec = TINY_WORLD, teacher_lr: float | None = None,
+    spec: WorldSpec = CLOSED_LOOP_WORLD, teacher_lr: float | None = None,
 ) -> TinyWorld:
     """Backbone + dataset + one teacher under ``root`` (reused when already built there); ``spec``
-    picks the world (default: the one-camera tiny world); ``teacher_lr`` replaces the teacher's
+    picks the world (default: the closed-loop world of post_world.py); ``teacher_lr`` replaces the teacher's
     ``optimizer_lr`` (default 1e-3, ``TINY_POLICY_ARGS``).
 
     The backbone is also put in this process's HF cache under ``TINY_BACKBONE_ID`` (set
     ``HF_HOME`` before importing huggingface_hub to choose where)."""
     root = Path(root)
     backbone = root / "tiny-smolvlm"
-    suffix = "" if spec == TINY_WORLD else f"-{spec.name}"
+    suffix = "" if spec == CLOSED_LOOP_WORLD else f"-{spec.name}"
     dataset_root = root / f"dataset{suffix}"
     if not (backbone / "config.json").exists():
         make_tiny_backbone(backbone, seed=seed)
     publish_backbone(backbone)
     if not (dataset_root / "meta" / "info.json").exists():
-        make_tiny_dataset(dataset_root, seed=seed, repo_id=spec.repo_id, spec=spec)
+        make_tiny_dataset(dataset_root, seed=seed, repo_id=spec.repo_id, spec=spec, num_episodes=32 if spec.closed_loop else 24)
     name = f"teacher{suffix}-vlm{'bf16' if load_vlm_weights else 'fp32'}-{teacher_steps}"
     name += f"-lr{teacher_lr:g}" if teacher_lr is not None else ""
     teacher = root / name / "checkpoints" / "last" / "pretrained_model"
