@@ -130,7 +130,7 @@ def _add_demo(sub) -> None:
 def _cmd_demo(a) -> int:
     # In a process of its own: HF_HOME (the demo's private cache) is read when huggingface_hub is imported.
     return start_demo(a.workdir, teacher_train_steps=a.teacher_train_steps, reflow_steps=a.reflow_steps, frames=a.frames,
-                      verbose=a.verbose)
+                      verbose=a.verbose, episodes=a.episodes)
 
 
 def _add_push(sub) -> None:

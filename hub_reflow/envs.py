@@ -138,7 +138,8 @@ def open_env(choice: EnvChoice) -> OpenedEnv:
             raise UserError(f"--env.type {env_cfg.type}: {e}") from None
         suite = next(iter(envs.values()))
         if len(envs) > 1 or len(suite) > 1:
-            raise UserError(f"--env.type {env_cfg.type} made {sum(len(s) for s in envs.values())} tasks; choose one with --env.task")
+            raise UserError(f"--env.type {env_cfg.type} made {sum(len(s) for s in envs.values())} tasks; evaluate one at a time "
+                            "(e.g. --env.task_ids=[0] for a LIBERO suite)")
         vec = next(iter(suite.values()))
         label = f"{env_cfg.type}/{env_cfg.task}"
         limit = int(vec.call("_max_episode_steps")[0])
@@ -164,6 +165,11 @@ def _probe(vec, label: str, env_cfg, limit: int, check_success: bool) -> OpenedE
     except (AssertionError, TypeError) as e:
         vec.close()
         raise UserError(f"{label}: its observation is not in LeRobot's format (pixels / agent_pos): {e}") from None
+    if env_cfg is not None:  # what the policy sees after LeRobot's env processor (LIBERO's builds the state)
+        try:
+            processed = env_cfg.get_env_processors()[0]({**processed, "task": [""]})
+        except Exception:  # an env processor that needs more than a probe gives: the keys before it
+            pass
     shapes = {k: tuple(v.shape) for k, v in processed.items() if hasattr(v, "shape")}
     try:
         scene = vec.get_attr("plot_scene")[0]
