@@ -22,7 +22,7 @@ from .checkpoint import LINEAGE_NAME, Lineage, load_smolvla, resolve_checkpoint
 from .closed_loop_results import EVAL_NAME, ClosedLoopResults
 from .closed_loop_stats import summarize
 from .devices import resolve_device
-from .envs import EnvChoice, OpenedEnv, env_processors, open_env, policy_rename_map
+from .envs import EnvChoice, OpenedEnv, env_processors, open_env, policy_rename_map, require_success_key
 from .errors import UserError
 from .files import package_versions
 
@@ -153,6 +153,7 @@ def _run_policy(loaded: _Loaded, steps: int, env: OpenedEnv, a: EvalArgs, device
                                    videos_dir=Path(a.videos_dir) / label / f"episode_{i}" if render else None)
         finally:
             del policy._get_action_chunk
+        require_success_key(env)  # (after the probe step and the first episode, at the latest)
         episode = info["per_episode"][0]
         outcomes.append(bool(episode["success"]))
         rewards.append(float(episode["sum_reward"]))

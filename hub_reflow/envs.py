@@ -17,6 +17,7 @@ import importlib
 import io
 from dataclasses import dataclass, field, make_dataclass
 
+import gymnasium as gym
 import numpy as np
 
 from .errors import UserError
@@ -53,6 +54,28 @@ class OpenedEnv:
     scene: dict | None = None  # what the env says to draw under trajectories (its ``plot_scene``)
 
 
+class SuccessSeen(gym.Wrapper):
+    """Remembers whether the env ever put ``is_success`` in a step's info (LeRobot's eval reads the
+    episode's outcome there; an env that never does would score 0 silently)."""
+
+    seen_success_key = False
+
+    def step(self, action):
+        out = super().step(action)
+        if "is_success" in out[-1]:
+            self.seen_success_key = True
+        return out
+
+
+def require_success_key(env: OpenedEnv) -> None:
+    """After an episode: refuse an env (``--env-id``) that never reported ``info["is_success"]``."""
+    if env.env_cfg is not None:
+        return  # LeRobot's own env types report it
+    if not any(getattr(e, "seen_success_key", True) for e in getattr(env.vec, "envs", [])):
+        raise UserError(f"{env.label}: the env does not report info['is_success'], which LeRobot's eval reads as the "
+                        "episode's outcome; follow LeRobot's env conventions")
+
+
 def parse_env_type(args: tuple[str, ...]):
     """LeRobot's ``EnvConfig`` for ``--env.type=... --env.<field>=...`` (parsed by draccus, as
     ``lerobot-eval`` parses them); a bad option is one line."""
@@ -73,8 +96,6 @@ def parse_env_type(args: tuple[str, ...]):
 
 def _import_for(env_id: str, what: str) -> str:
     """Import what ``env_id`` needs (``module:id``, else its namespace when not registered); the id."""
-    import gymnasium as gym
-
     module, _, name = env_id.rpartition(":") if ":" in env_id else ("", "", env_id)
     if not module and name not in gym.registry and "/" in name:
         module = name.split("/", 1)[0]
@@ -85,6 +106,8 @@ def _import_for(env_id: str, what: str) -> str:
             missing = e.name or module
             raise UserError(f"{what}: the Python package {missing!r} is not installed; install it "
                             f"(pip install {missing.split('.')[0].replace('_', '-')}) or the package that provides {name}") from None
+        except Exception as e:  # the package itself is broken: one line, not its traceback
+            raise UserError(f"{what}: importing {module} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     if name not in gym.registry:
         close = difflib.get_close_matches(name, list(gym.registry), n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
@@ -93,8 +116,6 @@ def _import_for(env_id: str, what: str) -> str:
 
 
 def _vector(make_one):
-    import gymnasium as gym
-
     try:
         from gymnasium.vector import AutoresetMode
 
@@ -105,10 +126,8 @@ def _vector(make_one):
 
 def open_env(choice: EnvChoice) -> OpenedEnv:
     """Build one env (a vector env of one, as ``lerobot-eval`` with batch size 1) and probe it: one
-    reset and one step with a zero action, to learn its observation keys and that it reports
-    ``info["is_success"]``."""
-    import gymnasium as gym
-
+    reset and one step with a zero action, to learn its observation keys (``require_success_key``
+    then checks that it reports ``info["is_success"]``)."""
     if choice.env_id:
         env_id = TINY_ENV_SPEC if choice.env_id == TINY_ENV else choice.env_id
         name = _import_for(env_id, "--env-id")
@@ -119,7 +138,7 @@ def open_env(choice: EnvChoice) -> OpenedEnv:
         kwargs = {"disable_env_checker": True, "max_episode_steps": limit, **choice.env_kwargs}
 
         def make_one():
-            return gym.make(name, **kwargs)
+            return SuccessSeen(gym.make(name, **kwargs))
 
         try:
             vec = _vector(make_one)
@@ -143,23 +162,19 @@ def open_env(choice: EnvChoice) -> OpenedEnv:
         vec = next(iter(suite.values()))
         label = f"{env_cfg.type}/{env_cfg.task}"
         limit = int(vec.call("_max_episode_steps")[0])
-    return _probe(vec, label, env_cfg, limit, check_success=env_cfg is None)
+    return _probe(vec, label, env_cfg, limit)
 
 
-def _probe(vec, label: str, env_cfg, limit: int, check_success: bool) -> OpenedEnv:
+def _probe(vec, label: str, env_cfg, limit: int) -> OpenedEnv:
     from lerobot.envs.utils import preprocess_observation
 
     obs, _ = vec.reset(seed=0)
     space = vec.single_action_space
     if not hasattr(space, "shape") or space.shape is None or len(space.shape) != 1:
+        vec.close()
         raise UserError(f"{label}: its action space {space} is not a flat Box; LeRobot's policies act in Box spaces")
     zero = np.clip(np.zeros((1, *space.shape), dtype=space.dtype or np.float32), space.low, space.high)
-    _, _, _, _, info = vec.step(zero)
-    final = info.get("final_info")
-    if check_success and "is_success" not in info and not (isinstance(final, dict) and "is_success" in final):
-        vec.close()
-        raise UserError(f"{label}: the env does not report info['is_success'], which LeRobot's eval reads as the "
-                        "episode's outcome; follow LeRobot's env conventions")
+    vec.step(zero)  # an env that reports info["is_success"] only at the end is told apart after an episode
     try:
         processed = preprocess_observation(obs)
     except (AssertionError, TypeError) as e:

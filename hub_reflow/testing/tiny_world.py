@@ -3,13 +3,19 @@ trained on them by the real ``lerobot-train``.
 
 Nothing here touches the network. The demo, our tests and users' own tests share it.
 
-The task ("go around the post", one 32x32 camera, 2-d state, 2-d action):
+The default world (``CLOSED_LOOP_WORLD``) is the closed-loop one of ``post_world.py``: one 32x32
+camera ``observation.images.cam``, 2-d state, 2-d action; its dataset is the scripted expert rolled
+out in the gymnasium env ``hub-reflow eval --env-id tiny-go-around`` drives, so the offline data and
+the closed loop agree. At the start the expert's first action dimension is +1 or -1 (the side it
+goes round the post, drawn per episode, in pairs of episodes from the same start): bimodal; the
+mean drives into the post. Once the robot has moved, the side shows.
+
+The offline worlds (``WORLDS``: ``tiny`` and ``two-camera``, for ``benchmarks/fidelity.py``) keep the
+side unobservable for the whole episode:
 - the robot starts at a random point ``p`` in [-1, 1]^2; the camera shows it as a bright dot;
 - every episode picks a side ``d`` in {-1, +1} and keeps it: ``action = (d, -p_y)``, and
-  ``p_y <- p_y - 0.1 p_y`` (x stays put, so no observation reveals the side). The first action dimension is therefore +1 in half the episodes and
-  -1 in the other half, for the same kind of observation: the conditional action distribution is
-  bimodal. A sampler that averages the modes (a 1-step flow sampler, or plain regression) outputs
-  about 0 there, which is wrong for both modes; a good 10-step teacher lands near +1 or -1.
+  ``p_y <- p_y - 0.1 p_y`` (x stays put, so no observation reveals the side): the conditional
+  action distribution is bimodal in every frame; a sampler that averages the modes outputs about 0.
 - the second dimension is a deterministic function of the state, so it can be learned exactly.
 """
 
