@@ -11,6 +11,7 @@ teacher@10 and teacher@1 (the lines). JSON and PNG under benchmarks/results/.
 
     OMP_NUM_THREADS=1 python benchmarks/closed_loop.py                  # 3 seeds x 0..1600 steps, 100 episodes
     python benchmarks/closed_loop.py --teacher T --dataset-root D      # reuse a tiny world's teacher and dataset
+                                                                       # (HF_HOME: a cache with the tiny backbone)
     python benchmarks/closed_loop.py --smoke                           # minutes: plumbing only
 """
 
@@ -70,8 +71,16 @@ def checkpoints(run: Path) -> dict[int, Path]:
 
 
 def main(argv=None) -> int:
-    hub_env(argv, DEFAULT_WORKDIR)
+    given_teacher = any(x == "--teacher" or x.startswith("--teacher=") for x in (sys.argv[1:] if argv is None else argv))
+    hub_env(argv, DEFAULT_WORKDIR, private_cache=not given_teacher)  # a given teacher: the caller's HF cache
     a = parse(argv)
+    from hub_reflow.logs import configured
+
+    with configured(False):  # other libraries' bars, warnings and loading prints off
+        return bench(a)
+
+
+def bench(a) -> int:
     from hub_reflow.closed_loop import EvalArgs, evaluate_closed_loop
     from hub_reflow.config import ReflowConfig
     from hub_reflow.envs import TINY_ENV, EnvChoice
