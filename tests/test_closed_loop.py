@@ -31,6 +31,19 @@ def _eval(*args: str, check: bool = True):
     return run_cli("eval", *args, check=check, env=ENV)
 
 
+def _in_process(capsys, *args: str) -> tuple[int, str, str]:
+    """`hub-reflow eval ...` through cli.main in this process (no interpreter start per case;
+    tests/ is on this process's path, so gym_hubtest imports)."""
+    from hub_reflow.cli import main
+
+    try:
+        code = main(["eval", *args])
+    except SystemExit as e:  # argparse
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 @pytest.fixture(scope="module")
 def closed_loop(world, student_bf16, tmp_path_factory):
     """One eval of the trained student against its teacher on the tiny world, recorded into a copy
@@ -104,12 +117,14 @@ def test_the_same_command_gives_the_same_episodes(world):
     assert first.trajectories == second.trajectories and first.trajectories["teacher@10"]
 
 
-def test_env_id_from_a_test_module(world, tmp_path):
+def test_env_id_from_a_test_module(world, tmp_path, capsys):
     """gym_hubtest/SeedParity-v0 (tests/gym_hubtest): an episode succeeds iff its env seed is even;
     its camera is one array (LeRobot's observation.image), mapped to the policy's only camera."""
     out = tmp_path / "parity.json"
-    r = _eval(str(world.teacher_fp32), "--teacher", str(world.teacher_fp32), "--env-id", "gym_hubtest/SeedParity-v0",
-              "--episodes", "5", "--seed", "10", "--teacher-steps", "1", "--json", str(out), "--device", "cpu")
+    code, stdout, _ = _in_process(capsys, str(world.teacher_fp32), "--teacher", str(world.teacher_fp32), "--env-id",
+                                  "gym_hubtest/SeedParity-v0", "--episodes", "5", "--seed", "10", "--teacher-steps", "1",
+                                  "--json", str(out), "--device", "cpu")
+    assert code == 0
     data = json.loads(out.read_text())
     assert data["success_rates"] == {"student@10": 0.6, "teacher@1": 0.6}
     for p in data["policies"].values():
@@ -118,7 +133,7 @@ def test_env_id_from_a_test_module(world, tmp_path):
     assert data["seeds"] == [10, 11, 12, 13, 14]
     assert data["settings"]["rename_map"] == {"observation.image": "observation.images.cam"}
     assert data["env"] == {"id": "gym_hubtest/SeedParity-v0", "kind": "env-id", "options": [], "max_steps": 10, "scene": None}
-    assert "60.0%" in r.stdout
+    assert "60.0%" in stdout
 
 
 def _tiny_pusht_policy(folder: Path) -> Path:
@@ -150,12 +165,13 @@ def pusht_policy(world, tmp_path_factory):
     return _tiny_pusht_policy(tmp_path_factory.mktemp("pusht") / "policy")
 
 
-def test_lerobot_env_type_pusht(pusht_policy, tmp_path):
+def test_lerobot_env_type_pusht(pusht_policy, tmp_path, capsys):
     """LeRobot's PushT through its own EnvConfig (gym-pusht, scripts/env.sh): plumbing only, an
     untrained policy does not push the T."""
     out = tmp_path / "pusht.json"
-    r = _eval(str(pusht_policy), "--env.type", "pusht", "--env.episode_length=4", "--episodes", "2", "--json", str(out),
-              "--device", "cpu")
+    code, stdout, _ = _in_process(capsys, str(pusht_policy), "--env.type", "pusht", "--env.episode_length=4", "--episodes", "2",
+                                  "--json", str(out), "--device", "cpu")
+    assert code == 0
     data = json.loads(out.read_text())
     assert data["env"]["id"] == "pusht/PushT-v0" and data["env"]["kind"] == "env-type" and data["env"]["max_steps"] == 4
     assert data["env"]["options"] == ["--env.type=pusht", "--env.episode_length=4"]
@@ -164,7 +180,7 @@ def test_lerobot_env_type_pusht(pusht_policy, tmp_path):
     assert len(p["outcomes"]) == 2 and p["lengths"] == [4, 4] and p["success_rate"] == sum(p["outcomes"]) / 2
     assert [e["seed"] for e in data["episodes"]] == [0, 1] and data["teacher"] is None
     assert data["settings"]["rename_map"] == {}  # observation.image and observation.state by name
-    assert "pusht/PushT-v0" in r.stdout
+    assert "pusht/PushT-v0" in stdout
 
 
 BAD = [
@@ -178,19 +194,21 @@ BAD = [
 ]
 
 
+
+
 @pytest.mark.parametrize("name,args,message", BAD, ids=[b[0] for b in BAD])
-def test_bad_input_is_one_line(name, args, message, world, tmp_path):
+def test_bad_input_is_one_line(name, args, message, world, tmp_path, capsys):
     out = tmp_path / "out.json"
-    r = _eval(str(world.teacher_fp32), *args, "--json", str(out), "--device", "cpu", check=False)
-    assert r.returncode == 2, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0] and "Traceback" not in r.stderr, r.stderr
+    code, _, err = _in_process(capsys, str(world.teacher_fp32), *args, "--json", str(out), "--device", "cpu")
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in err, err
     assert not out.exists()
 
 
-def test_student_and_teacher_with_other_features(world, pusht_policy, tmp_path):
+def test_student_and_teacher_with_other_features(world, pusht_policy, tmp_path, capsys):
     out = tmp_path / "out.json"
-    r = _eval(str(world.teacher_fp32), "--teacher", str(pusht_policy), "--env-id", "gym_hubtest/SeedParity-v0",
-              "--json", str(out), check=False)
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
-    assert "the student and the teacher have different features" in r.stderr and not out.exists()
+    code, _, err = _in_process(capsys, str(world.teacher_fp32), "--teacher", str(pusht_policy), "--env-id",
+                            "gym_hubtest/SeedParity-v0", "--json", str(out))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "the student and the teacher have different features" in err and not out.exists()

@@ -28,7 +28,8 @@ ENV_SPEC = f"{__name__}:{ENV_ID}"
 TASK = "go around the post"
 MAX_STEPS = 30
 POST = np.array([0.0, -0.4], dtype=np.float32)  # centre of the post
-POST_RADIUS = 0.3
+POST_RADIUS = 0.3  # as drawn
+COLLISION_RADIUS = 0.2  # the post's solid core: closer than this to its centre ends the episode
 GOAL_Y = 0.3  # success when the robot is at or above this line
 SPEED = 0.1  # position change per unit action and step
 SIDE_X = 0.6  # how far to the side the expert goes round the post
@@ -84,7 +85,7 @@ class GoAroundEnv(gym.Env):
     def step(self, action):
         a = np.clip(np.asarray(action, dtype=np.float32).reshape(-1)[:2], -1.0, 1.0)
         self.pos = np.clip(self.pos + SPEED * a, -1.5, 1.5).astype(np.float32)
-        collided = bool(np.linalg.norm(self.pos - POST) < POST_RADIUS)
+        collided = bool(np.linalg.norm(self.pos - POST) < COLLISION_RADIUS)
         success = bool(self.pos[1] >= GOAL_Y) and not collided
         info = {"is_success": success, "collided": collided}
         return self._obs(), 1.0 if success else 0.0, success or collided, False, info
