@@ -32,7 +32,7 @@ from .evaluate import compare, markdown_table, observation_batch
 from .hub import push_checkpoint
 from .logs import configured
 from .safeio import dumps
-from .testing.tiny_world import build_tiny_world, publish_backbone
+from .testing.tiny_world import CLOSED_LOOP_WORLD, build_tiny_world, publish_backbone
 from .train import TrainArgs, train
 from .validation import int_in
 from .verify import verify
@@ -78,7 +78,7 @@ def run_demo(workdir: Path, *, teacher_train_steps: int = 1000, reflow_steps: in
     require_hub_server()
     workdir = Path(workdir)
     print(f"[1/7] tiny world in {workdir} (backbone, dataset, teacher by lerobot-train, {teacher_train_steps} steps)")
-    world = build_tiny_world(workdir / "world", teacher_steps=teacher_train_steps)
+    world = build_tiny_world(workdir / "world", teacher_steps=teacher_train_steps, spec=CLOSED_LOOP_WORLD)
 
     print(f"[2/7] reflow student: {reflow_steps} steps, 1 Euler step, last {HOLDOUT} episodes held out")
     run_dir = workdir / "reflow"

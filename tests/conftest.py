@@ -86,15 +86,32 @@ def _loader_worker() -> tuple[tuple[str, ...], dict]:
 
 @pytest.fixture(scope="session")
 def student_bf16(world, tmp_path_factory):
-    """The reflow student of the bf16-VLM teacher, trained long enough to be measured offline
-    (test_fidelity) and in closed loop (test_closed_loop)."""
-    # 1000 steps with grid times on the closed-loop world. At batch 16 the MSE ratio against the
-    # 1-step teacher was 0.16 (test_fidelity asserts <= 0.1) and the student drove round the post in
-    # 83% of 30 paired episodes against the teacher's 97% (test_closed_loop asserts within 10 points):
-    # batch 32 it is.
+    """The reflow student of the bf16-VLM teacher, trained long enough to be measured."""
+    # 1000 steps at batch 16 with grid times: MSE ratio ~0.06 against the 1-step teacher on fresh
+    # noise (test_fidelity asserts <= 0.1); batch 32 halves that and costs 90 s more of the suite.
     args, env = _loader_worker()
-    return _cached_student(world, world.teacher, _cache_dir(tmp_path_factory, "run") / "bf16", 1000, "--batch-size", "32",
+    return _cached_student(world, world.teacher, _cache_dir(tmp_path_factory, "run") / "bf16", 1000, "--batch-size", "16",
                            *args, env=env)
+
+
+@pytest.fixture(scope="session")
+def closed_loop_world(tmp_path_factory):
+    """The closed-loop tiny world (hub_reflow/testing/post_world.py): its dataset recorded by the
+    scripted expert in the env, a teacher by the real lerobot-train (test_closed_loop). Not the main
+    world: on it test_fidelity's offline thresholds fail (most frames show the side; see the report
+    of issue 17)."""
+    from hub_reflow.testing.tiny_world import CLOSED_LOOP_WORLD, build_tiny_world
+
+    return build_tiny_world(_cache_dir(tmp_path_factory, "world"), teacher_steps=TEACHER_STEPS, spec=CLOSED_LOOP_WORLD)
+
+
+@pytest.fixture(scope="session")
+def closed_loop_student(closed_loop_world, tmp_path_factory):
+    """Its 1-step reflow student: at batch 16 it drove round the post in 83% of 30 paired episodes
+    against the teacher's 97% (the test asks for 10 points); batch 32 gets 87%."""
+    args, env = _loader_worker()
+    return _cached_student(closed_loop_world, closed_loop_world.teacher, _cache_dir(tmp_path_factory, "run") / "closed-loop",
+                           1000, "--batch-size", "32", *args, env=env)
 
 
 @pytest.fixture(scope="session")

@@ -225,7 +225,7 @@ CASES = [
          "--student-steps 11 is more than --teacher-steps 10"),
     Case("train --warmup-steps above --steps", lambda c: c.train("--warmup-steps", "5"), 2, "--warmup-steps 5 is more than --steps 2"),
     Case("train --batch-size above the dataset", lambda c: c.train("--batch-size", "100000"), 2,
-         "--batch-size 100000 is more than the 564 training frames"),
+         "--batch-size 100000 is more than the 480 training frames"),
     # -- output paths -----------------------------------------------------------------------------
     Case("train --output-dir is a file", lambda c: c.train("--output-dir", str(c.file)), 2, "is a file, not a folder", kept=("file",)),
     Case("train --output-dir under a file", lambda c: c.train("--output-dir", str(c.file / "run")), 2,

@@ -57,11 +57,11 @@ def test_pairs_are_lerobots_own_sample_actions(world, pairs_dir):
     stored noise (same batch as the pairs command: bit-identical), and the noise is the seed's."""
     meta = json.loads((pairs_dir / PAIRS_META_NAME).read_text())
     assert meta["per_frame"] == PER_FRAME and meta["seed"] == SEED and meta["teacher_steps"] == 10
-    assert meta["dataset"]["train_episodes"] == [0, 32 - HOLDOUT]
+    assert meta["dataset"]["train_episodes"] == [0, 24 - HOLDOUT]
     assert meta["cuda_graphs"] is True and meta["teacher_sampling"] == "eager (static-shape path, no CUDA graph)"
     table = datasets.load_dataset(str(pairs_dir), split="train").with_format("torch")
     ds = LeRobotDataset(world.repo_id, root=world.dataset_root)
-    n_train = int(ds.meta.episodes["dataset_from_index"][32 - HOLDOUT])
+    n_train = int(ds.meta.episodes["dataset_from_index"][24 - HOLDOUT])
     assert len(table) == n_train * PER_FRAME == meta["num_rows"]
     assert table[:]["frame_index"][::PER_FRAME].tolist() == list(range(n_train))  # rows by (frame, draw)
 

@@ -76,7 +76,7 @@ def test_canonical_from_bf16_teacher(world, student_bf16):
     lineage = json.loads((student_bf16 / "reflow_lineage.json").read_text())
     assert lineage["training"]["step"] == 1000 and lineage["reflow"]["teacher_steps"] == 10
     assert lineage["teacher"]["repo_id"] is None and len(lineage["teacher"]["weights_sha256"]) == 64
-    assert lineage["dataset"]["holdout_episodes"] == [28, 32]
+    assert lineage["dataset"]["holdout_episodes"] == [20, 24]
     # Online pairs through the fast path's code (no CUDA graph on the CPU); the setting is recorded.
     assert lineage["reflow"]["cuda_graphs"] is True
     assert lineage["training"]["teacher_sampling"] == "eager (static-shape path, no CUDA graph)"

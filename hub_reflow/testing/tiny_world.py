@@ -3,15 +3,15 @@ trained on them by the real ``lerobot-train``.
 
 Nothing here touches the network. The demo, our tests and users' own tests share it.
 
-The default world (``CLOSED_LOOP_WORLD``) is the closed-loop one of ``post_world.py``: one 32x32
+The closed-loop world (``CLOSED_LOOP_WORLD``, ``post_world.py``; the demo's): one 32x32
 camera ``observation.images.cam``, 2-d state, 2-d action; its dataset is the scripted expert rolled
 out in the gymnasium env ``hub-reflow eval --env-id tiny-go-around`` drives, so the offline data and
 the closed loop agree. At the start the expert's first action dimension is +1 or -1 (the side it
 goes round the post, drawn per episode, in pairs of episodes from the same start): bimodal; the
 mean drives into the post. Once the robot has moved, the side shows.
 
-The offline worlds (``WORLDS``: ``tiny`` and ``two-camera``, for ``benchmarks/fidelity.py``) keep the
-side unobservable for the whole episode:
+The offline worlds (``TINY_WORLD``, the test suite's default, and ``WORLDS`` for
+``benchmarks/fidelity.py``) keep the side unobservable for the whole episode:
 - the robot starts at a random point ``p`` in [-1, 1]^2; the camera shows it as a bright dot;
 - every episode picks a side ``d`` in {-1, +1} and keeps it: ``action = (d, -p_y)``, and
   ``p_y <- p_y - 0.1 p_y`` (x stays put, so no observation reveals the side): the conditional
@@ -160,9 +160,9 @@ def _names(base: str, prefix: str, n: int) -> list[str]:
     return names + [f"{prefix}{i}" for i in range(n - len(names))]
 
 
-# The default world (tests, demo) is the closed-loop one (post_world.py: the same shapes, a dataset
-# recorded in its gymnasium env); the offline world above (benchmarks/fidelity.py) and a second one
-# with other cameras and dimensions (benchmarks) stay buildable.
+# The default world (most tests) is the offline one; the closed-loop world (post_world.py: the same
+# shapes, a dataset recorded in its gymnasium env) serves the closed-loop tests, the demo and
+# benchmarks/closed_loop.py; a second offline one has other cameras and dimensions (benchmarks).
 CLOSED_LOOP_WORLD = WorldSpec("closed-loop", TINY_REPO_ID, closed_loop=True)
 TINY_WORLD = WorldSpec("tiny", TINY_REPO_ID)
 TWO_CAMERA_WORLD = WorldSpec("two-camera", "hub-reflow-testing/tiny-go-around-2cam",
@@ -246,17 +246,17 @@ class TinyWorld:
 
 def build_tiny_world(
     root: str | Path, *, teacher_steps: int = 300, load_vlm_weights: bool = True, seed: int = 0,
-    spec: WorldSpec = CLOSED_LOOP_WORLD, teacher_lr: float | None = None,
+    spec: WorldSpec = TINY_WORLD, teacher_lr: float | None = None,
 ) -> TinyWorld:
     """Backbone + dataset + one teacher under ``root`` (reused when already built there); ``spec``
-    picks the world (default: the closed-loop world of post_world.py); ``teacher_lr`` replaces the teacher's
+    picks the world (default: the one-camera offline world; ``CLOSED_LOOP_WORLD`` for post_world.py's); ``teacher_lr`` replaces the teacher's
     ``optimizer_lr`` (default 1e-3, ``TINY_POLICY_ARGS``).
 
     The backbone is also put in this process's HF cache under ``TINY_BACKBONE_ID`` (set
     ``HF_HOME`` before importing huggingface_hub to choose where)."""
     root = Path(root)
     backbone = root / "tiny-smolvlm"
-    suffix = "" if spec == CLOSED_LOOP_WORLD else f"-{spec.name}"
+    suffix = "" if spec == TINY_WORLD else f"-{spec.name}"
     dataset_root = root / f"dataset{suffix}"
     if not (backbone / "config.json").exists():
         make_tiny_backbone(backbone, seed=seed)
