@@ -90,6 +90,7 @@ class ClosedLoopResults:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     def write(self, path: Path | str) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         write_json(path, self.to_dict(), indent=2)  # strict JSON: a NaN is null
 
     def to_json(self) -> str:
