@@ -16,7 +16,10 @@ __version__ = "0.1.0"
 from .canonicalize import NotRepairable
 from .card import render_card
 from .checkpoint import Lineage, resolve_checkpoint
+from .closed_loop import EvalArgs, evaluate_closed_loop
+from .closed_loop_results import ClosedLoopResults
 from .config import ReflowConfig
+from .envs import EnvChoice
 from .errors import UserError
 from .hub import pull_checkpoint, push_checkpoint, push_pairs, structural_problems
 from .inference import FastInference, fast_inference
@@ -32,4 +35,5 @@ __all__ = [
     "load_pairs", "Report", "Check", "NotRepairable", "inspect_checkpoint",
     "structure_checks", "push_checkpoint", "push_pairs", "pull_checkpoint", "structural_problems",
     "resolve_checkpoint", "Lineage", "render_card", "fast_inference", "FastInference",
+    "evaluate_closed_loop", "EvalArgs", "EnvChoice", "ClosedLoopResults",
 ]

@@ -94,9 +94,12 @@ def recorded_verdict(evaluation: dict):
 
 
 def render_card(lineage: Lineage, policy_config, repo_id: str | None = None, license: str | None = None,
-                image_names: tuple[str, ...] | None = None, claim: str | None = None) -> ModelCard:
+                image_names: tuple[str, ...] | None = None, claim: str | None = None,
+                closed_loop: dict | None = None) -> ModelCard:
     """``image_names``: the images present beside the card (default: those the lineage has data for,
-    which ``write_canonical`` draws). ``claim``: what the checkpoint is (default: ``lineage_claim``)."""
+    which ``write_canonical`` draws). ``claim``: what the checkpoint is (default: ``lineage_claim``).
+    ``closed_loop``: the "Closed-loop evaluation" section's values (``card_eval.closed_loop_context``),
+    when an evaluation was recorded."""
     if image_names is None:
         image_names = tuple(n for n, has in ((LOSS_CURVE, lineage.training.get("loss_curve")),
                                               (CHUNKS, lineage.evaluation.get("example_chunks"))) if has)
@@ -129,4 +132,5 @@ def render_card(lineage: Lineage, policy_config, repo_id: str | None = None, lic
         n_action_steps=policy_config.n_action_steps,
         holdout=holdout if holdout[1] > holdout[0] else None,
         images=[(name, caption) for name, caption in IMAGES if name in image_names],
+        closed_loop=closed_loop,
     )

@@ -14,11 +14,13 @@ from . import pairs as pairs_module
 from . import train as train_module
 from .canonicalize import canonicalize
 from .card import render_card
+from .card_eval import closed_loop_context, read_closed_loop
 from .checkpoint import CONFIG_NAME, LINEAGE_NAME, Lineage, read_policy_config
 from .config import STUDENT_INPUTS, ReflowConfig
 from .console import fail, run_command
 from .demo import add_demo_args, start_demo
 from .errors import UserError
+from .eval_cli import add_eval, split_env_args
 from .flow import TIME_SAMPLERS
 from .hub import pull_checkpoint, push_checkpoint, push_pairs
 from .logs import configured, quiet_environment
@@ -155,7 +157,7 @@ def _add_demo(sub) -> None:
 def _cmd_demo(a) -> int:
     # In a process of its own: HF_HOME (the demo's private cache) is read when huggingface_hub is imported.
     return start_demo(a.workdir, teacher_train_steps=a.teacher_train_steps, reflow_steps=a.reflow_steps, frames=a.frames,
-                      verbose=a.verbose)
+                      verbose=a.verbose, episodes=a.episodes)
 
 
 def _add_push(sub) -> None:
@@ -216,9 +218,8 @@ def _cmd_card(a) -> int:
     except Exception as e:  # not JSON, fields missing
         raise UserError(f"{a.checkpoint / LINEAGE_NAME} cannot be read ({type(e).__name__}); pass a reflow student's "
                         "pretrained_model/ folder") from None
-    # image_names=None: the images push draws from the lineage, as push's card names them.
-    card = render_card(lineage, read_policy_config(a.checkpoint, "checkpoint"), repo_id=a.repo_id, image_names=None)
-    print(str(card))
+    print(str(render_card(lineage, read_policy_config(a.checkpoint, "checkpoint"), repo_id=a.repo_id, image_names=None,
+                          closed_loop=closed_loop_context(read_closed_loop(a.checkpoint)))))  # images: push draws them
     return 0
 
 
@@ -323,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="hub-reflow", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="show other libraries' warnings and progress bars")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for add in (_add_train, _add_pairs, _add_demo, _add_push, _add_pull, _add_card, _add_verify, _add_canonicalize):
+    for add in (_add_train, _add_pairs, _add_demo, _add_push, _add_pull, _add_card, _add_verify, _add_canonicalize, add_eval):
         add(sub)
     for p in sub.choices.values():  # -v after the command too (`hub-reflow train ... -v`)
         p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
@@ -332,7 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv, env_args = split_env_args(sys.argv[1:] if argv is None else list(argv))  # LeRobot's --env.* (eval)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if env_args:
+        if args.command != "eval":
+            parser.error(f"unrecognized arguments: {' '.join(env_args)}")
+        args.env_args = env_args
     if not args.verbose:
         quiet_environment()  # for child processes; libraries already imported are switched by `configured`
     with configured(args.verbose):

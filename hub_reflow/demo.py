@@ -1,8 +1,8 @@
 """``hub-reflow demo``: the whole product on the tiny offline world, in a few minutes on 2 CPU cores.
 
 tiny backbone + multimodal dataset -> teacher by the real ``lerobot-train`` -> reflow student ->
-canonical checkpoint -> loaded by plain LeRobot -> a table on held-out frames -> verify -> a local
-Hub and back.
+canonical checkpoint -> loaded by plain LeRobot -> a table on held-out frames -> verify -> closed
+loop (student@1, teacher@10, teacher@1 drive the tiny world's env) -> a local Hub and back.
 
 It runs as ``python -m hub_reflow.demo`` in a process of its own (``hub-reflow demo`` starts it):
 ``HF_HOME`` must point at the demo's private cache before huggingface_hub is imported, where the
@@ -22,14 +22,17 @@ from pathlib import Path
 from huggingface_hub import constants
 from huggingface_hub.utils import disable_progress_bars
 
+from .closed_loop import EvalArgs, evaluate_closed_loop
+from .closed_loop_results import EVAL_NAME
 from .config import ReflowConfig
 from .console import run_command
+from .envs import TINY_ENV, EnvChoice
 from .errors import UserError
 from .evaluate import compare, markdown_table, observation_batch
 from .hub import push_checkpoint
 from .logs import configured
 from .safeio import dumps
-from .testing.tiny_world import build_tiny_world, publish_backbone
+from .testing.tiny_world import CLOSED_LOOP_WORLD, build_tiny_world, publish_backbone
 from .train import TrainArgs, train
 from .validation import int_in
 from .verify import verify
@@ -56,15 +59,16 @@ def require_hub_server() -> None:
 
 
 def start_demo(workdir: Path, *, teacher_train_steps: int = 1000, reflow_steps: int = 400, frames: int = 32,
-               verbose: bool = False) -> int:
+               verbose: bool = False, episodes: int = 20) -> int:
     """``hub-reflow demo``: run the demo in its own process (``demo_env``); its exit code."""
     require_hub_server()
     argv = ["--workdir", str(workdir), "--teacher-train-steps", str(teacher_train_steps), "--reflow-steps",
-            str(reflow_steps), "--frames", str(frames)] + (["-v"] if verbose else [])
+            str(reflow_steps), "--frames", str(frames), "--episodes", str(episodes)] + (["-v"] if verbose else [])
     return subprocess.run([sys.executable, "-m", "hub_reflow.demo", *argv], env=demo_env(workdir)).returncode
 
 
-def run_demo(workdir: Path, *, teacher_train_steps: int = 1000, reflow_steps: int = 400, frames: int = 32) -> dict:
+def run_demo(workdir: Path, *, teacher_train_steps: int = 1000, reflow_steps: int = 400, frames: int = 32,
+             episodes: int = 20) -> dict:
     """The demo in this process: ``HF_HOME`` (``demo_env``) must have been set before huggingface_hub
     was imported, as ``python -m hub_reflow.demo`` does."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
@@ -73,10 +77,10 @@ def run_demo(workdir: Path, *, teacher_train_steps: int = 1000, reflow_steps: in
 
     require_hub_server()
     workdir = Path(workdir)
-    print(f"[1/6] tiny world in {workdir} (backbone, dataset, teacher by lerobot-train, {teacher_train_steps} steps)")
-    world = build_tiny_world(workdir / "world", teacher_steps=teacher_train_steps)
+    print(f"[1/7] tiny world in {workdir} (backbone, dataset, teacher by lerobot-train, {teacher_train_steps} steps)")
+    world = build_tiny_world(workdir / "world", teacher_steps=teacher_train_steps, spec=CLOSED_LOOP_WORLD)
 
-    print(f"[2/6] reflow student: {reflow_steps} steps, 1 Euler step, last {HOLDOUT} episodes held out")
+    print(f"[2/7] reflow student: {reflow_steps} steps, 1 Euler step, last {HOLDOUT} episodes held out")
     run_dir = workdir / "reflow"
     student_dir = train(TrainArgs(
         teacher=str(world.teacher), dataset=world.repo_id, dataset_root=world.dataset_root,
@@ -85,14 +89,14 @@ def run_demo(workdir: Path, *, teacher_train_steps: int = 1000, reflow_steps: in
                             holdout_episodes=HOLDOUT),
     ))
 
-    print("[3/6] loading both with plain LeRobot (SmolVLAPolicy.from_pretrained, make_pre_post_processors)")
+    print("[3/7] loading both with plain LeRobot (SmolVLAPolicy.from_pretrained, make_pre_post_processors)")
     loaded = {}
     for name, path in (("teacher", world.teacher), ("student", student_dir)):
         policy = SmolVLAPolicy.from_pretrained(str(path))
         pre, post = make_pre_post_processors(policy.config, pretrained_path=str(path))
         loaded[name] = (policy, pre, post)
 
-    print(f"[4/6] {frames} held-out frames, shared noise")
+    print(f"[4/7] {frames} held-out frames, shared noise")
     dataset = LeRobotDataset(world.repo_id, root=world.dataset_root)
     n_eps = dataset.meta.total_episodes
     start = int(dataset.meta.episodes["dataset_from_index"][n_eps - HOLDOUT])
@@ -102,18 +106,27 @@ def run_demo(workdir: Path, *, teacher_train_steps: int = 1000, reflow_steps: in
     table = markdown_table(rows)
     print()
     print(table)
-    print("[5/6] hub-reflow verify: the student against its teacher (structure, fidelity, speed)")
+    print("[5/7] hub-reflow verify: the student against its teacher (structure, fidelity, speed)")
     report = verify(str(student_dir), str(world.teacher), dataset=world.repo_id, dataset_root=world.dataset_root,
                     frames=frames)
     for line in report.lines():
         print("  " + line)
     print("  verdict: " + ("PASS" if report.passed else f"FAIL ({', '.join(sorted(report.failed_names()))})"))
-    print("[6/6] push to a local Hub, pull back with plain LeRobot in a fresh process")
+    print(f"[6/7] closed loop: student@1, teacher@10 and teacher@1 drive {episodes} paired episodes of the tiny world "
+          f"(hub-reflow eval --env-id {TINY_ENV} --record)")
+    closed = evaluate_closed_loop(EvalArgs(student=str(student_dir), teacher=str(world.teacher), env=EnvChoice(env_id=TINY_ENV),
+                                           episodes=episodes, device="cpu",
+                                           command=f"hub-reflow eval STUDENT_FOLDER --teacher TEACHER_FOLDER --env-id {TINY_ENV} "
+                                                   f"--episodes {episodes} --record"))
+    closed.write(Path(student_dir) / EVAL_NAME)  # the pushed card shows it
+    for line in closed.table():
+        print("  " + line)
+    print("[7/7] push to a local Hub, pull back with plain LeRobot in a fresh process")
     commit_url, pulled = push_and_pull(workdir, world, student_dir)
     print(f"pushed: {commit_url}")
     print(f"plain LeRobot in a fresh process, from the Hub: {pulled}")
     result = {"rows": [r.__dict__ for r in rows], "student": str(student_dir), "frames": len(idx),
-              "verify": report.to_dict(),
+              "verify": report.to_dict(), "closed_loop": closed.to_dict(),
               "commit_url": commit_url, "pulled": pulled}
     (workdir / "demo_result.json").write_text(dumps(result, indent=2))
     return result
@@ -163,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     a = parser.parse_args(argv)
 
     def demo() -> int:
-        run_demo(a.workdir, teacher_train_steps=a.teacher_train_steps, reflow_steps=a.reflow_steps, frames=a.frames)
+        run_demo(a.workdir, teacher_train_steps=a.teacher_train_steps, reflow_steps=a.reflow_steps, frames=a.frames,
+                 episodes=a.episodes)
         return 0
 
     with configured(a.verbose):
@@ -176,6 +190,7 @@ def add_demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher-train-steps", type=positive, default=1000, help="lerobot-train steps of the teacher")
     p.add_argument("--reflow-steps", type=positive, default=400, help="reflow training steps of the student")
     p.add_argument("--frames", type=positive, default=32, help="held-out frames in the table")
+    p.add_argument("--episodes", type=positive, default=20, help="paired closed-loop episodes per policy")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from .card import NO_LINEAGE, UNTRAINED, lineage_claim, recorded_verdict, render_card
+from .card_eval import closed_loop_context, draw_closed_loop_images, read_closed_loop
 from .checkpoint import (
     CONFIG_NAME,
     LINEAGE_NAME,
@@ -112,8 +113,12 @@ def push_checkpoint(
             raise UserError(f"push: cannot render the model card ({type(e).__name__}); pass --force only for a complete checkpoint") from None
         # The card's images are drawn here, from the lineage, not at every checkpoint of a run.
         draw_card_images(lineage, stage)
+        closed_loop = read_closed_loop(stage)  # hub-reflow eval --record
+        if closed_loop is not None:
+            draw_closed_loop_images(closed_loop, stage)
         image_names = tuple(p.name for p in stage.glob("*.png"))
-        render_card(lineage, config, repo_id=repo_id, license=license, image_names=image_names, claim=claim).save(stage / README_NAME)
+        render_card(lineage, config, repo_id=repo_id, license=license, image_names=image_names, claim=claim,
+                    closed_loop=closed_loop_context(closed_loop, image_names)).save(stage / README_NAME)
         return upload_folder(stage, repo_id, "model", private=private, branch=branch, tag=tag, token=token, endpoint=endpoint,
                              commit_message=commit_message or "Upload reflow student (hub-reflow)",
                              ignore_patterns=["training_state/**", ".cache/**"])

@@ -25,4 +25,7 @@ fi
 # Quick when everything is already installed; a fresh machine downloads torch (a CUDA build from
 # PyPI that runs on the CPU) and LeRobot.
 "$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
+# LeRobot's PushT sim for the `hub-reflow eval --env.type pusht` test: without its opencv-python
+# requirement (the venv's headless OpenCV serves it; its other dependencies are in the test extra).
+"$VENV/bin/python" -m pip install -q --no-deps "gym-pusht==0.1.8"
 export PATH="$VENV/bin:$PATH"

@@ -3,13 +3,19 @@ trained on them by the real ``lerobot-train``.
 
 Nothing here touches the network. The demo, our tests and users' own tests share it.
 
-The task ("go around the post", one 32x32 camera, 2-d state, 2-d action):
+The closed-loop world (``CLOSED_LOOP_WORLD``, ``post_world.py``; the demo's): one 32x32
+camera ``observation.images.cam``, 2-d state, 2-d action; its dataset is the scripted expert rolled
+out in the gymnasium env ``hub-reflow eval --env-id tiny-go-around`` drives, so the offline data and
+the closed loop agree. At the start the expert's first action dimension is +1 or -1 (the side it
+goes round the post, drawn per episode, in pairs of episodes from the same start): bimodal; the
+mean drives into the post. Once the robot has moved, the side shows.
+
+The offline worlds (``TINY_WORLD``, the test suite's default, and ``WORLDS`` for
+``benchmarks/fidelity.py``) keep the side unobservable for the whole episode:
 - the robot starts at a random point ``p`` in [-1, 1]^2; the camera shows it as a bright dot;
 - every episode picks a side ``d`` in {-1, +1} and keeps it: ``action = (d, -p_y)``, and
-  ``p_y <- p_y - 0.1 p_y`` (x stays put, so no observation reveals the side). The first action dimension is therefore +1 in half the episodes and
-  -1 in the other half, for the same kind of observation: the conditional action distribution is
-  bimodal. A sampler that averages the modes (a 1-step flow sampler, or plain regression) outputs
-  about 0 there, which is wrong for both modes; a good 10-step teacher lands near +1 or -1.
+  ``p_y <- p_y - 0.1 p_y`` (x stays put, so no observation reveals the side): the conditional
+  action distribution is bimodal in every frame; a sampler that averages the modes outputs about 0.
 - the second dimension is a deterministic function of the state, so it can be learned exactly.
 """
 
@@ -24,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 # The backbone lives in its own module; its names are re-exported here for the tests and benchmarks.
+from .post_world import record_expert_dataset
 from .tiny_backbone import (  # noqa: F401
     EXTRA_SPECIAL_TOKENS,
     IMAGE_SIZE,
@@ -124,6 +131,7 @@ class WorldSpec:
     action_dim: int = 2
     chunk_size: int = 8
     max_dim: int = 8  # max_state_dim = max_action_dim of the policy
+    closed_loop: bool = False  # the dataset is the scripted expert of post_world's env (its shapes only)
 
     def features(self) -> dict:
         feats = {cam: {"dtype": "image", "shape": (IMAGE_SIZE, IMAGE_SIZE, 3), "names": ["height", "width", "channels"]}
@@ -152,12 +160,15 @@ def _names(base: str, prefix: str, n: int) -> list[str]:
     return names + [f"{prefix}{i}" for i in range(n - len(names))]
 
 
-# The default world (tests, demo) and a second one with other cameras and dimensions (benchmarks).
+# The default world (most tests) is the offline one; the closed-loop world (post_world.py: the same
+# shapes, a dataset recorded in its gymnasium env) serves the closed-loop tests, the demo and
+# benchmarks/closed_loop.py; a second offline one has other cameras and dimensions (benchmarks).
+CLOSED_LOOP_WORLD = WorldSpec("closed-loop", TINY_REPO_ID, closed_loop=True)
 TINY_WORLD = WorldSpec("tiny", TINY_REPO_ID)
 TWO_CAMERA_WORLD = WorldSpec("two-camera", "hub-reflow-testing/tiny-go-around-2cam",
                              cameras=("observation.images.top", "observation.images.side"),
                              state_dim=3, action_dim=4, chunk_size=12, max_dim=6)
-WORLDS = {w.name: w for w in (TINY_WORLD, TWO_CAMERA_WORLD)}
+WORLDS = {w.name: w for w in (TINY_WORLD, TWO_CAMERA_WORLD)}  # the offline worlds of benchmarks/fidelity.py
 
 
 def _render(position: np.ndarray, view: int = 0) -> np.ndarray:
@@ -198,6 +209,9 @@ def make_tiny_dataset(
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     spec = spec or WorldSpec("tiny", repo_id, cameras=(camera_key,))
+    if spec.closed_loop:
+        return record_expert_dataset(root, repo_id=spec.repo_id, features=spec.features(), camera_key=spec.cameras[0],
+                                     num_pairs=num_episodes // 2, fps=fps)
     datasets.disable_progress_bars()  # one bar per episode otherwise
     rng = np.random.default_rng(seed)
     dataset = LeRobotDataset.create(
@@ -235,7 +249,7 @@ def build_tiny_world(
     spec: WorldSpec = TINY_WORLD, teacher_lr: float | None = None,
 ) -> TinyWorld:
     """Backbone + dataset + one teacher under ``root`` (reused when already built there); ``spec``
-    picks the world (default: the one-camera tiny world); ``teacher_lr`` replaces the teacher's
+    picks the world (default: the one-camera offline world; ``CLOSED_LOOP_WORLD`` for post_world.py's); ``teacher_lr`` replaces the teacher's
     ``optimizer_lr`` (default 1e-3, ``TINY_POLICY_ARGS``).
 
     The backbone is also put in this process's HF cache under ``TINY_BACKBONE_ID`` (set
@@ -248,7 +262,7 @@ def build_tiny_world(
         make_tiny_backbone(backbone, seed=seed)
     publish_backbone(backbone)
     if not (dataset_root / "meta" / "info.json").exists():
-        make_tiny_dataset(dataset_root, seed=seed, repo_id=spec.repo_id, spec=spec)
+        make_tiny_dataset(dataset_root, seed=seed, repo_id=spec.repo_id, spec=spec, num_episodes=32 if spec.closed_loop else 24)
     name = f"teacher{suffix}-vlm{'bf16' if load_vlm_weights else 'fp32'}-{teacher_steps}"
     name += f"-lr{teacher_lr:g}" if teacher_lr is not None else ""
     teacher = root / name / "checkpoints" / "last" / "pretrained_model"

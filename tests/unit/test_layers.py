@@ -16,25 +16,26 @@ PACKAGE = ROOT / "hub_reflow"
 # Lowest first. A module may import modules of earlier layers only.
 LAYERS = [
     # 0: errors, pure maths and rules, small file utilities, the report's types, plots, quiet output
-    {"errors", "flow", "files", "keys", "report", "precision", "sr_adamw", "plots", "logs", "testing",
-     "testing.hub_server.protocol"},
+    {"errors", "flow", "files", "keys", "report", "precision", "sr_adamw", "plots", "logs", "closed_loop_stats", "eval_plots",
+     "testing", "testing.hub_server.protocol"},
     # 1: the device rule, the console, the run config, the SmolVLA adapter, Hub I/O, safe reads, NaN guards
-    {"devices", "console", "config", "smolvla", "hub_io", "safeio", "finite", "runlock",
+    {"devices", "console", "config", "smolvla", "hub_io", "safeio", "finite", "runlock", "envs",
      "testing.hub_server.storage", "testing.hub_server.auth", "testing.hub_server.routes"},
     # 2: checkpoints, datasets, command-line values and folders, the teacher's fast sampling path
-    {"checkpoint", "data", "validation", "fastpath", "testing.hub_server.routes_repos", "testing.hub_server.routes_uploads"},
-    # 3: measuring a policy, reading a checkpoint into facts, a run's checks, compiled latency, fast inference
-    {"evaluate", "inspection", "run_checks", "inference", "testing.hub_server.app"},
+    {"checkpoint", "data", "validation", "fastpath", "closed_loop_results", "testing.hub_server.routes_repos",
+     "testing.hub_server.routes_uploads"},
+    # 3: measuring a policy, reading a checkpoint into facts, a run's checks, fast inference, closed loop
+    {"evaluate", "inspection", "run_checks", "inference", "closed_loop", "card_eval", "testing.hub_server.app"},
     # 4: the model card, cached pairs, the structural checks, the loop's helpers
     {"card", "pairs", "structure", "train_utils", "compiled", "testing.hub_server", "testing.hub_server.__main__"},
     # 5: push and pull; the tiny backbone (published through a local Hub)
     {"hub", "testing.tiny_backbone"},
     # 6: the policy object (its push_to_hub is push), verify, canonicalize; the tiny world
-    {"policy", "verify", "canonicalize", "testing.tiny_world"},
-    # 7: the training loop
-    {"train"},
-    # 8, 9: the demo, the command line; 10: the package's public API
-    {"demo", "train_command"},
+    {"policy", "verify", "canonicalize", "testing.post_world"},
+    # 7: the training loop; the tiny world (its dataset recorded in the closed-loop env)
+    {"train", "testing.tiny_world"},
+    # 8, 9: the demo, train's settings, the eval command's parsing, the command line; 10: the package's public API
+    {"demo", "train_command", "eval_cli"},
     {"cli"},
     {"__init__"},
 ]

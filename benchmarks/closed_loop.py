@@ -1,0 +1,173 @@
+"""Closed-loop success of the 1-step reflow student against its training steps, on the closed-loop
+tiny world (``hub_reflow/testing/post_world.py``): does the student drive like its 10-step teacher?
+
+Per training seed (``--seeds``): one ``hub-reflow train`` run (its defaults: batch ``--batch-size``
+8, 1 Euler step, the teacher's learning rate) to the largest of ``--steps``, checkpointed at every
+other one (so the smaller step counts are snapshots of the same run, under its learning-rate
+schedule, not runs of their own); step 0 is the untrained copy, which is the teacher's weights at 1
+step. Every checkpoint drives ``--episodes`` paired episodes through ``hub-reflow eval``'s
+``evaluate_closed_loop`` (LeRobot's ``eval_policy``; episode i: env and torch seed i), and so do
+teacher@10 and teacher@1 (the lines). JSON and PNG under benchmarks/results/.
+
+    OMP_NUM_THREADS=1 python benchmarks/closed_loop.py                  # 3 seeds x 0..1600 steps, 100 episodes
+    python benchmarks/closed_loop.py --teacher T --dataset-root D      # reuse a tiny world's teacher and dataset
+                                                                       # (HF_HOME: a cache with the tiny backbone)
+    python benchmarks/closed_loop.py --smoke                           # minutes: plumbing only
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, OptionError, hub_env, markdown, write_json  # noqa: E402
+
+PROG = "closed_loop.py"
+DEFAULT_WORKDIR = Path("outputs/bench-closed-loop")
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected non-negative integers, got {text!r}")
+    return values
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
+    p.add_argument("--steps", type=_ints, default=[0, 200, 400, 800, 1600], help="training steps to evaluate at")
+    p.add_argument("--seeds", type=_ints, default=[1000, 1001, 1002], help="training seeds")
+    p.add_argument("--episodes", type=int, default=100, help="paired episodes per policy")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--teacher-train-steps", type=int, default=1000)
+    p.add_argument("--teacher", type=Path, default=None, help="a tiny-world teacher (with --dataset-root)")
+    p.add_argument("--dataset-root", type=Path, default=None)
+    p.add_argument("--smoke", action="store_true", help="2 seeds x 0,4 steps, 3 episodes, a 20-step teacher")
+    p.add_argument("--out", type=Path, default=RESULTS / "closed_loop.json")
+    a = p.parse_args(argv)
+    if a.episodes < 1 or a.batch_size < 1:
+        raise OptionError(PROG, "--episodes and --batch-size must be at least 1")
+    if (a.teacher is None) != (a.dataset_root is None):
+        raise OptionError(PROG, "--teacher and --dataset-root go together")
+    if a.smoke:
+        a.steps, a.seeds, a.episodes, a.teacher_train_steps = [0, 4], [1000, 1001], 3, 20
+    a.steps = sorted(set(a.steps))
+    return a
+
+
+def checkpoints(run: Path) -> dict[int, Path]:
+    out = {}
+    for d in (run / "checkpoints").iterdir():
+        if d.name != "last" and d.name.isdigit():
+            out[int(d.name)] = d / "pretrained_model"
+    return out
+
+
+def main(argv=None) -> int:
+    given_teacher = any(x == "--teacher" or x.startswith("--teacher=") for x in (sys.argv[1:] if argv is None else argv))
+    hub_env(argv, DEFAULT_WORKDIR, private_cache=not given_teacher)  # a given teacher: the caller's HF cache
+    a = parse(argv)
+    from hub_reflow.logs import configured
+
+    with configured(False):  # other libraries' bars, warnings and loading prints off
+        return bench(a)
+
+
+def bench(a) -> int:
+    from hub_reflow.closed_loop import EvalArgs, evaluate_closed_loop
+    from hub_reflow.config import ReflowConfig
+    from hub_reflow.envs import TINY_ENV, EnvChoice
+    from hub_reflow.testing.tiny_world import TINY_REPO_ID, build_tiny_world
+    from hub_reflow.train import TrainArgs, train
+
+    t0 = time.time()
+    if a.teacher is None:
+        world = build_tiny_world(a.workdir / "world", teacher_steps=a.teacher_train_steps)
+        teacher, dataset_root = world.teacher, world.dataset_root
+    else:
+        teacher, dataset_root = a.teacher, a.dataset_root
+    env = EnvChoice(env_id=TINY_ENV)
+
+    def run(student=None, **kw) -> dict:
+        r = evaluate_closed_loop(EvalArgs(student=str(student) if student else None, teacher=None if student else str(teacher),
+                                          env=env, episodes=a.episodes, device="cpu", **kw))
+        return next(iter(r.policies.values()))
+
+    lines = {"teacher@10": run(teacher_steps=(10,)), "teacher@1": run(teacher_steps=(1,))}
+    print(f"teacher@10 {lines['teacher@10']['success_rate']:.2f}, teacher@1 {lines['teacher@1']['success_rate']:.2f}")
+    curves, minutes = {}, {}
+    top = max(a.steps)
+    for seed in a.seeds:
+        curve = {0: lines["teacher@1"]}  # the untrained copy: the teacher's weights at 1 step
+        if top > 0:
+            out = a.workdir / f"student-seed{seed}"
+            start = time.time()
+            if not (out / "checkpoints" / "last").exists():
+                save = min(s for s in a.steps if s > 0)
+                train(TrainArgs(teacher=str(teacher), dataset=TINY_REPO_ID, dataset_root=dataset_root, output_dir=out,
+                                device="cpu", log_freq=max(top // 5, 1), progress=False, save_freq=save,
+                                reflow=ReflowConfig(steps=top, batch_size=a.batch_size, seed=seed, holdout_episodes=4)))
+            minutes[seed] = (time.time() - start) / 60
+            found = checkpoints(out)
+            for s in a.steps:
+                if s > 0:
+                    if s not in found:
+                        raise OptionError(PROG, f"no checkpoint at step {s} in {out} (steps must be multiples of the smallest)")
+                    curve[s] = run(found[s])
+        curves[seed] = curve
+        print(f"seed {seed}: " + ", ".join(f"{s}: {c['success_rate']:.2f}" for s, c in curve.items()))
+
+    keys = ("success_rate", "success_ci95", "successes", "episodes", "mean_length")
+    payload = {
+        "benchmark": "closed_loop",
+        "settings": {"steps": a.steps, "seeds": a.seeds, "episodes": a.episodes, "batch_size": a.batch_size,
+                     "teacher_train_steps": a.teacher_train_steps, "smoke": a.smoke, "env": TINY_ENV},
+        "teacher": {k: {f: v[f] for f in keys} for k, v in lines.items()},
+        "students": {str(seed): {str(s): {f: c[f] for f in keys} for s, c in curve.items()} for seed, curve in curves.items()},
+        "train_minutes": {str(k): v for k, v in minutes.items()},
+        "total_minutes": (time.time() - t0) / 60,
+    }
+    out = write_json(a.out, payload)
+    plot(payload, out.with_suffix(".png"))
+    header = ["training steps", *[f"seed {s}" for s in a.seeds], "teacher@10", "teacher@1"]
+    rows = [[str(s), *[f"{100 * curves[seed][s]['success_rate']:.0f}%" for seed in a.seeds],
+             f"{100 * lines['teacher@10']['success_rate']:.0f}%", f"{100 * lines['teacher@1']['success_rate']:.0f}%"]
+            for s in a.steps]
+    print(markdown(header, rows))
+    return 0
+
+
+def plot(payload: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    for seed, curve in payload["students"].items():
+        steps = [int(s) for s in curve]
+        ax.plot(steps, [100 * c["success_rate"] for c in curve.values()], marker="o", label=f"student@1, seed {seed}")
+    for name, style in (("teacher@10", "-"), ("teacher@1", ":")):
+        t = payload["teacher"][name]
+        ax.axhline(100 * t["success_rate"], ls=style, color="black", label=name)
+        ax.axhspan(100 * t["success_ci95"][0], 100 * t["success_ci95"][1], color="grey", alpha=0.15)
+    ax.set_xlabel("reflow training steps (batch %d)" % payload["settings"]["batch_size"])
+    ax.set_ylabel("closed-loop success (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title(f"closed-loop tiny world, {payload['settings']['episodes']} paired episodes", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""Closed-loop evaluation (``hub-reflow eval``): several policies drive the same episodes through
+LeRobot's own ``eval_policy`` / ``rollout``, each with its checkpoint's own processors
+(``make_pre_post_processors``) and LeRobot's env processors; ``policy.config.num_steps`` selects
+the step count.
+
+Episodes are paired: episode ``i`` uses env seed ``seed + i`` and torch seed ``seed + i`` (LeRobot's
+``set_seed``) for every policy, so outcomes compare episode by episode."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .checkpoint import LINEAGE_NAME, Lineage, load_smolvla, resolve_checkpoint
+from .closed_loop_results import EVAL_NAME, ClosedLoopResults
+from .closed_loop_stats import summarize
+from .devices import resolve_device
+from .envs import EnvChoice, OpenedEnv, env_processors, open_env, policy_rename_map, require_success_key
+from .errors import UserError
+from .files import package_versions
+
+MAX_EPISODES = 100_000
+
+
+@dataclass
+class EvalArgs:
+    """What ``evaluate_closed_loop`` runs. ``student``/``teacher``: folder or Hub repo id (one of them
+    at least; without ``teacher`` the student's lineage names its Hub teacher, when it has one)."""
+
+    student: str | None = None
+    teacher: str | None = None
+    env: EnvChoice = field(default_factory=EnvChoice)
+    episodes: int = 50
+    seed: int = 0
+    student_steps: tuple[int, ...] = ()  # default: the student's own num_steps
+    teacher_steps: tuple[int, ...] = ()  # default: the teacher's own (10) and the student's
+    revision: str | None = None
+    teacher_revision: str | None = None
+    device: str = "auto"
+    rename_map: dict = field(default_factory=dict)
+    videos: int = 0  # episodes per policy rendered through LeRobot's eval_policy
+    videos_dir: Path | None = None
+    command: str | None = None  # recorded for the card (no local paths)
+    progress: bool = False  # LeRobot's progress bars (stderr) per episode
+
+
+@dataclass
+class _Loaded:
+    role: str
+    name: str  # Hub repo id or "a local checkpoint folder" (never a local path)
+    weights_sha256: str
+    path: Path
+    policy: object
+
+
+def _load(ref: str, revision: str | None, role: str, device: str) -> _Loaded:
+    resolved = resolve_checkpoint(ref, revision, what=role)
+    policy = load_smolvla(resolved.path, device=device, what=role)
+    return _Loaded(role, resolved.ref.display_name, resolved.ref.weights_sha256, resolved.path, policy)
+
+
+def _teacher_ref(a: EvalArgs, student: _Loaded | None) -> tuple[str | None, str | None]:
+    if a.teacher or student is None:
+        return a.teacher, a.teacher_revision
+    lineage_file = student.path / LINEAGE_NAME
+    if not lineage_file.is_file():
+        return None, None
+    ref = Lineage.from_file(lineage_file).teacher
+    return (ref.repo_id, ref.commit) if ref.repo_id else (None, None)
+
+
+def _same_features(a: _Loaded, b: _Loaded) -> None:
+    fa = {k: (f.type.value, tuple(f.shape)) for k, f in {**a.policy.config.input_features, **a.policy.config.output_features}.items()}
+    fb = {k: (f.type.value, tuple(f.shape)) for k, f in {**b.policy.config.input_features, **b.policy.config.output_features}.items()}
+    if fa != fb:
+        diff = sorted(set(fa.items()) ^ set(fb.items()))[0][0]
+        raise UserError(f"the student and the teacher have different features (first difference: {diff!r}); "
+                        "pass the teacher the student was trained from")
+
+
+def _step_list(steps: tuple[int, ...], default: list[int]) -> list[int]:
+    out = []
+    for s in steps or default:
+        if s not in out:
+            out.append(s)
+    return out
+
+
+def hardware(device: str) -> dict:
+    info = {"device": device, "platform": platform.platform(), "processor": platform.machine(),
+            "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+class _Probe:
+    """Stands in for the env preprocessor in LeRobot's rollout (it is called once per env step):
+    counts the steps and keeps the state trajectory of planar worlds. Wraps the policy's chunk
+    sampling to time it."""
+
+    def __init__(self, env_pre, keep_states: bool):
+        self.env_pre, self.keep_states = env_pre, keep_states
+        self.steps, self.states, self.chunk_ms = 0, [], []
+
+    def __call__(self, observation):
+        self.steps += 1
+        if self.keep_states:
+            self.states.append([float(x) for x in observation["observation.state"][0]])
+        return self.env_pre(observation)
+
+    def timed(self, fn, sync: bool):
+        def wrapper(*args, **kwargs):
+            t = time.perf_counter()
+            out = fn(*args, **kwargs)
+            if sync:
+                torch.cuda.synchronize()
+            self.chunk_ms.append(1000 * (time.perf_counter() - t))
+            return out
+        return wrapper
+
+
+def _run_policy(loaded: _Loaded, steps: int, env: OpenedEnv, a: EvalArgs, device: str, rename: dict, label: str) -> tuple[dict, list]:
+    from lerobot.policies.factory import make_pre_post_processors
+    from lerobot.scripts.lerobot_eval import eval_policy
+    from lerobot.utils.random_utils import set_seed
+
+    policy = loaded.policy
+    policy.config.num_steps = steps
+    pre, post = make_pre_post_processors(policy.config, pretrained_path=str(loaded.path), preprocessor_overrides={
+        "device_processor": {"device": device}, "rename_observations_processor": {"rename_map": rename}})
+    env_pre, env_post = env_processors(env, policy.config)
+    state = env.observation.get("observation.state")
+    keep = state is not None and len(state) == 2 and state[1] == 2
+    outcomes, rewards, lengths, chunk_ms, trajectory = [], [], [], [], []
+    for i in range(a.episodes):
+        probe = _Probe(env_pre, keep_states=keep and i == 0)
+        policy._get_action_chunk = probe.timed(type(policy)._get_action_chunk.__get__(policy), device == "cuda")
+        set_seed(a.seed + i)  # the same torch (and numpy) seed per episode for every policy
+        render = a.videos_dir is not None and i < a.videos
+        bars = contextlib.nullcontext() if a.progress else contextlib.redirect_stderr(io.StringIO())
+        try:
+            with torch.no_grad(), bars:
+                info = eval_policy(env.vec, policy, probe, env_post, pre, post, n_episodes=1, start_seed=a.seed + i,
+                                   max_episodes_rendered=1 if render else 0,
+                                   videos_dir=Path(a.videos_dir) / label / f"episode_{i}" if render else None)
+        finally:
+            del policy._get_action_chunk
+        require_success_key(env)  # (after the probe step and the first episode, at the latest)
+        episode = info["per_episode"][0]
+        outcomes.append(bool(episode["success"]))
+        rewards.append(float(episode["sum_reward"]))
+        lengths.append(probe.steps)
+        chunk_ms.extend(probe.chunk_ms)
+        trajectory = trajectory or probe.states
+    result = {"role": loaded.role, "checkpoint": loaded.name, "weights_sha256": loaded.weights_sha256, "num_steps": steps,
+              **summarize(outcomes, rewards, lengths, chunk_ms), "outcomes": outcomes, "rewards": rewards, "lengths": lengths}
+    return result, trajectory
+
+
+def evaluate_closed_loop(args: EvalArgs | None = None, **kwargs) -> ClosedLoopResults:
+    """Run the student and the teacher (at their step counts) on the same paired episodes.
+
+    ``evaluate_closed_loop(student="run/checkpoints/last/pretrained_model", teacher=..., env=EnvChoice(env_id="gym_mine/Reach-v0"),
+    episodes=50)`` or with an ``EvalArgs``. Returns ``ClosedLoopResults`` (``.success_rates``,
+    ``.to_dict()``, ``.table()``)."""
+    a = args or EvalArgs(**kwargs)
+    if not 1 <= a.episodes <= MAX_EPISODES:
+        raise UserError(f"--episodes must be between 1 and {MAX_EPISODES}, got {a.episodes}")
+    if not a.student and not a.teacher:
+        raise UserError("nothing to evaluate: pass a checkpoint (and --teacher)")
+    if not a.env.env_id and not a.env.env_args:
+        raise UserError("no environment: pass --env-id ID or --env.type TYPE (LeRobot's env options)")
+    device = resolve_device(a.device)
+    env = open_env(a.env)  # first: a bad env is reported before minutes of loading
+    try:
+        student = _load(a.student, a.revision, "student", device) if a.student else None
+        teacher_ref, teacher_rev = _teacher_ref(a, student)
+        teacher = _load(teacher_ref, teacher_rev, "teacher", device) if teacher_ref else None
+        if student and teacher:
+            _same_features(student, teacher)
+        rename = policy_rename_map(env, (student or teacher).policy.config, a.rename_map, what=(student or teacher).role)
+        runs = []
+        if student:
+            runs += [(student, k) for k in _step_list(a.student_steps, [student.policy.config.num_steps])]
+        if teacher:
+            own = teacher.policy.config.num_steps
+            runs += [(teacher, k) for k in _step_list(a.teacher_steps, [own] + ([student.policy.config.num_steps] if student else []))]
+        policies, trajectories = {}, {}
+        for loaded, k in runs:
+            label = f"{loaded.role}@{k}"
+            policies[label], trajectories[label] = _run_policy(loaded, k, env, a, device, rename, label)
+    finally:
+        env.vec.close()
+    settings = {"episodes": a.episodes, "seed": a.seed, "device": device, "rename_map": rename,
+                "command": a.command, "paired": "episode i: env seed and torch seed = seed + i"}
+    env_info = {"id": env.label, "kind": "env-id" if env.env_cfg is None else "env-type",
+                "options": list(a.env.env_args), "max_steps": env.max_steps, "scene": env.scene}
+    return ClosedLoopResults(env=env_info, settings=settings, seeds=[a.seed + i for i in range(a.episodes)],
+                             policies=policies, versions=package_versions(), hardware=hardware(device),
+                             trajectories={k: v for k, v in trajectories.items() if v})
+
+
+def record(results: ClosedLoopResults, checkpoint: str) -> Path:
+    """Write ``reflow_eval.json`` into the local student checkpoint folder (beside the lineage)."""
+    folder = resolve_checkpoint(checkpoint, None, what="checkpoint").path
+    if not Path(checkpoint).expanduser().exists():
+        raise UserError("--record writes into a local checkpoint folder; pull the checkpoint with --local-dir first")
+    results.write(folder / EVAL_NAME)
+    return folder / EVAL_NAME

@@ -1,0 +1,96 @@
+"""The closed-loop statistics on known numbers, and how `eval` takes LeRobot's --env.* options apart."""
+
+from __future__ import annotations
+
+import pytest
+
+from hub_reflow.closed_loop_stats import mcnemar_exact, paired_comparison, summarize, wilson_interval
+from hub_reflow.eval_cli import split_env_args
+
+
+def test_wilson_interval_known_values():
+    lo, hi = wilson_interval(5, 10)
+    assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
+    lo, hi = wilson_interval(10, 10)
+    assert lo == pytest.approx(0.7225, abs=1e-4) and hi == 1.0
+    assert wilson_interval(0, 20)[0] == 0.0 and wilson_interval(0, 20)[1] == pytest.approx(0.1611, abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_mcnemar_exact_known_values():
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(0, 5) == pytest.approx(2 / 32)
+    assert mcnemar_exact(9, 1) == pytest.approx(2 * 11 / 1024)
+    assert mcnemar_exact(3, 3) == 1.0  # the two-sided tail is capped at 1
+
+
+def test_paired_comparison_counts():
+    a = [True, True, False, False, True]
+    b = [True, False, True, False, False]
+    c = paired_comparison(a, b)
+    assert (c["only_first_succeeds"], c["only_second_succeeds"], c["both_succeed"], c["both_fail"]) == (2, 1, 1, 1)
+    assert c["difference"] == pytest.approx(0.2) and c["mcnemar_p"] == 1.0
+    s = summarize(a, [1.0, 1.0, 0.0, 0.0, 1.0], [3, 4, 5, 6, 7], [10.0, 30.0, 20.0])
+    assert (s["successes"], s["success_rate"], s["mean_length"], s["chunk_latency_ms"]["median"]) == (3, 0.6, 5.0, 20.0)
+
+
+def test_split_env_args():
+    argv = ["eval", "ckpt", "--env.type", "pusht", "--env.episode_length=50", "--episodes", "3", "--env.task", "PushT-v0"]
+    rest, env = split_env_args(argv)
+    assert rest == ["eval", "ckpt", "--episodes", "3"]
+    assert env == ["--env.type=pusht", "--env.episode_length=50", "--env.task=PushT-v0"]
+    assert split_env_args(["eval", "--env-id", "gym_x/Y-v0"]) == (["eval", "--env-id", "gym_x/Y-v0"], [])
+
+
+def _results():
+    from hub_reflow.closed_loop_results import ClosedLoopResults
+
+    def row(role, steps, outcomes):
+        return {"role": role, "checkpoint": "a local checkpoint folder", "weights_sha256": "0" * 64, "num_steps": steps,
+                **summarize(outcomes, [float(o) for o in outcomes], [5] * len(outcomes), [2.0, 4.0]),
+                "outcomes": outcomes, "rewards": [float(o) for o in outcomes], "lengths": [5] * len(outcomes)}
+
+    return ClosedLoopResults(
+        env={"id": "gym_x/Reach-v0", "kind": "env-id", "options": [], "max_steps": 30,
+             "scene": {"circles": [[0.0, -0.4, 0.3]], "goal_y": 0.3}},
+        settings={"episodes": 4, "seed": 3, "command": "hub-reflow eval STUDENT_FOLDER --env-id gym_x/Reach-v0"},
+        seeds=[3, 4, 5, 6],
+        policies={"student@1": row("student", 1, [True, True, False, True]),
+                  "teacher@10": row("teacher", 10, [True, True, True, True]),
+                  "teacher@1": row("teacher", 1, [False, False, False, True])},
+        hardware={"device": "cpu"}, trajectories={"student@1": [[0.0, -1.0], [0.1, -0.9]]})
+
+
+def test_the_card_section_from_a_recorded_evaluation(tmp_path):
+    import json
+
+    from synthetic import make_teacher
+
+    from hub_reflow.card import render_card
+    from hub_reflow.card_eval import closed_loop_context, draw_closed_loop_images, read_closed_loop
+    from hub_reflow.checkpoint import CheckpointRef, Lineage, read_policy_config
+    from hub_reflow.closed_loop_results import EVAL_NAME
+    from hub_reflow.config import ReflowConfig
+
+    results = _results()
+    results.write(tmp_path / EVAL_NAME)
+    data = json.loads((tmp_path / EVAL_NAME).read_text())
+    assert data["success_rates"] == {"student@1": 0.75, "teacher@10": 1.0, "teacher@1": 0.25}
+    assert (data["student_success_rate"], data["teacher_success_rate"]) == (0.75, 1.0)
+    assert data["comparisons"][0] == {"first": "student@1", "second": "teacher@10", "only_first_succeeds": 0,
+                                      "only_second_succeeds": 1, "both_succeed": 3, "both_fail": 0, "mcnemar_p": 1.0,
+                                      "difference": -0.25}
+    loaded = read_closed_loop(tmp_path)
+    assert loaded.policies == results.policies
+    names = draw_closed_loop_images(loaded, tmp_path)
+    assert names == ["closed_loop_success.png", "closed_loop_trajectories.png"]
+    assert all((tmp_path / n).read_bytes()[:4] == b"\x89PNG" for n in names)
+    lineage = Lineage(teacher=CheckpointRef(None, None, None, "0" * 64), reflow=ReflowConfig().to_dict())
+    cfg = read_policy_config(make_teacher(tmp_path / "teacher"))
+    card = str(render_card(lineage, cfg, repo_id="you/student", closed_loop=closed_loop_context(loaded)))
+    assert "## Closed-loop evaluation" in card and "**gym_x/Reach-v0**: 4 paired episodes" in card and "seeds 3 to 6" in card
+    assert "| student@1 | 1 | 3/4 (75.0%) |" in card and "| teacher@10 | 10 | 4/4 (100.0%) | 51.0% to 100.0% |" in card
+    assert "only teacher@10 in 1 (exact McNemar p = 1)" in card
+    assert "Command: `hub-reflow eval STUDENT_FOLDER --env-id gym_x/Reach-v0`" in card
+    assert "![closed-loop paths of each policy from the same start](closed_loop_trajectories.png)" in card
+    assert "Closed-loop evaluation" not in str(render_card(lineage, cfg, repo_id="you/student"))
