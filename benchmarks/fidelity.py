@@ -244,7 +244,7 @@ def evaluate_world(a, name: str, device) -> dict:
         runs = runs.with_name(f"{runs.name}-lr{a.lr:g}")
     if a.train_seed != ReflowConfig().seed:
         runs = runs.with_name(f"{runs.name}-seed{a.train_seed}")
-    plan = [(f"student(1-step, {m})", runs / f"k1-{m}", teacher, 1, m, "straight") for m in a.modes]
+    plan = [(f"student(1-step, {m})", runs / f"k1-{m}", teacher, 1, m, ReflowConfig().student_inputs) for m in a.modes]
     if a.two_step:
         plan += [(f"student(2-step, {a.default_mode}, {si})", runs / f"k2-{a.default_mode}-{si}", teacher, 2, a.default_mode, si)
                  for si in a.two_step_inputs]

@@ -62,7 +62,8 @@ def _absolute(value):
 
 def final_verdict(folder: Path) -> str:
     """The run's own fidelity verdict (the card's), in one line; on FAIL, what to try."""
-    verdict = recorded_verdict(Lineage.from_file(folder / LINEAGE_NAME).evaluation)
+    lineage = folder / LINEAGE_NAME
+    verdict = recorded_verdict(Lineage.from_file(lineage).evaluation) if lineage.is_file() else None
     if verdict is None:
         return "fidelity verdict: not measured"
     if verdict.passed:

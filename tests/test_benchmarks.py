@@ -64,7 +64,7 @@ def test_fidelity_smoke(world, tmp_path):
     data = json.loads(out.read_text())
     assert data["benchmark"] == "fidelity" and "fidelity.py" in data["command"] and data["hardware"]["torch"]
     names = ["teacher @10", "teacher @10 (other noise)", "teacher @2", "teacher @1", "student(1-step, grid) @1",
-             "student(2-step, grid) @2", "reference loop (1-step, grid) @1"]
+             "student(2-step, grid, on-policy) @2", "student(2-step, grid, straight) @2", "reference loop (1-step, grid) @1"]
     rows = data["worlds"]["tiny"]["rows"]
     assert [row["name"] for row in rows] == names
     for row in rows:
@@ -81,13 +81,14 @@ def test_fidelity_smoke(world, tmp_path):
     assert rows["teacher @10"]["S_euler"] == pytest.approx(rows["teacher @10"]["S_fine"], rel=1e-4)  # the same grid
     assert data["settings"]["student_train_steps"] == 2 and data["settings"]["round2"] is False
     assert data["settings"]["default_time_sampling"] == "grid"
-    _table_last(r.stdout, 3)  # the summary: one row per student
+    _table_last(r.stdout, 4)  # the summary: one row per student
     # Each student was trained once, by hub-reflow's own loop, into the workdir, with its time sampling.
     runs = tmp_path / "work" / "runs-smoke" / "tiny" / "steps2-b8"
-    for k in (1, 2):
-        folder = runs / f"k{k}-grid" / "checkpoints" / "last" / "pretrained_model"
+    for k, name, inputs in ((1, "k1-grid", "on-policy"), (2, "k2-grid-on-policy", "on-policy"), (2, "k2-grid-straight", "straight")):
+        folder = runs / name / "checkpoints" / "last" / "pretrained_model"
         assert json.loads((folder / "config.json").read_text())["num_steps"] == k
-        assert json.loads((folder / "reflow_lineage.json").read_text())["reflow"]["time_sampling"] == "grid"
+        reflow = json.loads((folder / "reflow_lineage.json").read_text())["reflow"]
+        assert reflow["time_sampling"] == "grid" and reflow["student_inputs"] == inputs
     # The reference loop's student: a plain LeRobot checkpoint (no lineage), trained 2 steps, 1 Euler step.
     ref = runs / "reference-k1-grid"
     assert json.loads((ref / "config.json").read_text())["num_steps"] == 1
