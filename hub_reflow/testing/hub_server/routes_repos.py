@@ -24,7 +24,8 @@ class RepoRoutes(RoutesBase):
         name = self._user(request)
         return JSONResponse({
             "type": "user", "id": hashlib.sha1(name.encode()).hexdigest()[:24], "name": name, "fullname": name,
-            "orgs": [{"name": org, "type": "org"} for org in self.auth.orgs(request)], "auth": {"type": "access_token", "accessToken": {"displayName": "local", "role": role}},
+            "orgs": [{"name": org, "type": "org"} for org in self.auth.orgs(request)],
+            "auth": {"type": "access_token", "accessToken": {"displayName": "local", "role": role.partition(":")[0]}},
         })
 
     async def validate_yaml(self, request: Request) -> JSONResponse:
