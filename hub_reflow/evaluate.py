@@ -173,8 +173,10 @@ LATENCY_MODE = "eager PyTorch (no torch.compile), batch size 1, median of 5 call
 
 
 def measure(teacher, student, preprocessor, postprocessor, raw_batch: dict, *, teacher_steps: int,
-            student_steps: int, frames_from: str, seed: int = 0, scale: float | None = None) -> dict:
-    """Fidelity and latency as plain values for the lineage file and the model card."""
+            student_steps: int, frames_from: str, seed: int = 0, scale: float | None = None,
+            action_names: list | dict | None = None) -> dict:
+    """Fidelity and latency as plain values for the lineage file and the model card; ``action_names``:
+    the dataset's names of the action dims, for the card's plots."""
     rows, chunks = compare(teacher, preprocessor, postprocessor, student, preprocessor, postprocessor, raw_batch,
                            teacher_steps=teacher_steps, student_steps=student_steps, seed=seed)
     by_name = {r.name: r for r in rows}
@@ -195,6 +197,7 @@ def measure(teacher, student, preprocessor, postprocessor, raw_batch: dict, *, t
         "action_scale": scale,
         "verdict": asdict(fidelity_verdict(stu.rmse, t_at_k, spread, scale)),
         "latency_ratio": stu.latency_ms / ref.latency_ms,
+        "action_names": action_names,
         "example_chunks": {
             f"teacher @{teacher_steps}": chunks["reference"][0].tolist(),
             f"teacher @{student_steps}": chunks[f"teacher @{student_steps}"][0].tolist(),

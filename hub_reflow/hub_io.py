@@ -27,6 +27,9 @@ from .errors import UserError
 # What a Hub call can raise besides our own errors: HTTP answers, transport failures, offline mode.
 HUB_ERRORS = (HfHubHTTPError, httpx.HTTPError, OSError)
 WRITE_REFUSED = "the Hub refused the write: set HF_TOKEN to a token with write access"
+# How the Hub words a write refused for the namespace rather than the token's role: "You don't have the rights
+# to create a model under the namespace ..." (create) and "pass `create_pr=1` ..." (commit in another's repo).
+FOREIGN_NAMESPACE_WORDS = ("under the namespace", "create_pr=1")
 
 
 def repo_id_problem(text: str, need_namespace: bool = True) -> str | None:
@@ -69,6 +72,9 @@ def hub_error(e: Exception, repo_id: str, action: str, token: str | None = None,
     if isinstance(e, RevisionNotFoundError):
         which = f": {revision!r}" if revision else ""
         msg = f"{action}: revision not found in {repo_id}{which}; pass a branch, tag or commit sha that exists"
+    elif status == 403 and action == "push" and any(w in _server_words(e) for w in FOREIGN_NAMESPACE_WORDS):
+        msg = (f"push: no write access to namespace {repo_id.split('/')[0]!r} with this token; use a write token of "
+               f"that user or organisation, or push under your own namespace (--repo-id YOU/{repo_id.split('/')[-1]})")
     elif status in (401, 403) and action == "push":
         msg = WRITE_REFUSED
     elif isinstance(e, GatedRepoError):
@@ -78,14 +84,18 @@ def hub_error(e: Exception, repo_id: str, action: str, token: str | None = None,
     elif status in (401, 403):
         msg = f"{action}: the Hub refused access to {repo_id}: set HF_TOKEN to a valid token"
     elif isinstance(e, HfHubHTTPError) and not isinstance(e, LocalEntryNotFoundError):
-        # The server's own words (the exception's first line may be an empty "Bad request:").
-        said = (getattr(e, "server_message", None) or "").strip() or " ".join(
-            line.strip() for line in str(e).splitlines() if line.strip() and not line.strip().startswith(("http", "Request ID")))
-        said = " ".join(said.split())[:300] or type(e).__name__
+        said = _server_words(e)[:300] or type(e).__name__
         msg = f"{action}: the Hub refused the request for {repo_id} (HTTP {status}): {said}"
     else:  # offline mode, nothing in the cache, connection refused
         msg = f"{action}: could not reach the Hub for {repo_id} ({type(e).__name__}); check HF_ENDPOINT / network"
     return UserError(redact(msg, token))
+
+
+def _server_words(e: Exception) -> str:
+    """What the server said, on one line (the exception's first line may be an empty "Bad request:")."""
+    said = (getattr(e, "server_message", None) or "").strip() or " ".join(
+        line.strip() for line in str(e).splitlines() if line.strip() and not line.strip().startswith(("http", "Request ID")))
+    return " ".join(said.split())
 
 
 def resolve_commit(repo_id: str, revision: str | None = None, *, action: str, repo_type: str = "model",

@@ -149,7 +149,7 @@ def evaluate_student(policy, args, ds_info: dict, preprocessor, postprocessor) -
     return measure(policy.teacher, policy.student, preprocessor, postprocessor, observation_batch(ds, idx),
                    teacher_steps=policy.reflow_config.teacher_steps, student_steps=policy.reflow_config.student_steps,
                    frames_from="held-out episodes" if held_out else "training episode 0 (no episode was held out)",
-                   scale=action_scale(ds.meta.stats))
+                   scale=action_scale(ds.meta.stats), action_names=(ds.meta.features.get("action") or {}).get("names"))
 
 
 def read_lineage(ckpt: Path) -> Lineage:

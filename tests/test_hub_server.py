@@ -34,6 +34,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationW
 
 WRITE = "hf_write_test_token"
 READ = "hf_read_test_token"
+ALICE = "hf_alice_test_token"  # a write token of user alice, member of acme
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def server(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(constants, "HF_HUB_DISABLE_XET", True)
         mp.setattr(constants, "HF_HUB_OFFLINE", False)
-        with HubServer(tmp_path_factory.mktemp("hub"), {WRITE: "write", READ: "read"}) as hub:
+        with HubServer(tmp_path_factory.mktemp("hub"), {WRITE: "write", READ: "read", ALICE: "write:alice,acme"}) as hub:
             yield hub
 
 
@@ -269,6 +270,71 @@ def test_writes_need_a_write_token(server, api):
     assert server.head("user/guarded") == head and server.commit_count("user/guarded") == 0
     refs = api.list_repo_refs("user/guarded")
     assert [b.name for b in refs.branches] == ["main"] and refs.tags == []
+
+
+def test_write_tokens_own_their_namespaces(server, api, tmp_path):
+    """A user's write token writes in its user's and organisations' namespaces; elsewhere the Hub's 403."""
+    alice = HfApi(endpoint=server.url, token=ALICE)
+    me = alice.whoami()
+    assert me["name"] == "alice" and [org["name"] for org in me["orgs"]] == ["acme"]
+    assert alice.create_repo("solo") == f"{server.url}/alice/solo"  # no namespace: the token's user
+    for repo in ("alice/solo", "acme/shared"):
+        alice.create_repo(repo, exist_ok=True)
+        alice.upload_file(path_or_fileobj=b"mine", path_in_repo="mine.txt", repo_id=repo)
+        assert server.read_file(repo, "mine.txt") == b"mine" and server.commit_count(repo) == 1
+    assert [c.authors for c in alice.list_repo_commits("alice/solo")][0] == ["alice"]
+
+    for repo_type, kind in (("model", "model"), ("dataset", "dataset")):
+        with pytest.raises(HfHubHTTPError) as err:
+            alice.create_repo("user/intrusion", repo_type=repo_type)
+        assert err.value.response.status_code == 403
+        assert err.value.server_message == f'You don\'t have the rights to create a {kind} under the namespace "user"'
+    assert not api.repo_exists("user/intrusion") and not api.repo_exists("user/intrusion", repo_type="dataset")
+
+    api.create_repo("user/owned")
+    head = server.head("user/owned")
+    with pytest.raises(HfHubHTTPError) as err:
+        alice.upload_file(path_or_fileobj=b"x", path_in_repo="x.txt", repo_id="user/owned")
+    assert err.value.response.status_code == 403
+    assert err.value.server_message == "Forbidden: pass `create_pr=1` as a query parameter to create a Pull Request."
+    for write in (lambda: alice.create_tag("user/owned", tag="t"), lambda: alice.create_branch("user/owned", branch="b"),
+                  lambda: alice.delete_repo("user/owned")):
+        with pytest.raises(HfHubHTTPError) as err:
+            write()
+        assert err.value.response.status_code == 403
+    assert server.head("user/owned") == head and server.commit_count("user/owned") == 0
+    assert alice.model_info("user/owned").sha == head  # a public repo stays readable
+
+    api.create_repo("user/hidden", private=True)
+    with pytest.raises(RepositoryNotFoundError):  # another user's private repo: not revealed
+        alice.model_info("user/hidden")
+    with pytest.raises(RepositoryNotFoundError):
+        alice.upload_file(path_or_fileobj=b"x", path_in_repo="x.txt", repo_id="user/hidden")
+    assert server.commit_count("user/hidden") == 0
+
+
+def test_push_to_a_foreign_namespace_says_so_in_one_line(server, tmp_path, monkeypatch):
+    """hub-reflow's one push path maps the Hub's namespace refusals (create and commit) to one line."""
+    from hub_reflow.errors import UserError
+    from hub_reflow.hub_io import upload_folder
+
+    # As HF_ENDPOINT sets it for the CLI: create_repo(exist_ok=True) answered 403 for an existing repo builds
+    # its RepoUrl against constants.ENDPOINT, not the endpoint= it was given.
+    monkeypatch.setattr(constants, "ENDPOINT", server.url)
+    folder = _folder(tmp_path / "f", {"config.json": b"{}"})
+    HfApi(endpoint=server.url, token=WRITE).create_repo("user/theirs")
+    for repo in ("user/theirs", "other/new"):  # commit in another's repo; create in another's namespace
+        with pytest.raises(UserError) as err:
+            upload_folder(folder, repo, "model", commit_message="m", ignore_patterns=[], token=ALICE,
+                          endpoint=server.url)
+        namespace, name = repo.split("/")
+        assert str(err.value) == (f"push: no write access to namespace {namespace!r} with this token; use a write "
+                                  "token of that user or organisation, or push under your own namespace "
+                                  f"(--repo-id YOU/{name})")
+    assert server.commit_count("user/theirs") == 0
+    assert "/commit/" in upload_folder(folder, "acme/ours", "model", commit_message="m", ignore_patterns=[],
+                                       token=ALICE, endpoint=server.url)
+    assert server.read_file("acme/ours", "config.json") == b"{}"
 
 
 def test_commit_failing_after_lfs_uploads_leaves_repo_untouched(server, api, tmp_path):

@@ -86,6 +86,7 @@ def test_canonical_from_bf16_teacher(world, student_bf16):
     assert [r["name"] for r in ev["rows"]] == ["teacher @10", "teacher @10 (other noise)", "teacher @1", "student @1"]
     assert ev["student_rmse"] == ev["rows"][3]["rmse"] and 0 < ev["latency_ratio"] < 1
     assert len(ev["example_chunks"]["student @1"]) == 8
+    assert ev["action_names"] == ["vx", "vy"]  # the dataset's, for the card's plots
 
 
 def test_canonical_from_fp32_teacher(world, student_fp32):

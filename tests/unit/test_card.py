@@ -60,3 +60,31 @@ def test_card_shows_human_values(tmp_path):
     assert "| warmup_steps | 5% of the run (20) |" in card
     assert "| freeze_vlm | yes |" in card and "| final_loss | 0.06513 |" in card
     assert "None" not in card.split("## Reflow settings", 1)[1]
+
+
+def test_chunk_plot_names_the_datasets_action_dims(tmp_path):
+    """The teacher-vs-student panels are titled with the dataset's action names (recorded in the
+    lineage's evaluation), LeRobot v2's {"motors": [...]} too; generic names when there are none
+    or they do not fit."""
+    from hub_reflow.checkpoint import CheckpointRef, Lineage
+    from hub_reflow.plots import CHUNKS, LOSS_CURVE, action_labels, draw_card_images
+
+    names = ["shoulder", "elbow", "gripper"]
+    generic = ["action dim 0", "action dim 1", "action dim 2"]
+    assert action_labels({"motors": names}, 3) == names
+    assert action_labels(names[:2], 3) == generic  # not one name per dim
+    assert action_labels(["shoulder", "", "gripper"], 3) == generic
+
+    chunks = {"teacher @10": [[0.0, 1.0, 2.0]] * 4, "student @1": [[0.1, 0.9, 2.1]] * 4}
+    cases = [
+        ({"loss_curve": [[10, 0.5], [20, 0.25]]}, {"example_chunks": chunks, "action_names": names},
+         {LOSS_CURVE: ["reflow training loss"], CHUNKS: names}),
+        ({}, {"example_chunks": chunks}, {CHUNKS: generic}),  # a lineage from before names were recorded
+    ]
+    for i, (training, evaluation, drawn) in enumerate(cases):
+        lineage = Lineage(teacher=CheckpointRef(None, None, None, "0" * 64), reflow={}, training=training,
+                          evaluation=evaluation)
+        folder = tmp_path / str(i)
+        folder.mkdir()
+        assert draw_card_images(lineage, folder) == drawn
+        assert sorted(p.name for p in folder.iterdir()) == sorted(drawn)

@@ -177,11 +177,11 @@ def test_invalid_repo_ids_are_refused_in_one_line(tmp_path):
                               "(namespace/name); check the path")
 
 
-def _http_error(cls, status: int, message: str = "boom"):
+def _http_error(cls, status: int, message: str = "boom", server_message: str | None = None):
     import httpx
 
     response = httpx.Response(status, request=httpx.Request("GET", "http://hub.invalid/api/models/user/x"))
-    return cls(message, response=response)
+    return cls(message, response=response, server_message=server_message)
 
 
 def test_the_one_hub_error_mapping(monkeypatch):
@@ -197,6 +197,12 @@ def test_the_one_hub_error_mapping(monkeypatch):
         (hub_error(_http_error(RevisionNotFoundError, 404), "user/x", "teacher", revision="v9"),
          "teacher: revision not found in user/x: 'v9'; pass a branch, tag or commit sha that exists"),
         (hub_error(_http_error(HfHubHTTPError, 403), "user/x", "push"), WRITE_REFUSED),
+        # The Hub's words for a namespace the token may not write to: creating there, committing there.
+        *[(hub_error(_http_error(HfHubHTTPError, 403, server_message=said), "acme/x", "push"),
+           "push: no write access to namespace 'acme' with this token; use a write token of that user or "
+           "organisation, or push under your own namespace (--repo-id YOU/x)")
+          for said in ('You don\'t have the rights to create a model under the namespace "acme"',
+                       "Forbidden: pass `create_pr=1` as a query parameter to create a Pull Request.")],
         (hub_error(_http_error(HfHubHTTPError, 401), "user/x", "pull"),
          "pull: the Hub refused access to user/x: set HF_TOKEN to a valid token"),
         (hub_error(_http_error(HfHubHTTPError, 500, "server error, token hf_secret_env and hf_given"), "user/x", "pull",

@@ -14,7 +14,8 @@ What it implements, following what ``huggingface_hub`` 1.x sends and expects:
   size, like the Hub), the LFS batch API with basic single-part PUT + verify, and all-or-nothing ndjson commits;
 * downloads: ``HEAD``/``GET`` on ``/resolve/`` with the headers the client needs (``X-Repo-Commit``,
   ``ETag``/``X-Linked-Etag``, ``X-Linked-Size``), byte ranges, and the Hub's error codes;
-* auth: bearer tokens, each ``read`` or ``write``; private repos are invisible without a valid token.
+* auth: bearer tokens, each ``read`` or ``write`` (``write:USER[,ORG...]``: only in those namespaces, else the
+  Hub's 403); private repos are invisible without a valid token.
 
 For tests it counts LFS PUTs and commits, and can be told to fail part-way (``fail_next_commit``,
 ``fail_lfs_upload_at``) so that callers can check the repo is left untouched.

@@ -95,10 +95,11 @@ class HubServer:
 
     Args:
         root: folder holding the repos (created if missing; reusing it keeps the repos).
-        tokens: ``{token: "read" | "write"}``. Writes need a write token (no/unknown token -> 401, read token
-            -> 403, as on the Hub); private repos need any valid token, otherwise they answer 404 RepoNotFound.
+        tokens: ``{token: "read" | "write" | "write:USER[,ORG...]"}``. Writes need a write token (no/unknown token
+            -> 401, read token -> 403, as on the Hub); private repos need any valid token, otherwise they answer 404
+            RepoNotFound. A ``write:alice,acme`` token owns only those namespaces (see :class:`TokenAuth`).
         host, port: where to listen; port 0 (default) picks a free port.
-        username: the single user that owns every token; namespace for ``create_repo("name")`` and commit author.
+        username: the user that owns every other token; namespace for ``create_repo("name")`` and commit author.
         lfs_size_threshold: files larger than this go to LFS whatever their name (the Hub uses 10 MiB).
         page_size: entries per page of tree / commit listings (the client follows the ``Link`` header).
 
@@ -273,20 +274,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     parser.add_argument("--token", action="append", default=[], metavar="TOKEN:ROLE",
-                        help="accepted token and its role, read or write (repeatable)")
+                        help="accepted token and its role: read, write, or write:USER[,ORG...] to write only in "
+                             "those namespaces (repeatable)")
     parser.add_argument("--username", default="user", help="owner of the tokens and default namespace")
     args = parser.parse_args(argv)
     tokens = {}
     for spec in args.token:
-        token, sep, role = spec.rpartition(":")
-        if not sep or not token or role not in TokenAuth.ROLES:
-            parser.error(f"--token must be TOKEN:read or TOKEN:write, got {spec!r}")
+        token, sep, role = spec.partition(":")
+        if not sep or not token:
+            parser.error(f"--token must be TOKEN:read, TOKEN:write or TOKEN:write:USER[,ORG...], got {spec!r}")
         tokens[token] = role
-    server = HubServer(args.root, tokens, host=args.host, port=args.port, username=args.username)
+    try:
+        server = HubServer(args.root, tokens, host=args.host, port=args.port, username=args.username)
+    except ValueError as e:
+        parser.error(str(e))
 
     def announce(url: str) -> None:
         print(f"Local Hub serving {Path(args.root).resolve()} at {url} (Ctrl-C to stop)", flush=True)
-        if not any(role == "write" for role in tokens.values()):
+        if not any(role.startswith("write") for role in tokens.values()):
             print("No write token given (--token TOKEN:write): the server is read-only.", flush=True)
         print(f"Point the client at it: HF_ENDPOINT={url} HF_HUB_DISABLE_XET=1 HF_TOKEN=<token>", flush=True)
 

@@ -76,8 +76,14 @@ class RoutesBase:
         key = RepoKey(repo_type, namespace, name)
         meta = self.storage.meta(key)
         if write is None:
-            self.auth.check_read(request, meta)
+            self.auth.check_read(request, meta, namespace)
+        else:
+            self.auth.require_owner(request, namespace, meta, write)
         return key
+
+    def _user(self, request: Request) -> str:
+        """The user a request's token belongs to: the default namespace and the commit author."""
+        return self.auth.user(request) or self.server.username
 
     @staticmethod
     def _base_url(request: Request) -> str:

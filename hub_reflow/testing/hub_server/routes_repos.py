@@ -21,10 +21,11 @@ class RepoRoutes(RoutesBase):
         role = self.auth.role(request)
         if role is None:
             raise HubError(401, "Invalid credentials in Authorization header")
-        name = self.server.username
+        name = self._user(request)
         return JSONResponse({
             "type": "user", "id": hashlib.sha1(name.encode()).hexdigest()[:24], "name": name, "fullname": name,
-            "orgs": [], "auth": {"type": "access_token", "accessToken": {"displayName": "local", "role": role}},
+            "orgs": [{"name": org, "type": "org"} for org in self.auth.orgs(request)],
+            "auth": {"type": "access_token", "accessToken": {"displayName": "local", "role": role.partition(":")[0]}},
         })
 
     async def validate_yaml(self, request: Request) -> JSONResponse:
@@ -47,12 +48,13 @@ class RepoRoutes(RoutesBase):
         repo_type = body.get("type") or "model"
         if repo_type not in URL_PREFIXES:
             raise bad_request(f"Repo type {repo_type!r} is not supported by this server (model and dataset are)")
-        key = RepoKey(repo_type, body.get("organization") or self.server.username, str(body.get("name") or ""))
+        key = RepoKey(repo_type, body.get("organization") or self._user(request), str(body.get("name") or ""))
         if not key.is_valid():
             raise bad_request(f"Invalid repo id: {key.repo_id!r}")
+        self.auth.require_create(request, repo_type, key.namespace)
         private = body.get("visibility") == "private" or bool(body.get("private"))
         url = f"{self._base_url(request)}/{key.url_path}"
-        if not self.storage.create_repo(key, private=private, author=self.server.username):
+        if not self.storage.create_repo(key, private=private, author=self._user(request)):
             # create_repo(exist_ok=True) reads the url from this 409 body.
             raise HubError(409, f"You already created this {repo_type} repo", body={"url": url})
         return JSONResponse({"url": url, "name": key.repo_id, "id": key.repo_id})
@@ -60,8 +62,9 @@ class RepoRoutes(RoutesBase):
     async def delete_repo(self, request: Request) -> Response:
         self.auth.require_write(request, "delete a repo")
         body = await json_body(request)
-        namespace = body.get("organization") or self.server.username
+        namespace = body.get("organization") or self._user(request)
         key = RepoKey(body.get("type") or "model", namespace, str(body.get("name")))
+        self.auth.require_owner(request, namespace, self.storage.meta(key), "delete a repo")
         self.storage.delete_repo(key)
         return Response(status_code=200)
 

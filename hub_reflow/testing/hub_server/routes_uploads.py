@@ -139,7 +139,7 @@ class UploadRoutes(RoutesBase):
         sha = self.storage.make_commit(
             key, branch, ops,
             title=str(header.get("summary") or ""), message=str(header.get("description") or ""),
-            author=self.server.username, parent_commit=header.get("parentCommit"),
+            author=self._user(request), parent_commit=header.get("parentCommit"),
             max_regular_size=self.server.lfs_size_threshold,
         )
         self.server._record_commit(key)
