@@ -7,6 +7,7 @@ from lerobot.policies.factory import make_pre_post_processors
 import torch
 
 from hub_reflow.checkpoint import load_smolvla, read_policy_config
+from hub_reflow.evaluate import observation_batch
 from hub_reflow.smolvla import policy_inputs
 from hub_reflow.data import load_dataset
 
@@ -38,9 +39,7 @@ def test_plain_reads_give_the_teachers_inputs_bit_for_bit(world):
     rows = [0, 57, 203]
     batches = []
     for ds in (ours, lerobots):
-        items = [ds[i] for i in rows]
-        raw = {k: torch.stack([f[k] for f in items]) for k in items[0] if k.startswith("observation.")}
-        raw["task"] = [f["task"] for f in items]
+        raw = observation_batch(ds, rows)
         batches.append(policy_inputs(policy, pre(raw)))
     a, b = batches
     assert all(torch.equal(x, y) for x, y in zip(a.images, b.images))

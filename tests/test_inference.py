@@ -12,6 +12,7 @@ from lerobot.policies.factory import make_pre_post_processors
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from hub_reflow import fast_inference
+from hub_reflow.evaluate import observation_batch
 from hub_reflow.config import ReflowConfig
 from hub_reflow.policy import ReflowPolicy
 
@@ -29,9 +30,7 @@ def batches(world, student):
     """Preprocessed observations: 3 frames, then 1 frame (a robot's batch)."""
     pre, _ = make_pre_post_processors(student.student.config, pretrained_path=str(world.teacher))
     ds = LeRobotDataset(world.repo_id, root=world.dataset_root)
-    picked = [ds[i] for i in (0, 101, 222)]
-    raw = {k: torch.stack([f[k] for f in picked]) for k in picked[0] if k.startswith("observation.")}
-    raw["task"] = [f["task"] for f in picked]
+    raw = observation_batch(ds, (0, 101, 222))
     one = {k: v[:1] for k, v in raw.items()}
     return pre(raw), pre(one)
 

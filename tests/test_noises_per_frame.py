@@ -16,6 +16,7 @@ from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from lerobot.policies.factory import make_pre_post_processors
 
 from hub_reflow import flow
+from hub_reflow.evaluate import observation_batch
 from hub_reflow.checkpoint import load_smolvla
 from hub_reflow.cli import main
 from hub_reflow.config import ReflowConfig
@@ -40,9 +41,7 @@ def _inputs(world, teacher_path, policy, device: str = "cpu") -> PolicyInputs:
     pre, _ = make_pre_post_processors(policy.config, pretrained_path=str(teacher_path),
                                       preprocessor_overrides={"device_processor": {"device": device}})
     ds = LeRobotDataset(world.repo_id, root=world.dataset_root)
-    picked = [ds[i] for i in FRAMES]
-    raw = {k: torch.stack([f[k] for f in picked]) for k in picked[0] if k.startswith("observation.")}
-    raw["task"] = [f["task"] for f in picked]
+    raw = observation_batch(ds, FRAMES)
     return policy_inputs(policy, pre(raw))
 
 

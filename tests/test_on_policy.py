@@ -10,6 +10,7 @@ from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from lerobot.policies.factory import make_pre_post_processors
 
 from hub_reflow import flow
+from hub_reflow.evaluate import observation_batch
 from hub_reflow.checkpoint import load_smolvla
 from hub_reflow.config import ReflowConfig
 from hub_reflow.policy import ReflowPolicy
@@ -22,9 +23,7 @@ def setup(world):
     policy.eval()
     pre, _ = make_pre_post_processors(policy.config, pretrained_path=str(world.teacher))
     ds = LeRobotDataset(world.repo_id, root=world.dataset_root)
-    picked = [ds[i] for i in (0, 37, 101, 150)]
-    raw = {k: torch.stack([f[k] for f in picked]) for k in picked[0] if k.startswith("observation.")}
-    raw["task"] = [f["task"] for f in picked]
+    raw = observation_batch(ds, (0, 37, 101, 150))
     return policy, policy_inputs(policy, pre(raw))
 
 
