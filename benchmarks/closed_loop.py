@@ -7,9 +7,10 @@ other one (so the smaller step counts are snapshots of the same run, under its l
 schedule, not runs of their own); step 0 is the untrained copy, which is the teacher's weights at 1
 step. Every checkpoint drives ``--episodes`` paired episodes through ``hub-reflow eval``'s
 ``evaluate_closed_loop`` (LeRobot's ``eval_policy``; episode i: env and torch seed i), and so do
-teacher@10 and teacher@1 (the lines). JSON and PNG under benchmarks/results/.
+teacher@10 and the teacher at the students' step count (the lines). JSON and PNG under benchmarks/results/.
+Options pass `--student-steps` and `--noises-per-frame` to the students' training.
 
-    OMP_NUM_THREADS=1 python benchmarks/closed_loop.py                  # 3 seeds x 0..1600 steps, 100 episodes
+    OMP_NUM_THREADS=1 python benchmarks/closed_loop.py                  # 3 seeds x 0..1600 steps, 200 episodes
     python benchmarks/closed_loop.py --teacher T --dataset-root D      # reuse a tiny world's teacher and dataset
                                                                        # (HF_HOME: a cache with the tiny backbone)
     python benchmarks/closed_loop.py --smoke                           # minutes: plumbing only
@@ -44,16 +45,18 @@ def parse(argv):
     p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     p.add_argument("--steps", type=_ints, default=[0, 200, 400, 800, 1600], help="training steps to evaluate at")
     p.add_argument("--seeds", type=_ints, default=[1000, 1001, 1002], help="training seeds")
-    p.add_argument("--episodes", type=int, default=100, help="paired episodes per policy")
+    p.add_argument("--episodes", type=int, default=200, help="paired episodes per policy")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--student-steps", type=int, default=1, help="Euler steps of the students (hub-reflow train's)")
+    p.add_argument("--noises-per-frame", type=int, default=1, help="hub-reflow train's --noises-per-frame")
     p.add_argument("--teacher-train-steps", type=int, default=1000)
-    p.add_argument("--teacher", type=Path, default=None, help="a tiny-world teacher (with --dataset-root)")
+    p.add_argument("--teacher", type=Path, default=None, help="a closed-loop tiny-world teacher (with --dataset-root)")
     p.add_argument("--dataset-root", type=Path, default=None)
     p.add_argument("--smoke", action="store_true", help="2 seeds x 0,4 steps, 3 episodes, a 20-step teacher")
     p.add_argument("--out", type=Path, default=RESULTS / "closed_loop.json")
     a = p.parse_args(argv)
-    if a.episodes < 1 or a.batch_size < 1:
-        raise OptionError(PROG, "--episodes and --batch-size must be at least 1")
+    if min(a.episodes, a.batch_size, a.student_steps, a.noises_per_frame) < 1:
+        raise OptionError(PROG, "--episodes, --batch-size, --student-steps and --noises-per-frame must be at least 1")
     if (a.teacher is None) != (a.dataset_root is None):
         raise OptionError(PROG, "--teacher and --dataset-root go together")
     if a.smoke:
@@ -84,12 +87,12 @@ def bench(a) -> int:
     from hub_reflow.closed_loop import EvalArgs, evaluate_closed_loop
     from hub_reflow.config import ReflowConfig
     from hub_reflow.envs import TINY_ENV, EnvChoice
-    from hub_reflow.testing.tiny_world import TINY_REPO_ID, build_tiny_world
+    from hub_reflow.testing.tiny_world import CLOSED_LOOP_WORLD, TINY_REPO_ID, build_tiny_world
     from hub_reflow.train import TrainArgs, train
 
     t0 = time.time()
     if a.teacher is None:
-        world = build_tiny_world(a.workdir / "world", teacher_steps=a.teacher_train_steps)
+        world = build_tiny_world(a.workdir / "world", teacher_steps=a.teacher_train_steps, spec=CLOSED_LOOP_WORLD)
         teacher, dataset_root = world.teacher, world.dataset_root
     else:
         teacher, dataset_root = a.teacher, a.dataset_root
@@ -100,12 +103,14 @@ def bench(a) -> int:
                                           env=env, episodes=a.episodes, device="cpu", **kw))
         return next(iter(r.policies.values()))
 
-    lines = {"teacher@10": run(teacher_steps=(10,)), "teacher@1": run(teacher_steps=(1,))}
-    print(f"teacher@10 {lines['teacher@10']['success_rate']:.2f}, teacher@1 {lines['teacher@1']['success_rate']:.2f}")
+    k = a.student_steps
+    low = f"teacher@{k}"  # the teacher at the student's step count: what reflow must beat
+    lines = {"teacher@10": run(teacher_steps=(10,)), low: run(teacher_steps=(k,))}
+    print(f"teacher@10 {lines['teacher@10']['success_rate']:.2f}, {low} {lines[low]['success_rate']:.2f}")
     curves, minutes = {}, {}
     top = max(a.steps)
     for seed in a.seeds:
-        curve = {0: lines["teacher@1"]}  # the untrained copy: the teacher's weights at 1 step
+        curve = {0: lines[low]}  # the untrained copy: the teacher's weights at the student's step count
         if top > 0:
             out = a.workdir / f"student-seed{seed}"
             start = time.time()
@@ -113,7 +118,8 @@ def bench(a) -> int:
                 save = min(s for s in a.steps if s > 0)
                 train(TrainArgs(teacher=str(teacher), dataset=TINY_REPO_ID, dataset_root=dataset_root, output_dir=out,
                                 device="cpu", log_freq=max(top // 5, 1), progress=False, save_freq=save,
-                                reflow=ReflowConfig(steps=top, batch_size=a.batch_size, seed=seed, holdout_episodes=4)))
+                                reflow=ReflowConfig(steps=top, batch_size=a.batch_size, seed=seed, holdout_episodes=4,
+                                                    student_steps=k, noises_per_frame=a.noises_per_frame)))
             minutes[seed] = (time.time() - start) / 60
             found = checkpoints(out)
             for s in a.steps:
@@ -128,6 +134,7 @@ def bench(a) -> int:
     payload = {
         "benchmark": "closed_loop",
         "settings": {"steps": a.steps, "seeds": a.seeds, "episodes": a.episodes, "batch_size": a.batch_size,
+                     "student_steps": k, "noises_per_frame": a.noises_per_frame,
                      "teacher_train_steps": a.teacher_train_steps, "smoke": a.smoke, "env": TINY_ENV},
         "teacher": {k: {f: v[f] for f in keys} for k, v in lines.items()},
         "students": {str(seed): {str(s): {f: c[f] for f in keys} for s, c in curve.items()} for seed, curve in curves.items()},
@@ -136,9 +143,10 @@ def bench(a) -> int:
     }
     out = write_json(a.out, payload)
     plot(payload, out.with_suffix(".png"))
-    header = ["training steps", *[f"seed {s}" for s in a.seeds], "teacher@10", "teacher@1"]
-    rows = [[str(s), *[f"{100 * curves[seed][s]['success_rate']:.0f}%" for seed in a.seeds],
-             f"{100 * lines['teacher@10']['success_rate']:.0f}%", f"{100 * lines['teacher@1']['success_rate']:.0f}%"]
+    header = ["training steps", *[f"student@{k}, seed {s}" for s in a.seeds], "mean", "teacher@10", low]
+    rows = [[str(s), *[f"{100 * curves[seed][s]['success_rate']:.1f}%" for seed in a.seeds],
+             f"{100 * sum(curves[seed][s]['success_rate'] for seed in a.seeds) / len(a.seeds):.1f}%",
+             f"{100 * lines['teacher@10']['success_rate']:.1f}%", f"{100 * lines[low]['success_rate']:.1f}%"]
             for s in a.steps]
     print(markdown(header, rows))
     return 0
@@ -153,8 +161,9 @@ def plot(payload: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     for seed, curve in payload["students"].items():
         steps = [int(s) for s in curve]
-        ax.plot(steps, [100 * c["success_rate"] for c in curve.values()], marker="o", label=f"student@1, seed {seed}")
-    for name, style in (("teacher@10", "-"), ("teacher@1", ":")):
+        k = payload["settings"].get("student_steps", 1)
+        ax.plot(steps, [100 * c["success_rate"] for c in curve.values()], marker="o", label=f"student@{k}, seed {seed}")
+    for name, style in zip(payload["teacher"], ("-", ":")):
         t = payload["teacher"][name]
         ax.axhline(100 * t["success_rate"], ls=style, color="black", label=name)
         ax.axhspan(100 * t["success_ci95"][0], 100 * t["success_ci95"][1], color="grey", alpha=0.15)

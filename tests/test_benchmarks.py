@@ -113,3 +113,31 @@ def test_bad_options(tmp_path):
     assert "--modes" in _one_line_error("fidelity.py", "--smoke", "--modes", "grid,sometimes")
     assert "not a pretrained_model" in _one_line_error("fidelity.py", "--teacher", str(tmp_path),
                                                       "--dataset-root", str(tmp_path))
+
+
+def test_closed_loop_benchmarks_smoke(closed_loop_world, closed_loop_student, tmp_path):
+    """benchmarks/closed_loop.py (success against training steps) and first_chunk.py (where the
+    failures come from) on the closed-loop world's teacher, at plumbing size."""
+    out = tmp_path / "closed_loop.json"
+    r = _run("closed_loop.py", "--teacher", str(closed_loop_world.teacher), "--dataset-root", str(closed_loop_world.dataset_root),
+             "--steps", "0,2", "--seeds", "7", "--episodes", "2", "--student-steps", "2", "--workdir", str(tmp_path / "work"),
+             "--out", str(out))
+    data = json.loads(out.read_text())
+    assert data["settings"]["student_steps"] == 2 and data["settings"]["episodes"] == 2
+    assert list(data["teacher"]) == ["teacher@10", "teacher@2"] and list(data["students"]["7"]) == ["0", "2"]
+    assert data["students"]["7"]["0"] == data["teacher"]["teacher@2"]  # step 0 is the untrained copy
+    trained = tmp_path / "work" / "student-seed7" / "checkpoints" / "000002" / "pretrained_model"
+    assert json.loads((trained / "config.json").read_text())["num_steps"] == 2
+    assert _table_last(r.stdout, 2)[0].startswith("| training steps | student@2, seed 7 | mean | teacher@10 | teacher@2 |")
+    assert out.with_suffix(".png").stat().st_size > 0
+
+    out = tmp_path / "first_chunk.json"
+    r = _run("first_chunk.py", str(closed_loop_world.teacher), f"{closed_loop_world.teacher}@10", f"{closed_loop_student}@1",
+             "--noises", "8", "--episodes", "2", "--out", str(out))
+    rows = json.loads(out.read_text())["policies"]
+    again = f"{closed_loop_world.teacher.parents[2].name}/last@10"  # the teacher once more, as RUN/CHECKPOINT@STEPS
+    assert list(rows) == ["teacher@10", again, "closed-loop/last@1"]
+    assert rows["teacher@10"]["mse_vs_teacher10"] == 0 == rows[again]["mse_vs_teacher10"]  # the same policy and noise
+    assert rows[again]["same_side_as_teacher10"] == 1 and rows[again]["undecided"] == rows["teacher@10"]["undecided"]
+    assert rows["closed-loop/last@1"]["mse_vs_teacher10"] > 0 and rows["closed-loop/last@1"]["closed_loop"]["episodes"] == 2
+    assert "FOLDER@STEPS" in _one_line_error("first_chunk.py", str(closed_loop_world.teacher), "x@0")
