@@ -3,6 +3,9 @@ reflow students trained from them by the real ``hub-reflow train`` command."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import os
 import subprocess
 import sys
@@ -31,6 +34,57 @@ def run_cli(*args: str, check: bool = True, env: dict | None = None, timeout: in
     if check and result.returncode != 0:
         raise AssertionError(f"hub-reflow {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-5000:]}")
     return result
+
+
+def run_main(*args: str) -> subprocess.CompletedProcess:
+    """``hub-reflow ARGS`` through ``cli.main`` in this process (torch and LeRobot are imported once,
+    not per call: for bad-input cases, whose message and exit code are the point; ``run_cli`` shows
+    the same in a fresh process). What main() sets in the environment is put back."""
+    from hub_reflow.cli import main
+    from hub_reflow.logs import QUIET_ENV
+
+    saved = {key: os.environ.get(key) for key in QUIET_ENV}
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as e:  # argparse
+                code = e.code
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return subprocess.CompletedProcess(["hub-reflow", *args], code, out.getvalue(), err.getvalue())
+
+
+def run_cli_many(*commands: list[str], env: dict | None = None, timeout: int = 900) -> list[subprocess.CompletedProcess]:
+    """Several ``hub-reflow`` commands, one after the other, through ``cli.main`` in one fresh process
+    with ``env`` (what each command reads from the environment at import, huggingface_hub's HF_*
+    included, as with ``run_cli``; one interpreter start and torch import for all): each one's
+    exit code, stdout and stderr. A command that raises fails the whole call."""
+    script = (
+        "import contextlib, io, json, sys\n"
+        "from hub_reflow.cli import main\n"
+        "results = []\n"
+        "for argv in json.loads(sys.argv[1]):\n"
+        "    out, err = io.StringIO(), io.StringIO()\n"
+        "    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):\n"
+        "        try:\n"
+        "            code = main(argv)\n"
+        "        except SystemExit as e:  # argparse\n"
+        "            code = e.code\n"
+        "    results.append([code, out.getvalue(), err.getvalue()])\n"
+        "print('RESULTS ' + json.dumps(results))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script, json.dumps([list(c) for c in commands])], capture_output=True,
+                       text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    if r.returncode != 0 or "RESULTS " not in r.stdout:
+        raise AssertionError(f"hub-reflow commands {commands} failed ({r.returncode}):\n{r.stderr[-5000:]}")
+    results = json.loads(r.stdout.rsplit("RESULTS ", 1)[1])
+    return [subprocess.CompletedProcess(["hub-reflow", *c], code, out, err) for c, (code, out, err) in zip(commands, results)]
 
 
 # For developers: HUB_REFLOW_TEST_CACHE=DIR keeps the tiny world and the trained students in DIR
