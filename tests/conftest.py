@@ -113,10 +113,14 @@ def world(tmp_path_factory):
     return w
 
 
-def train_student(world, teacher: Path, out: Path, steps: int, *extra: str, env: dict | None = None) -> Path:
-    run_cli("train", "--teacher", str(teacher), "--dataset", world.repo_id, "--dataset-root", str(world.dataset_root),
+def train_args(world, teacher: Path, out: Path, steps: int, *extra: str) -> list[str]:
+    return ["train", "--teacher", str(teacher), "--dataset", world.repo_id, "--dataset-root", str(world.dataset_root),
             "--output-dir", str(out), "--steps", str(steps), "--batch-size", "32", "--lr", "1e-3",
-            "--holdout-episodes", str(HOLDOUT), "--device", "cpu", "--log-freq", "50", *extra, env=env)
+            "--holdout-episodes", str(HOLDOUT), "--device", "cpu", "--log-freq", "50", *extra]
+
+
+def train_student(world, teacher: Path, out: Path, steps: int, *extra: str, env: dict | None = None) -> Path:
+    run_cli(*train_args(world, teacher, out, steps, *extra), env=env)
     return out / "checkpoints" / "last" / "pretrained_model"
 
 

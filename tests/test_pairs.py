@@ -18,7 +18,7 @@ from lerobot.policies.factory import make_pre_post_processors
 from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 from safetensors.torch import load_file
 
-from conftest import HOLDOUT, run_cli, run_cli_many, train_student
+from conftest import HOLDOUT, run_cli_many, train_args, train_student
 from hub_reflow.pairs import DATA_FILE, PAIRS_META_NAME
 from hub_reflow.run_checks import RUN_RECORD
 from hub_reflow.testing.hub_server import HubServer
@@ -37,21 +37,29 @@ def pairs_args(world, teacher, out: Path, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def pairs_dir(world, tmp_path_factory):
-    out = tmp_path_factory.mktemp("pairs") / "fp32"
-    run_cli(*pairs_args(world, world.teacher_fp32, out))
-    return out
+def made(world, tmp_path_factory) -> dict[str, Path]:
+    """The pairs of the fp32 teacher, then two students of it, same settings, STEPS steps: online
+    pairs vs those cached pairs (checkpointed at STEPS - 2 so resume can be checked against it);
+    one command after the other in one fresh process (one start of torch and LeRobot for all)."""
+    root = tmp_path_factory.mktemp("made")
+    pairs = root / "pairs"
+    for r in run_cli_many(pairs_args(world, world.teacher_fp32, pairs),
+                          train_args(world, world.teacher_fp32, root / "online", STEPS),
+                          train_args(world, world.teacher_fp32, root / "cached", STEPS, "--pairs", str(pairs),
+                                     "--save-freq", str(STEPS - 2))):
+        assert r.returncode == 0, r.stderr[-3000:]
+    return {"pairs": pairs, **{name: root / name / "checkpoints" / "last" / "pretrained_model" for name in ("online", "cached")}}
 
 
 @pytest.fixture(scope="module")
-def trained(world, pairs_dir, tmp_path_factory):
-    """The same fp32 teacher, same settings, STEPS steps: online pairs vs cached pairs; the cached
-    run checkpoints at STEPS - 2 so resume can be checked against it."""
-    root = tmp_path_factory.mktemp("runs")
-    online = train_student(world, world.teacher_fp32, root / "online", STEPS)
-    cached = train_student(world, world.teacher_fp32, root / "cached", STEPS, "--pairs", str(pairs_dir),
-                           "--save-freq", str(STEPS - 2))
-    return online, cached
+def pairs_dir(made):
+    return made["pairs"]
+
+
+@pytest.fixture(scope="module")
+def trained(made):
+    """(online student, cached-pairs student)."""
+    return made["online"], made["cached"]
 
 
 def test_pairs_are_lerobots_own_sample_actions(world, pairs_dir):
