@@ -60,16 +60,20 @@ def run_main(*args: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(["hub-reflow", *args], code, out.getvalue(), err.getvalue())
 
 
-def run_cli_many(*commands: list[str], env: dict | None = None, timeout: int = 900) -> list[subprocess.CompletedProcess]:
+def run_cli_many(*commands: list[str], env: dict | None = None, each_env: list[dict] | None = None,
+                 timeout: int = 900) -> list[subprocess.CompletedProcess]:
     """Several ``hub-reflow`` commands, one after the other, through ``cli.main`` in one fresh process
     with ``env`` (what each command reads from the environment at import, huggingface_hub's HF_*
     included, as with ``run_cli``; one interpreter start and torch import for all): each one's
-    exit code, stdout and stderr. A command that raises fails the whole call."""
+    exit code, stdout and stderr. ``each_env[i]`` is set for command i only (a variable read when
+    used, such as HF_TOKEN). A command that raises fails the whole call."""
     script = (
-        "import contextlib, io, json, sys\n"
+        "import contextlib, io, json, os, sys\n"
         "from hub_reflow.cli import main\n"
         "results = []\n"
-        "for argv in json.loads(sys.argv[1]):\n"
+        "for argv, extra in json.loads(sys.argv[1]):\n"
+        "    saved = {k: os.environ.get(k) for k in extra}\n"
+        "    os.environ.update(extra)\n"
         "    out, err = io.StringIO(), io.StringIO()\n"
         "    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):\n"
         "        try:\n"
@@ -77,10 +81,16 @@ def run_cli_many(*commands: list[str], env: dict | None = None, timeout: int = 9
         "        except SystemExit as e:  # argparse\n"
         "            code = e.code\n"
         "    results.append([code, out.getvalue(), err.getvalue()])\n"
+        "    for k, v in saved.items():\n"
+        "        if v is None:\n"
+        "            del os.environ[k]\n"
+        "        else:\n"
+        "            os.environ[k] = v\n"
         "print('RESULTS ' + json.dumps(results))\n"
     )
-    r = subprocess.run([sys.executable, "-c", script, json.dumps([list(c) for c in commands])], capture_output=True,
-                       text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    plan = [[list(c), extra] for c, extra in zip(commands, each_env or [{}] * len(commands), strict=True)]
+    r = subprocess.run([sys.executable, "-c", script, json.dumps(plan)], capture_output=True, text=True, timeout=timeout,
+                       env={**os.environ, **(env or {})})
     if r.returncode != 0 or "RESULTS " not in r.stdout:
         raise AssertionError(f"hub-reflow commands {commands} failed ({r.returncode}):\n{r.stderr[-5000:]}")
     results = json.loads(r.stdout.rsplit("RESULTS ", 1)[1])
