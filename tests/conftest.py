@@ -37,9 +37,10 @@ def run_cli(*args: str, check: bool = True, env: dict | None = None, timeout: in
 
 
 def run_main(*args: str) -> subprocess.CompletedProcess:
-    """``hub-reflow ARGS`` through ``cli.main`` in this process (torch and LeRobot are imported once,
-    not per call: for bad-input cases, whose message and exit code are the point; ``run_cli`` shows
-    the same in a fresh process). What main() sets in the environment is put back."""
+    """``hub-reflow ARGS`` through ``cli.main`` in this process (torch and LeRobot imported once, not
+    per call): for commands whose exit code and output are the point (bad input, verify,
+    canonicalize, card) and that need no environment of their own; ``run_cli`` runs the installed
+    command in a fresh process. What main() sets in the environment is put back."""
     from hub_reflow.cli import main
     from hub_reflow.logs import QUIET_ENV
 

@@ -19,7 +19,7 @@ from hub_reflow.errors import UserError
 from hub_reflow.hub import push_checkpoint, structural_problems
 from hub_reflow.testing.hub_server import HubServer
 
-from conftest import run_cli, run_cli_many
+from conftest import run_cli, run_cli_many, run_main
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
@@ -300,7 +300,7 @@ def test_push_refuses_teacher_tensors_under_any_prefix(world, student_fp32, tmp_
     assert structural_problems(student_fp32) == []
 
 
-def test_push_with_a_teacher_refuses_what_only_the_teacher_shows(server, hf_home, world, student_fp32, tmp_path):
+def test_push_with_a_teacher_refuses_what_only_the_teacher_shows(server, world, student_fp32, tmp_path):
     """Swapped normalisation statistics are finite and well-formed: only a comparison with the teacher
     shows them, as in verify. push --teacher runs the same checks and refuses."""
     from breaks import swapped_norm_stats
@@ -309,8 +309,8 @@ def test_push_with_a_teacher_refuses_what_only_the_teacher_shows(server, hf_home
     assert structural_problems(broken) == []
     problems = structural_problems(broken, world.teacher_fp32)
     assert len(problems) == 1 and problems[0].startswith("processors check (processors.stats): ")
-    r = run_cli("push", str(broken), "--repo-id", "user/swapped", "--teacher", str(world.teacher_fp32), check=False,
-                env=hub_env(server, hf_home))
+    # In this process (refused before any request to the Hub).
+    r = run_main("push", str(broken), "--repo-id", "user/swapped", "--teacher", str(world.teacher_fp32))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("hub-reflow: error:")]
     assert len(errors) == 1 and errors[0].startswith("hub-reflow: error: push: the checkpoint fails the processors check (processors.stats): "
