@@ -162,12 +162,12 @@ def test_resume_on_pairs_is_sample_exact(world, pairs_dir, trained, tmp_path):
     (copy / "checkpoints" / "last" / "training_state" / RUN_RECORD).unlink(missing_ok=True)
     msg = _bad("train", "--teacher", str(world.teacher_fp32), "--dataset", world.repo_id, "--dataset-root",
                str(world.dataset_root), "--output-dir", str(copy), "--steps", str(STEPS + 2), "--batch-size", "32",
-               "--holdout-episodes", str(HOLDOUT), "--device", "cpu", "--resume", fresh_process=True)
+               "--holdout-episodes", str(HOLDOUT), "--device", "cpu", "--resume")
     assert "cached pairs" in msg and "--pairs" in msg
 
 
 def test_wrong_pairs_are_refused(world, pairs_dir, tmp_path):
-    """Each refusal in this process (cli.main); the resume case above runs the installed command."""
+    """Each refusal in this process (cli.main; test_train shows one as the installed command)."""
     common = ["--dataset", world.repo_id, "--dataset-root", str(world.dataset_root), "--steps", "1", "--device", "cpu",
               "--holdout-episodes", str(HOLDOUT)]
     msg = _bad("train", "--teacher", str(world.teacher), "--output-dir", str(tmp_path / "o1"), *common,
