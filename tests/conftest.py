@@ -69,12 +69,14 @@ def run_cli_many(*commands: list[str], env: dict | None = None, each_env: list[d
     exit code, stdout and stderr. ``each_env[i]`` is set for command i only (a variable read when
     used, such as HF_TOKEN). A command that raises fails the whole call."""
     script = (
-        "import contextlib, io, json, os, sys\n"
+        "import contextlib, io, json, logging, os, sys\n"
         "from hub_reflow.cli import main\n"
         "results = []\n"
         "for argv, extra in json.loads(sys.argv[1]):\n"
         "    saved = {k: os.environ.get(k) for k in extra}\n"
         "    os.environ.update(extra)\n"
+        "    for handler in logging.root.handlers[:]:  # main() sets up its log lines on this command's stderr\n"
+        "        logging.root.removeHandler(handler)\n"
         "    out, err = io.StringIO(), io.StringIO()\n"
         "    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):\n"
         "        try:\n"
