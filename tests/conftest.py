@@ -3,6 +3,9 @@ reflow students trained from them by the real ``hub-reflow train`` command."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import os
 import subprocess
 import sys
@@ -33,6 +36,70 @@ def run_cli(*args: str, check: bool = True, env: dict | None = None, timeout: in
     return result
 
 
+def run_main(*args: str) -> subprocess.CompletedProcess:
+    """``hub-reflow ARGS`` through ``cli.main`` in this process (torch and LeRobot imported once, not
+    per call): for commands whose exit code and output are the point (bad input, verify,
+    canonicalize, card) and that need no environment of their own; ``run_cli`` runs the installed
+    command in a fresh process. What main() sets in the environment is put back."""
+    from hub_reflow.cli import main
+    from hub_reflow.logs import QUIET_ENV
+
+    saved = {key: os.environ.get(key) for key in QUIET_ENV}
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as e:  # argparse
+                code = e.code
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return subprocess.CompletedProcess(["hub-reflow", *args], code, out.getvalue(), err.getvalue())
+
+
+def run_cli_many(*commands: list[str], env: dict | None = None, each_env: list[dict] | None = None,
+                 timeout: int = 900) -> list[subprocess.CompletedProcess]:
+    """Several ``hub-reflow`` commands, one after the other, through ``cli.main`` in one fresh process
+    with ``env`` (what each command reads from the environment at import, huggingface_hub's HF_*
+    included, as with ``run_cli``; one interpreter start and torch import for all): each one's
+    exit code, stdout and stderr. ``each_env[i]`` is set for command i only (a variable read when
+    used, such as HF_TOKEN). A command that raises fails the whole call."""
+    script = (
+        "import contextlib, io, json, logging, os, sys\n"
+        "from hub_reflow.cli import main\n"
+        "results = []\n"
+        "for argv, extra in json.loads(sys.argv[1]):\n"
+        "    saved = {k: os.environ.get(k) for k in extra}\n"
+        "    os.environ.update(extra)\n"
+        "    for handler in logging.root.handlers[:]:  # main() sets up its log lines on this command's stderr\n"
+        "        logging.root.removeHandler(handler)\n"
+        "    out, err = io.StringIO(), io.StringIO()\n"
+        "    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):\n"
+        "        try:\n"
+        "            code = main(argv)\n"
+        "        except SystemExit as e:  # argparse\n"
+        "            code = e.code\n"
+        "    results.append([code, out.getvalue(), err.getvalue()])\n"
+        "    for k, v in saved.items():\n"
+        "        if v is None:\n"
+        "            del os.environ[k]\n"
+        "        else:\n"
+        "            os.environ[k] = v\n"
+        "print('RESULTS ' + json.dumps(results))\n"
+    )
+    plan = [[list(c), extra] for c, extra in zip(commands, each_env or [{}] * len(commands), strict=True)]
+    r = subprocess.run([sys.executable, "-c", script, json.dumps(plan)], capture_output=True, text=True, timeout=timeout,
+                       env={**os.environ, **(env or {})})
+    if r.returncode != 0 or "RESULTS " not in r.stdout:
+        raise AssertionError(f"hub-reflow commands {commands} failed ({r.returncode}):\n{r.stderr[-5000:]}")
+    results = json.loads(r.stdout.rsplit("RESULTS ", 1)[1])
+    return [subprocess.CompletedProcess(["hub-reflow", *c], code, out, err) for c, (code, out, err) in zip(commands, results)]
+
+
 # For developers: HUB_REFLOW_TEST_CACHE=DIR keeps the tiny world and the trained students in DIR
 # and reuses them across runs (CI leaves it unset: everything is built fresh).
 CACHE = os.environ.get("HUB_REFLOW_TEST_CACHE")
@@ -59,10 +126,14 @@ def world(tmp_path_factory):
     return w
 
 
-def train_student(world, teacher: Path, out: Path, steps: int, *extra: str, env: dict | None = None) -> Path:
-    run_cli("train", "--teacher", str(teacher), "--dataset", world.repo_id, "--dataset-root", str(world.dataset_root),
+def train_args(world, teacher: Path, out: Path, steps: int, *extra: str) -> list[str]:
+    return ["train", "--teacher", str(teacher), "--dataset", world.repo_id, "--dataset-root", str(world.dataset_root),
             "--output-dir", str(out), "--steps", str(steps), "--batch-size", "32", "--lr", "1e-3",
-            "--holdout-episodes", str(HOLDOUT), "--device", "cpu", "--log-freq", "50", *extra, env=env)
+            "--holdout-episodes", str(HOLDOUT), "--device", "cpu", "--log-freq", "50", *extra]
+
+
+def train_student(world, teacher: Path, out: Path, steps: int, *extra: str, env: dict | None = None) -> Path:
+    run_cli(*train_args(world, teacher, out, steps, *extra), env=env)
     return out / "checkpoints" / "last" / "pretrained_model"
 
 

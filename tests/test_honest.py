@@ -17,7 +17,7 @@ from hub_reflow.errors import UserError
 from hub_reflow.hub import push_checkpoint
 from hub_reflow.testing.hub_server import HubServer
 
-from conftest import run_cli
+from conftest import run_cli, run_main
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
@@ -66,7 +66,7 @@ def test_untrained_copy_and_teacher_are_refused_then_forced_with_an_honest_card(
 
 
 def test_verify_fails_the_teacher_as_its_own_student(world):
-    r = run_cli("verify", str(world.teacher_fp32), "--teacher", str(world.teacher_fp32), check=False)
+    r = run_main("verify", str(world.teacher_fp32), "--teacher", str(world.teacher_fp32))
     assert r.returncode == 1
     assert "FAIL  weights.expert" in r.stdout
     assert "the teacher itself or an untrained copy of it, not a reflow student" in r.stdout
@@ -115,12 +115,12 @@ def test_canonicalize_output_is_pushable_with_an_honest_card(server, world, stud
     src = shutil.copytree(student_fp32, tmp_path / "src")
     (src / LINEAGE_NAME).unlink()  # a student made elsewhere: no record of its training
     dst = tmp_path / "dst"
-    r = run_cli("canonicalize", str(src), str(dst), "--teacher", str(world.teacher_fp32), "--no-speed")
-    assert r.stdout.rstrip().endswith("verdict: PASS")
+    r = run_main("canonicalize", str(src), str(dst), "--teacher", str(world.teacher_fp32), "--no-speed")
+    assert r.returncode == 0 and r.stdout.rstrip().endswith("verdict: PASS")
     lineage = json.loads((dst / LINEAGE_NAME).read_text())
     assert lineage["training"] == {"record": "unknown", "written_by": "hub-reflow canonicalize"}
     assert lineage["teacher"]["weights_sha256"] == json.loads((student_fp32 / LINEAGE_NAME).read_text())["teacher"]["weights_sha256"]
-    printed = run_cli("card", str(dst)).stdout
+    printed = run_main("card", str(dst)).stdout
     assert "**Its training record is\nunknown**" in printed and REFLOW_CLAIM not in printed
     run_cli("push", str(dst), "--repo-id", "user/canonicalized", env=env(server, tmp_path_factory.mktemp("hf")))
     assert server.commit_count("user/canonicalized") == 1

@@ -15,7 +15,7 @@ from hub_reflow.errors import UserError
 from hub_reflow.hub import push_checkpoint, structural_problems
 from hub_reflow.testing.tiny_backbone import TINY_BACKBONE_ID
 
-from conftest import run_cli
+from conftest import run_cli_many, run_main
 
 PRE = "policy_preprocessor.json"
 
@@ -30,10 +30,20 @@ def local_teacher(world, tmp_path_factory) -> Path:
     return teacher
 
 
-def _train(world, teacher: Path, out: Path, *extra: str):
-    return run_cli("train", "--teacher", str(teacher), "--dataset", world.repo_id, "--dataset-root", str(world.dataset_root),
-                   "--output-dir", str(out), "--steps", "2", "--batch-size", "4", "--lr", "1e-3", "--device", "cpu",
-                   "--no-progress", *extra, check=False)
+def _train_args(world, teacher: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--teacher", str(teacher), "--dataset", world.repo_id, "--dataset-root", str(world.dataset_root),
+            "--output-dir", str(out), "--steps", "2", "--batch-size", "4", "--lr", "1e-3", "--device", "cpu",
+            "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(world, local_teacher, tmp_path_factory) -> dict:
+    """Both tests' runs from the local teacher, in one fresh process (one start of torch and
+    LeRobot): without and with ``--vlm-repo-id``; name -> (run folder, its CompletedProcess)."""
+    root = tmp_path_factory.mktemp("runs")
+    runs = {"local": (), "repo_id": ("--vlm-repo-id", TINY_BACKBONE_ID)}
+    results = run_cli_many(*(_train_args(world, local_teacher, root / name, *extra) for name, extra in runs.items()))
+    return {name: (root / name, r) for name, r in zip(runs, results)}
 
 
 def _names(folder: Path) -> tuple[str, str]:
@@ -43,12 +53,12 @@ def _names(folder: Path) -> tuple[str, str]:
     return config["vlm_model_name"], tokenizer
 
 
-def test_local_backbone_trains_verifies_with_a_warn_and_is_refused_by_push(world, local_teacher, tmp_path):
-    r = _train(world, local_teacher, tmp_path / "run")
+def test_local_backbone_trains_verifies_with_a_warn_and_is_refused_by_push(world, local_teacher, trained, tmp_path):
+    run, r = trained["local"]
     assert r.returncode == 0, r.stderr[-3000:]
-    student = tmp_path / "run" / "checkpoints" / "last" / "pretrained_model"
+    student = run / "checkpoints" / "last" / "pretrained_model"
     assert _names(student) == (str(world.backbone), str(world.backbone))
-    v = run_cli("verify", str(student), "--teacher", str(local_teacher), "--no-speed", check=False)
+    v = run_main("verify", str(student), "--teacher", str(local_teacher), "--no-speed")
     assert v.returncode == 0, v.stdout
     warn = [line for line in v.stdout.splitlines() if line.startswith("WARN")]
     assert len(warn) == 1 and warn[0].split()[1] == "config"
@@ -58,29 +68,30 @@ def test_local_backbone_trains_verifies_with_a_warn_and_is_refused_by_push(world
         push_checkpoint(student, "user/local", token="x", endpoint="http://127.0.0.1:9")
     # canonicalize names the backbone by its repo id (offline: the repo is checked in the cache).
     dst = tmp_path / "canonical"
-    c = run_cli("canonicalize", str(student), str(dst), "--teacher", str(local_teacher), "--no-speed",
-                "--vlm-repo-id", TINY_BACKBONE_ID)
+    c = run_main("canonicalize", str(student), str(dst), "--teacher", str(local_teacher), "--no-speed",
+                 "--vlm-repo-id", TINY_BACKBONE_ID)
+    assert c.returncode == 0, c.stderr[-3000:]
     assert f"changed: config and processors: vlm_model_name {world.backbone} -> {TINY_BACKBONE_ID} (the same files)" in c.stdout
     assert c.stdout.rstrip().endswith("verdict: PASS") and "WARN" not in c.stdout
     assert _names(dst) == (TINY_BACKBONE_ID, TINY_BACKBONE_ID)
     assert structural_problems(dst) == []
-    refused = run_cli("canonicalize", str(student), str(tmp_path / "refused"), "--teacher", str(local_teacher), check=False)
+    refused = run_main("canonicalize", str(student), str(tmp_path / "refused"), "--teacher", str(local_teacher))
     assert refused.returncode == 2 and "pass --vlm-repo-id ORG/NAME" in refused.stderr
     assert not (tmp_path / "refused").exists()
 
 
-def test_train_vlm_repo_id_is_checked_and_written(world, local_teacher, tmp_path):
-    wrong = _train(world, local_teacher, tmp_path / "wrong", "--vlm-repo-id", "someone/not-this-backbone")
+def test_train_vlm_repo_id_is_checked_and_written(world, local_teacher, trained, tmp_path):
+    wrong = run_main(*_train_args(world, local_teacher, tmp_path / "wrong", "--vlm-repo-id", "someone/not-this-backbone"))
     assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
     assert wrong.stderr.strip().splitlines()[-1] == (
         "hub-reflow: error: train --vlm-repo-id: someone/not-this-backbone is not in the Hugging Face cache and "
         "HF_HUB_OFFLINE is set; download it once with the network on, or unset HF_HUB_OFFLINE")
     assert not (tmp_path / "wrong").exists()
-    r = _train(world, local_teacher, tmp_path / "run", "--vlm-repo-id", TINY_BACKBONE_ID)
+    run, r = trained["repo_id"]
     assert r.returncode == 0, r.stderr[-3000:]
-    student = tmp_path / "run" / "checkpoints" / "last" / "pretrained_model"
+    student = run / "checkpoints" / "last" / "pretrained_model"
     assert _names(student) == (TINY_BACKBONE_ID, TINY_BACKBONE_ID)
     assert structural_problems(student) == []
     assert structural_problems(student, local_teacher) == []
-    v = run_cli("verify", str(student), "--teacher", str(local_teacher), "--no-speed")
-    assert "WARN" not in v.stdout and v.stdout.rstrip().endswith("verdict: PASS")
+    v = run_main("verify", str(student), "--teacher", str(local_teacher), "--no-speed")
+    assert v.returncode == 0 and "WARN" not in v.stdout and v.stdout.rstrip().endswith("verdict: PASS")

@@ -18,7 +18,7 @@ from lerobot.policies.factory import make_pre_post_processors
 from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 from safetensors.torch import load_file
 
-from conftest import HOLDOUT, run_cli, train_student
+from conftest import HOLDOUT, run_cli_many, train_args, train_student
 from hub_reflow.pairs import DATA_FILE, PAIRS_META_NAME
 from hub_reflow.run_checks import RUN_RECORD
 from hub_reflow.testing.hub_server import HubServer
@@ -30,27 +30,36 @@ SEED, PER_FRAME, BATCH = 7, 2, 16
 STEPS = 60  # reflow steps of both the online and the pairs-trained student compared for fidelity
 
 
-def make_pairs(world, teacher, out: Path, *extra: str, env: dict | None = None) -> Path:
-    run_cli("pairs", "--teacher", str(teacher), "--dataset", world.repo_id, "--dataset-root", str(world.dataset_root),
+def pairs_args(world, teacher, out: Path, *extra: str) -> list[str]:
+    return ["pairs", "--teacher", str(teacher), "--dataset", world.repo_id, "--dataset-root", str(world.dataset_root),
             "--output", str(out), "--per-frame", str(PER_FRAME), "--seed", str(SEED), "--batch-size", str(BATCH),
-            "--holdout-episodes", str(HOLDOUT), "--device", "cpu", "--no-progress", *extra, env=env)
-    return out
+            "--holdout-episodes", str(HOLDOUT), "--device", "cpu", "--no-progress", *extra]
 
 
 @pytest.fixture(scope="module")
-def pairs_dir(world, tmp_path_factory):
-    return make_pairs(world, world.teacher_fp32, tmp_path_factory.mktemp("pairs") / "fp32")
+def made(world, tmp_path_factory) -> dict[str, Path]:
+    """The pairs of the fp32 teacher, then two students of it, same settings, STEPS steps: online
+    pairs vs those cached pairs (checkpointed at STEPS - 2 so resume can be checked against it);
+    one command after the other in one fresh process (one start of torch and LeRobot for all)."""
+    root = tmp_path_factory.mktemp("made")
+    pairs = root / "pairs"
+    for r in run_cli_many(pairs_args(world, world.teacher_fp32, pairs),
+                          train_args(world, world.teacher_fp32, root / "online", STEPS),
+                          train_args(world, world.teacher_fp32, root / "cached", STEPS, "--pairs", str(pairs),
+                                     "--save-freq", str(STEPS - 2))):
+        assert r.returncode == 0, r.stderr[-3000:]
+    return {"pairs": pairs, **{name: root / name / "checkpoints" / "last" / "pretrained_model" for name in ("online", "cached")}}
 
 
 @pytest.fixture(scope="module")
-def trained(world, pairs_dir, tmp_path_factory):
-    """The same fp32 teacher, same settings, STEPS steps: online pairs vs cached pairs; the cached
-    run checkpoints at STEPS - 2 so resume can be checked against it."""
-    root = tmp_path_factory.mktemp("runs")
-    online = train_student(world, world.teacher_fp32, root / "online", STEPS)
-    cached = train_student(world, world.teacher_fp32, root / "cached", STEPS, "--pairs", str(pairs_dir),
-                           "--save-freq", str(STEPS - 2))
-    return online, cached
+def pairs_dir(made):
+    return made["pairs"]
+
+
+@pytest.fixture(scope="module")
+def trained(made):
+    """(online student, cached-pairs student)."""
+    return made["online"], made["cached"]
 
 
 def test_pairs_are_lerobots_own_sample_actions(world, pairs_dir):
@@ -158,6 +167,7 @@ def test_resume_on_pairs_is_sample_exact(world, pairs_dir, trained, tmp_path):
 
 
 def test_wrong_pairs_are_refused(world, pairs_dir, tmp_path):
+    """Each refusal in this process (cli.main; test_train shows one as the installed command)."""
     common = ["--dataset", world.repo_id, "--dataset-root", str(world.dataset_root), "--steps", "1", "--device", "cpu",
               "--holdout-episodes", str(HOLDOUT)]
     msg = _bad("train", "--teacher", str(world.teacher), "--output-dir", str(tmp_path / "o1"), *common,
@@ -210,22 +220,27 @@ def test_pairs_through_the_hub(world, hub, tmp_path):
     env = {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": WRITE,
            "HF_HOME": str(tmp_path / "hf_home")}
     teacher_sha = hub.head("user/teacher")
-    folder = make_pairs(world, "user/teacher", tmp_path / "pairs", env=env)
+    folder, run = tmp_path / "pairs", tmp_path / "run"
+    # pairs from the Hub teacher, push them, train on them from the Hub: one after the other, in one process.
+    made, out, trained = run_cli_many(
+        pairs_args(world, "user/teacher", folder),
+        ["push", str(folder), "--repo-id", "user/pairs"],
+        ["train", "--teacher", "user/teacher", "--dataset", world.repo_id, "--dataset-root", str(world.dataset_root),
+         "--output-dir", str(run), "--steps", "2", "--batch-size", "8", "--holdout-episodes", str(HOLDOUT),
+         "--device", "cpu", "--pairs", "user/pairs"], env=env)
+    assert made.returncode == 0, made.stderr[-3000:]
     meta = json.loads((folder / PAIRS_META_NAME).read_text())
     assert meta["teacher"]["repo_id"] == "user/teacher" and meta["teacher"]["commit"] == teacher_sha
     assert teacher_sha in DatasetCard.load(folder / "README.md").text
 
-    out = run_cli("push", str(folder), "--repo-id", "user/pairs", env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
     assert hub.commit_count("user/pairs", repo_type="dataset") == 1
     pairs_sha = hub.head("user/pairs", repo_type="dataset")
     assert out.stdout.strip().endswith(pairs_sha)
     assert set(hub.repo_files("user/pairs", repo_type="dataset")) - {".gitattributes"} == {
         "README.md", PAIRS_META_NAME, DATA_FILE}
 
-    run = tmp_path / "run"
-    run_cli("train", "--teacher", "user/teacher", "--dataset", world.repo_id, "--dataset-root", str(world.dataset_root),
-            "--output-dir", str(run), "--steps", "2", "--batch-size", "8", "--holdout-episodes", str(HOLDOUT),
-            "--device", "cpu", "--pairs", "user/pairs", env=env)
+    assert trained.returncode == 0, trained.stderr[-3000:]
     student = run / "checkpoints" / "last" / "pretrained_model"
     lin = json.loads((student / "reflow_lineage.json").read_text())
     assert lin["dataset"]["pairs"]["repo_id"] == "user/pairs" and lin["dataset"]["pairs"]["commit"] == pairs_sha

@@ -19,7 +19,7 @@ from hub_reflow.errors import UserError
 from hub_reflow.hub import push_checkpoint, structural_problems
 from hub_reflow.testing.hub_server import HubServer
 
-from conftest import run_cli
+from conftest import run_cli, run_cli_many, run_main
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
@@ -124,10 +124,19 @@ def test_second_push_uploads_no_lfs_content(server, pushed, student_fp32):
     assert server.lfs_put_count == before
 
 
+@pytest.fixture(scope="module")
+def refused_pushes(server, hf_home, student_fp32) -> dict:
+    """``push`` with no token and with a read token: both in one fresh process, HF_TOKEN set per command."""
+    tokens = [None, READ]
+    results = run_cli_many(*(["push", str(student_fp32), "--repo-id", "user/refused"] for _ in tokens),
+                           env=hub_env(server, hf_home), each_env=[{"HF_TOKEN": token or ""} for token in tokens])
+    return dict(zip(tokens, results))
+
+
 @pytest.mark.parametrize("token", [None, READ])
-def test_push_without_write_token_fails_in_one_line(server, hf_home, student_fp32, token):
+def test_push_without_write_token_fails_in_one_line(server, refused_pushes, token):
     repo = "user/refused"
-    r = run_cli("push", str(student_fp32), "--repo-id", repo, check=False, env=hub_env(server, hf_home, token))
+    r = refused_pushes[token]
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("hub-reflow: error:")]
@@ -225,14 +234,20 @@ def test_teacher_from_the_hub_is_recorded_at_its_commit(server, hf_home, world, 
     api.upload_folder(folder_path=str(world.teacher_fp32), repo_id=teacher_repo)
     sha = server.head(teacher_repo)
     out = tmp_path / "run"
-    run_cli("train", "--teacher", teacher_repo, "--teacher-revision", "main", "--dataset", world.repo_id,
-            "--dataset-root", str(world.dataset_root), "--output-dir", str(out), "--steps", "2", "--batch-size", "4",
-            "--device", "cpu", env=hub_env(server, hf_home, READ))
     student = out / "checkpoints" / "last" / "pretrained_model"
+    # train (a read token), push (a write token), verify (a read token): one after the other in one process.
+    trained, pushed, result = run_cli_many(
+        ["train", "--teacher", teacher_repo, "--teacher-revision", "main", "--dataset", world.repo_id,
+         "--dataset-root", str(world.dataset_root), "--output-dir", str(out), "--steps", "2", "--batch-size", "4",
+         "--device", "cpu"],
+        ["push", str(student), "--repo-id", "user/hub-teacher-student"],
+        ["verify", "user/hub-teacher-student", "--revision", "main"],
+        env=hub_env(server, hf_home, READ), each_env=[{}, {"HF_TOKEN": WRITE}, {}])
+    assert trained.returncode == 0, trained.stderr[-3000:]
     lineage = json.loads((student / LINEAGE_NAME).read_text())
     assert lineage["teacher"]["repo_id"] == teacher_repo
     assert lineage["teacher"]["commit"] == sha and lineage["teacher"]["revision"] == "main"
-    push_checkpoint(student, "user/hub-teacher-student", token=WRITE, endpoint=server.url)
+    assert pushed.returncode == 0, pushed.stderr[-3000:]
     card = server.read_file("user/hub-teacher-student", "README.md").decode()
     assert sha in card and teacher_repo in card
     # The card's metadata as huggingface_hub parses it from the Hub.
@@ -245,7 +260,7 @@ def test_teacher_from_the_hub_is_recorded_at_its_commit(server, hf_home, world, 
     assert data.tags == ["lerobot", "smolvla", "reflow", "rectified-flow", "robotics"]
     # verify by repo id: the teacher is found from the lineage (its Hub repo at the recorded commit).
     pushed_sha = server.head("user/hub-teacher-student")
-    result = run_cli("verify", "user/hub-teacher-student", "--revision", "main", env=hub_env(server, hf_home, READ))
+    assert result.returncode == 0, result.stdout[-3000:]
     assert f"checkpoint: user/hub-teacher-student@{pushed_sha}" in result.stdout
     assert f"teacher taken from the lineage: {teacher_repo}@{sha}" in result.stdout
     assert "PASS  weights.vlm" in result.stdout and "PASS  lineage" in result.stdout
@@ -285,7 +300,7 @@ def test_push_refuses_teacher_tensors_under_any_prefix(world, student_fp32, tmp_
     assert structural_problems(student_fp32) == []
 
 
-def test_push_with_a_teacher_refuses_what_only_the_teacher_shows(server, hf_home, world, student_fp32, tmp_path):
+def test_push_with_a_teacher_refuses_what_only_the_teacher_shows(server, world, student_fp32, tmp_path):
     """Swapped normalisation statistics are finite and well-formed: only a comparison with the teacher
     shows them, as in verify. push --teacher runs the same checks and refuses."""
     from breaks import swapped_norm_stats
@@ -294,8 +309,8 @@ def test_push_with_a_teacher_refuses_what_only_the_teacher_shows(server, hf_home
     assert structural_problems(broken) == []
     problems = structural_problems(broken, world.teacher_fp32)
     assert len(problems) == 1 and problems[0].startswith("processors check (processors.stats): ")
-    r = run_cli("push", str(broken), "--repo-id", "user/swapped", "--teacher", str(world.teacher_fp32), check=False,
-                env=hub_env(server, hf_home))
+    # In this process (refused before any request to the Hub).
+    r = run_main("push", str(broken), "--repo-id", "user/swapped", "--teacher", str(world.teacher_fp32))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     errors = [line for line in r.stderr.splitlines() if line.startswith("hub-reflow: error:")]
     assert len(errors) == 1 and errors[0].startswith("hub-reflow: error: push: the checkpoint fails the processors check (processors.stats): "

@@ -19,7 +19,7 @@ from huggingface_hub import HfApi, constants
 from hub_reflow.hub import push_checkpoint
 from hub_reflow.testing.hub_server import HubServer
 
-from conftest import run_cli
+from conftest import run_cli_many
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
@@ -182,32 +182,34 @@ def test_offline_api_loads_from_the_warm_cache(server, hf_home, online):
 
 
 def test_offline_commands_read_the_warm_cache(server, hf_home, online, world, tmp_path):
+    # The commands of each environment in one fresh process (run_cli_many), online then offline.
     # Online once: a plain SmolVLA is refused by pull, with an accurate line, but is now in the cache.
-    teacher = run_cli("pull", TEACHER, env=env_for(server, hf_home), check=False)
+    HfApi(endpoint=server.url, token=WRITE).create_repo("user/some-pairs", repo_type="dataset", exist_ok=True)
+    teacher, pairs_repo = run_cli_many(["pull", TEACHER], ["pull", "user/some-pairs"], env=env_for(server, hf_home))
     assert teacher.returncode == 2 and teacher.stderr.strip().splitlines()[-1].startswith(
         "hub-reflow: error: pull: a plain SmolVLA checkpoint, not a reflow student (no reflow_lineage.json); the "
         "download is left in the Hugging Face cache at ")
-    offline = env_for(server, hf_home, offline=True)
-    pulled = run_cli("pull", PUBLIC, "--local-dir", str(tmp_path / "pulled"), env=offline)
-    assert Path(pulled.stdout.strip().splitlines()[-1]) == tmp_path / "pulled"
-    assert json.loads((tmp_path / "pulled" / ".cache" / "hub-reflow" / "pull.json").read_text())["commit"] == server.head(PUBLIC)
-    verified = run_cli("verify", PUBLIC, "--no-speed", env=offline)
-    assert f"checkpoint: {PUBLIC}@{server.head(PUBLIC)}" in verified.stdout
-    assert verified.stdout.rstrip().endswith("verdict: PASS")
-    out = tmp_path / "run"
-    run_cli("train", "--teacher", TEACHER, "--dataset", world.repo_id, "--dataset-root", str(world.dataset_root),
-            "--output-dir", str(out), "--steps", "2", "--batch-size", "4", "--device", "cpu", env=offline)
-    lineage = json.loads((out / "checkpoints" / "last" / "pretrained_model" / "reflow_lineage.json").read_text())
-    assert lineage["teacher"]["repo_id"] == TEACHER and lineage["teacher"]["commit"] == server.head(TEACHER)
-    pairs = run_cli("pairs", "--teacher", TEACHER, "--dataset", world.repo_id, "--dataset-root", str(world.dataset_root),
-                    "--output", str(tmp_path / "pairs"), "--device", "cpu", "--batch-size", "64", env=offline)
-    assert pairs.returncode == 0
-    HfApi(endpoint=server.url, token=WRITE).create_repo("user/some-pairs", repo_type="dataset", exist_ok=True)
-    pairs_repo = run_cli("pull", "user/some-pairs", env=env_for(server, hf_home), check=False)
     assert pairs_repo.returncode == 2 and pairs_repo.stderr.strip().splitlines()[-1] == (
         "hub-reflow: error: pull: user/some-pairs is a dataset repo, not a model: teacher pairs (hub-reflow pairs) are "
         "used where they are, with train --pairs user/some-pairs; pull downloads reflow students")
-    refused = run_cli("pull", "user/never-downloaded", env=offline, check=False)
+    out = tmp_path / "run"
+    pulled, verified, trained, pairs, refused = run_cli_many(
+        ["pull", PUBLIC, "--local-dir", str(tmp_path / "pulled")],
+        ["verify", PUBLIC, "--no-speed"],
+        ["train", "--teacher", TEACHER, "--dataset", world.repo_id, "--dataset-root", str(world.dataset_root),
+         "--output-dir", str(out), "--steps", "2", "--batch-size", "4", "--device", "cpu"],
+        ["pairs", "--teacher", TEACHER, "--dataset", world.repo_id, "--dataset-root", str(world.dataset_root),
+         "--output", str(tmp_path / "pairs"), "--device", "cpu", "--batch-size", "64"],
+        ["pull", "user/never-downloaded"],
+        env=env_for(server, hf_home, offline=True))
+    assert pulled.returncode == 0 and Path(pulled.stdout.strip().splitlines()[-1]) == tmp_path / "pulled"
+    assert json.loads((tmp_path / "pulled" / ".cache" / "hub-reflow" / "pull.json").read_text())["commit"] == server.head(PUBLIC)
+    assert verified.returncode == 0 and f"checkpoint: {PUBLIC}@{server.head(PUBLIC)}" in verified.stdout
+    assert verified.stdout.rstrip().endswith("verdict: PASS")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    lineage = json.loads((out / "checkpoints" / "last" / "pretrained_model" / "reflow_lineage.json").read_text())
+    assert lineage["teacher"]["repo_id"] == TEACHER and lineage["teacher"]["commit"] == server.head(TEACHER)
+    assert pairs.returncode == 0, pairs.stderr[-3000:]
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert refused.stderr.strip().splitlines()[-1] == (
         "hub-reflow: error: pull: user/never-downloaded is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "

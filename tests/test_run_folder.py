@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from hub_reflow.runlock import LOCK_NAME
 
-from conftest import run_cli
+from conftest import run_cli, run_main
 
 STEPS, SAVE = 6, 2
 
@@ -41,7 +41,7 @@ def test_second_train_on_a_folder_in_use_is_refused_and_resume_alone_continues(w
     while not (lock.is_file() and lock.read_text()) and first.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert lock.is_file(), "the first run holds no lock on its folder"
-    second = run_cli(*_args(world, out), "--seed", "7", check=False)
+    second = run_main(*_args(world, out), "--seed", "7")  # in this process: refused while the first still runs
     stdout, stderr = first.communicate(timeout=600)
     assert second.returncode == 2 and "Traceback" not in second.stderr
     errors = [line for line in second.stderr.splitlines() if line.startswith("hub-reflow: error:")]
@@ -79,7 +79,7 @@ def test_second_train_on_a_folder_in_use_is_refused_and_resume_alone_continues(w
     assert (part / "checkpoints" / "last").resolve().name == "000006"
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # An option given and different from the run's is still refused.
-    refused = run_cli("train", "--output-dir", str(part), "--resume", "--steps", "8", check=False)
+    refused = run_main("train", "--output-dir", str(part), "--resume", "--steps", "8")
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines()[-1] == ("hub-reflow: error: --resume: --steps differs from the run's: it was "
                                                        "6, now 8; resume with the run's own settings, or start a new --output-dir")

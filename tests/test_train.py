@@ -16,7 +16,7 @@ from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import run_cli
+from conftest import run_cli, run_main
 from hub_reflow.checkpoint import processor_files
 from hub_reflow.evaluate import observation_batch
 
@@ -120,8 +120,10 @@ def test_resume_after_a_kill_ends_canonical(world, tmp_path):
     assert_canonical(last / "pretrained_model", world.teacher_fp32)
 
 
-def _bad(*args: str) -> str:
-    r = run_cli(*args, check=False)
+def _bad(*args: str, fresh_process: bool = False) -> str:
+    """The one error line of a refused command (exit 2, no traceback): through cli.main in this
+    process, or with ``fresh_process`` as the installed command (what reaches a user's terminal)."""
+    r = run_cli(*args, check=False) if fresh_process else run_main(*args)
     assert r.returncode == 2, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("hub-reflow: error:")]
@@ -131,7 +133,8 @@ def _bad(*args: str) -> str:
 
 def test_bad_input_one_line_errors(world, tmp_path):
     common = ["--dataset", world.repo_id, "--dataset-root", str(world.dataset_root), "--steps", "1", "--device", "cpu"]
-    msg = _bad("train", "--teacher", str(tmp_path / "nope"), "--output-dir", str(tmp_path / "o1"), *common)
+    msg = _bad("train", "--teacher", str(tmp_path / "nope"), "--output-dir", str(tmp_path / "o1"), *common,
+               fresh_process=True)
     assert "does not exist" in msg
     msg = _bad("train", "--teacher", str(world.backbone), "--output-dir", str(tmp_path / "o2"), *common)
     assert "not 'smolvla'" in msg

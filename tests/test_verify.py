@@ -14,7 +14,7 @@ from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 from safetensors import safe_open
 
 from breaks import BREAKS, embedded_teacher, fp32_layout, reinitialised_expert
-from conftest import run_cli
+from conftest import run_cli, run_main
 from hub_reflow.canonicalize import NotRepairable, canonicalize
 from hub_reflow.verify import FAIL, INFO, PASS, SKIP, verify
 from test_train import assert_canonical, assert_plain_lerobot_loads
@@ -32,8 +32,8 @@ def _json_report(result) -> dict:
 
 
 def test_verify_passes_the_real_student(world, student_bf16):
-    result = run_cli("verify", str(student_bf16), "--teacher", str(world.teacher), "--dataset", world.repo_id,
-                     "--dataset-root", str(world.dataset_root), "--no-speed", "--json")
+    result = run_main("verify", str(student_bf16), "--teacher", str(world.teacher), "--dataset", world.repo_id,
+                      "--dataset-root", str(world.dataset_root), "--no-speed", "--json")
     report = _json_report(result)
     status = {c["name"]: c["status"] for c in report["checks"]}
     assert report["passed"] is True and result.returncode == 0
@@ -127,8 +127,9 @@ def test_the_forks_checkpoint_is_repaired_without_a_teacher(world, student_bf16,
     (src / "config.json").write_text(json.dumps(cfg))
     assert verify(str(src), str(world.teacher)).failed_names() == {"config", "config.diff", "weights.teacher", "weights.dtypes"}
 
-    result = run_cli("canonicalize", str(src), str(tmp_path / "fixed"))
+    result = run_main("canonicalize", str(src), str(tmp_path / "fixed"))
     out = result.stdout
+    assert result.returncode == 0, result.stderr[-3000:]
     assert "dropped fields LeRobot does not know: teacher_model_path, use_reflow" in out
     assert "load_vlm_weights false -> true" in out and "removed 72 teacher tensors under prefix 'teacher.'" in out
     assert "VLM float32 -> bfloat16 x43" in out and "verdict: PASS" in out
@@ -139,7 +140,7 @@ def test_the_forks_checkpoint_is_repaired_without_a_teacher(world, student_bf16,
 def test_reinitialised_expert_fails_fidelity(world, student_bf16, tmp_path):
     broken = reinitialised_expert(student_bf16, world.teacher, tmp_path / "reinit")
     args = ("--teacher", str(world.teacher), "--dataset", world.repo_id, "--dataset-root", str(world.dataset_root), "--no-speed")
-    result = run_cli("verify", str(broken), *args, "--json", check=False)
+    result = run_main("verify", str(broken), *args, "--json")
     report = _json_report(result)
     assert result.returncode == 1 and report["passed"] is False
     failed = {c["name"] for c in report["checks"] if c["status"] == FAIL}
@@ -147,7 +148,7 @@ def test_reinitialised_expert_fails_fidelity(world, student_bf16, tmp_path):
     fid = next(c for c in report["checks"] if c["name"] == "fidelity")["details"]
     assert fid["student_rmse"] > fid["threshold"] >= 0.5 * fid["teacher_rmse_at_student_steps"]
     # canonicalize writes it (nothing to repair in the files) and its verify refuses it.
-    result = run_cli("canonicalize", str(broken), str(tmp_path / "dst"), *args, check=False)
+    result = run_main("canonicalize", str(broken), str(tmp_path / "dst"), *args)
     assert result.returncode == 1 and "FAIL  fidelity" in result.stdout and "verdict: FAIL (fidelity" in result.stdout
 
 
@@ -167,7 +168,7 @@ def test_verify_bad_input_is_one_line(world, tmp_path):
     result = run_cli("verify", str(tmp_path / "nope"), check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "does not exist as a folder and is not a Hub repo id" in result.stderr
-    result = run_cli("verify", str(world.teacher), "--dataset", world.repo_id, check=False)
+    result = run_main("verify", str(world.teacher), "--dataset", world.repo_id)
     assert result.returncode == 2 and "pass --teacher too" in result.stderr
 
 
