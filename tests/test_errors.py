@@ -453,8 +453,11 @@ def _in_process(argv: list[str]) -> tuple[int, str, str]:
 
 def _interrupted(argv: list[str], wait_for: str) -> tuple[int, str, str]:
     exe = Path(sys.executable).with_name("hub-reflow")
+    # SIGINT's default disposition in the child: a suite started in the background by a shell without
+    # job control inherits SIGINT ignored, and so would the command, which then never sees the signal.
     proc = subprocess.Popen([str(exe), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     try:
         for line in proc.stdout:
