@@ -5,9 +5,10 @@ In ``hub_reflow/testing/post_world.py`` an episode is decided by its first chunk
 does not move the robot sideways far enough drives into the post (the collisions happen at the end
 of the first chunk). For each policy this prints, over ``--noises`` draws (the same draws for
 every policy): the mean sideways displacement ``|dx|`` of the first chunk, the share of draws
-with ``|dx| < --ambiguous`` (an undecided chunk: the failure), the share of draws that go to the
-same side as teacher@10 for the same noise, and the mean squared action error against teacher@10
-for the same noise (the offline fidelity measure); with ``--episodes N``, also the closed-loop
+with ``|dx| < --ambiguous`` (an undecided chunk: the failure), the share going right (against the
+teacher's: a student that always picks one side succeeds in closed loop but has lost a mode), the
+share going to the same side as teacher@10 for the same noise, and the mean squared action error
+against teacher@10 for the same noise (the offline fidelity measure); with ``--episodes N``, also the closed-loop
 success over N paired episodes (``hub-reflow eval``'s ``evaluate_closed_loop``, env and torch seed
 i for episode i). JSON under benchmarks/results/.
 
@@ -109,18 +110,19 @@ def bench(a) -> int:
             reference = (actions, dx)
         same_side = (torch.sign(dx) == torch.sign(reference[1])).float().mean().item()
         label = "teacher@10" if reference[0] is actions else f"{run_name(path)}@{steps}"
-        r = {"steps": steps, "mean_abs_dx": dx.abs().mean().item(),
+        r = {"steps": steps, "mean_abs_dx": dx.abs().mean().item(), "right_share": (dx > 0).float().mean().item(),
              "undecided": (dx.abs() < a.ambiguous).float().mean().item(), "same_side_as_teacher10": same_side,
              "mse_vs_teacher10": ((actions - reference[0]) ** 2).mean().item()}
         if a.episodes:
             r["closed_loop"] = closed_loop(path, steps, a.episodes)
         results[label] = r
-        rows.append([label, f"{r['mean_abs_dx']:.3f}", f"{100 * r['undecided']:.1f}%", f"{100 * same_side:.1f}%",
+        rows.append([label, f"{r['mean_abs_dx']:.3f}", f"{100 * r['undecided']:.1f}%", f"{100 * r['right_share']:.1f}%",
+                     f"{100 * same_side:.1f}%",
                      f"{r['mse_vs_teacher10']:.4f}",
                      *([f"{r['closed_loop']['successes']}/{a.episodes}"] if a.episodes else [])])
     write_json(a.out, {"benchmark": "first_chunk", "settings": {"noises": n, "env_seed": a.env_seed, "ambiguous": a.ambiguous,
                                                                 "episodes": a.episodes}, "policies": results})
-    print(markdown(["policy", "mean |dx|", f"undecided (|dx| < {a.ambiguous})", "same side as teacher@10",
+    print(markdown(["policy", "mean |dx|", f"undecided (|dx| < {a.ambiguous})", "right side", "same side as teacher@10",
                     "MSE vs teacher@10", *(["closed-loop success"] if a.episodes else [])], rows))
     return 0
 

@@ -139,5 +139,6 @@ def test_closed_loop_benchmarks_smoke(closed_loop_world, closed_loop_student, tm
     assert list(rows) == ["teacher@10", again, "closed-loop/last@1"]
     assert rows["teacher@10"]["mse_vs_teacher10"] == 0 == rows[again]["mse_vs_teacher10"]  # the same policy and noise
     assert rows[again]["same_side_as_teacher10"] == 1 and rows[again]["undecided"] == rows["teacher@10"]["undecided"]
+    assert rows[again]["right_share"] == rows["teacher@10"]["right_share"] and 0 <= rows["closed-loop/last@1"]["right_share"] <= 1
     assert rows["closed-loop/last@1"]["mse_vs_teacher10"] > 0 and rows["closed-loop/last@1"]["closed_loop"]["episodes"] == 2
     assert "FOLDER@STEPS" in _one_line_error("first_chunk.py", str(closed_loop_world.teacher), "x@0")
