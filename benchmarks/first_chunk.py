@@ -58,7 +58,10 @@ def main(argv=None) -> int:
         return bench(a)
 
 
-def first_chunks(path: Path, steps: int, raw: dict, noise):
+def first_chunks(path: Path, steps: int, raw: dict):
+    """The policy's chunks for ``raw`` at ``steps`` Euler steps, from noise seeded 0 (the same draws for
+    every policy of the same chunk shape)."""
+    import torch
     from lerobot.policies.factory import make_pre_post_processors
     from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 
@@ -66,6 +69,8 @@ def first_chunks(path: Path, steps: int, raw: dict, noise):
 
     policy = SmolVLAPolicy.from_pretrained(str(path)).eval()
     pre, post = make_pre_post_processors(policy.config, pretrained_path=str(path))
+    cfg = policy.config
+    noise = torch.randn(len(raw["task"]), cfg.chunk_size, cfg.max_action_dim, generator=torch.Generator().manual_seed(0))
     return chunk(policy, pre, post, raw, noise, steps).clamp(-1, 1)  # the env clips actions to [-1, 1]
 
 
@@ -100,11 +105,7 @@ def bench(a) -> int:
     raw["task"] = [TASK] * n
     rows, results, reference = [], {}, None
     for path, steps in a.specs:
-        from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
-
-        cfg = SmolVLAConfig.from_pretrained(str(path))
-        noise = torch.randn(n, cfg.chunk_size, cfg.max_action_dim, generator=torch.Generator().manual_seed(0))
-        actions = first_chunks(path, steps, raw, noise)
+        actions = first_chunks(path, steps, raw)
         dx = SPEED * actions[:, :, 0].sum(1)
         if reference is None:
             reference = (actions, dx)
