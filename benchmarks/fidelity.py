@@ -85,6 +85,31 @@ def true_modes(spec, states, frame_index, episode_length, chunk: int):
     return torch.from_numpy(modes), valid
 
 
+def held_out(spec, dataset_root: Path, chunk_size: int, stride: int = 1):
+    """A world's held-out episodes (the last ``HOLDOUT``, as hub-reflow train holds them out): the
+    dataset, the index of their first frame, every ``stride``-th frame's index, those frames' raw
+    observation batch, and their true modes and valid mask (``true_modes``; ``None`` for the
+    closed-loop world, whose expert is not ``spec.action``)."""
+    import torch
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from hub_reflow.evaluate import observation_batch
+
+    ds = LeRobotDataset(spec.repo_id, root=dataset_root)
+    meta = ds.meta.episodes
+    start = int(meta["dataset_from_index"][ds.meta.total_episodes - HOLDOUT])
+    idx = list(range(start, len(ds)))[::stride]
+    raw = observation_batch(ds, idx)
+    if spec.closed_loop:
+        return ds, start, idx, raw, None, None
+    frames = [ds[i] for i in idx]
+    ep_len = {int(e): int(t - f) for e, f, t in zip(meta["episode_index"], meta["dataset_from_index"], meta["dataset_to_index"],
+                                                     strict=True)}
+    modes, valid = true_modes(spec, raw["observation.state"].float(), torch.tensor([int(f["frame_index"]) for f in frames]),
+                              torch.tensor([ep_len[int(f["episode_index"])] for f in frames]), chunk_size)
+    return ds, start, idx, raw, modes, valid
+
+
 def mode_metrics(chunks: torch.Tensor, modes: torch.Tensor, valid: torch.Tensor) -> dict:
     """Distance to the nearest true mode per frame, its mean, and the hit rate."""
     err = ((chunks[None].float() - modes) ** 2).sum(-1)  # (2, B, chunk)
@@ -215,7 +240,6 @@ def train_student(teacher: Path, dataset_root: Path, repo_id: str, out: Path, *,
 
 def evaluate_world(a, name: str, device) -> dict:
     import torch
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
     from lerobot.policies.factory import make_pre_post_processors
     from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 
@@ -291,20 +315,9 @@ def evaluate_world(a, name: str, device) -> dict:
     if a.round2 and first in students:
         samplers.append((f"{first} @10", first, 10, "z"))
 
-    ds = LeRobotDataset(spec.repo_id, root=dataset_root)
-    n_eps = ds.meta.total_episodes
-    start = int(ds.meta.episodes["dataset_from_index"][n_eps - HOLDOUT])
-    idx = list(range(start, len(ds)))
-    if a.smoke:
-        idx = idx[::5]
-    raw = observation_batch(ds, idx)
-    frames = [ds[i] for i in idx]
-    ep_len = {int(e): int(t - f) for e, f, t in zip(ds.meta.episodes["episode_index"], ds.meta.episodes["dataset_from_index"],
-                                                     ds.meta.episodes["dataset_to_index"], strict=True)}
     cfg = models["teacher"][0].config
     adim = cfg.action_feature.shape[0]
-    modes, valid = true_modes(spec, raw["observation.state"].float(), torch.tensor([int(f["frame_index"]) for f in frames]),
-                              torch.tensor([ep_len[int(f["episode_index"])] for f in frames]), cfg.chunk_size)
+    ds, start, idx, raw, modes, valid = held_out(spec, dataset_root, cfg.chunk_size, stride=5 if a.smoke else 1)
     g = torch.Generator().manual_seed(a.seed)
     shape = (len(idx), cfg.chunk_size, cfg.max_action_dim)
     draws = [{"z": torch.randn(*shape, generator=g), "z_other": torch.randn(*shape, generator=g)} for _ in range(a.noises)]

@@ -18,10 +18,28 @@ from pathlib import Path
 
 
 def bare_loop(teacher_dir: str, repo_id: str, root: str, steps: int, batch_size: int, time_sampling: str,
-              holdout: int, lr: float | None, seed: int, grid_steps: int = 1, save_to: str | None = None) -> float:
+              holdout: int, lr: float | None, seed: int, grid_steps: int = 1, save_to: str | None = None,
+              save_every: int = 0) -> float:
     """Train a student; return its final loss. ``save_to``: save it there as a plain LeRobot
-    checkpoint (``save_pretrained`` plus the teacher's processor files), ``num_steps`` = ``grid_steps``."""
+    checkpoint (``save_pretrained`` plus the teacher's processor files), ``num_steps`` = ``grid_steps``,
+    with ``reference_loop.done`` (JSON: steps, wall seconds since the call began, final loss).
+    ``save_every``: also a snapshot every that many steps, in ``save_to/step{N:06d}`` (the time spent
+    saving snapshots is left out of the wall seconds: a bare loop would not save them)."""
     import copy
+    import json
+    import time
+
+    t0, paused = time.perf_counter(), 0.0
+
+    def save(folder: str, step: int, loss) -> None:
+        wall = time.perf_counter() - t0 - paused
+        student.config.num_steps = grid_steps
+        student.eval().save_pretrained(folder)
+        pre.save_pretrained(folder)
+        post.save_pretrained(folder)
+        Path(folder, "reference_loop.done").write_text(json.dumps({"steps": step, "wall_s": wall, "final_loss": float(loss)}))
+        student.train()
+        student.model.vlm_with_expert.vlm.eval()
 
     import torch
     from lerobot.datasets.factory import resolve_delta_timestamps
@@ -74,10 +92,10 @@ def bare_loop(teacher_dir: str, repo_id: str, root: str, steps: int, batch_size:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        if save_to is not None and save_every and step % save_every == 0 and step < steps:
+            t1 = time.perf_counter()
+            save(f"{save_to}/step{step:06d}", step, loss)
+            paused += time.perf_counter() - t1
     if save_to is not None:
-        student.config.num_steps = grid_steps
-        student.eval().save_pretrained(save_to)
-        pre.save_pretrained(save_to)
-        post.save_pretrained(save_to)
-        Path(save_to, "reference_loop.done").write_text(f"{steps} steps, final loss {float(loss)}\n")
+        save(save_to, steps, loss)
     return float(loss)

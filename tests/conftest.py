@@ -113,11 +113,95 @@ def _cache_dir(tmp_path_factory, name: str) -> Path:
     return tmp_path_factory.mktemp(name)
 
 
+# Long builds run in processes of their own (prebuild.py) while other tests run: on the CI's 2
+# cores most tests keep one core busy, so a build mostly costs the idle one. The closed-loop world
+# and its student start once the tests are collected; the bf16 student as soon as the tiny world is
+# built. Tests needing a build run after those needing none: first the others, then those needing
+# the bf16 student, the closed-loop ones last. HUB_REFLOW_TEST_BACKGROUND=0: built in the fixtures.
+BACKGROUND = os.environ.get("HUB_REFLOW_TEST_BACKGROUND", "1") != "0"
+LATER = ({"student_bf16"}, {"closed_loop_world", "closed_loop_student"})  # the builds' fixtures, in run order
+_builds: dict[str, dict] = {"bf16": {}, "closed-loop": {}}  # dirs, process, result, wanted
+
+
+def _dirs(name: str) -> tuple[Path, Path]:
+    """A build's (world root, student run folder): in the cache, or in a temporary folder of its own."""
+    build = _builds[name]
+    if "dirs" not in build:
+        base = Path(CACHE) if CACHE else Path(tempfile.mkdtemp(prefix=f"hub-reflow-tests-{name}-"))
+        build["dirs"] = (base / "world", base / "run" / "bf16") if name == "bf16" else \
+            (base / "world-closed-loop", base / "run" / "closed-loop")
+    return build["dirs"]
+
+
+def make(name: str, root: Path, run: Path):
+    """A build's world and student (both reused when there): ``bf16``, the tiny world's bf16-VLM
+    teacher's student, trained long enough to be measured; ``closed-loop``, the closed-loop world
+    and its student."""
+    from hub_reflow.testing.tiny_world import CLOSED_LOOP_WORLD, TINY_WORLD, build_tiny_world
+
+    world = build_tiny_world(root, teacher_steps=TEACHER_STEPS, spec=CLOSED_LOOP_WORLD if name == "closed-loop" else TINY_WORLD)
+    final = run / "checkpoints" / "last" / "pretrained_model"
+    if not (final / "reflow_lineage.json").exists():
+        # bf16: 1000 steps at batch 16 with grid times: MSE ratio ~0.06 against the 1-step teacher on
+        # fresh noise (test_fidelity asserts <= 0.1); batch 32 halves that and costs 90 s more.
+        # closed-loop: at batch 16 it drove round the post in 83% of 30 paired episodes against the
+        # teacher's 97% (test_closed_loop asks for 10 points); batch 32 gets 87%.
+        args, env = _loader_worker()
+        train_student(world, world.teacher, run, 1000, "--batch-size", "16" if name == "bf16" else "32", *args, env=env)
+    return world, final
+
+
+def _start(name: str) -> None:
+    build = _builds[name]
+    if not BACKGROUND or not build.get("wanted") or "process" in build:
+        return
+    root, run = _dirs(name)
+    root.mkdir(parents=True, exist_ok=True)
+    log = open(root / f"prebuild-{name}.log", "w")  # noqa: SIM115 (open while the process writes it)
+    build["process"] = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("prebuild.py")), name, str(root), str(run)],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+
+
+def _built(name: str):
+    build = _builds[name]
+    if "result" not in build:
+        root, run = _dirs(name)
+        process = build.get("process")
+        if process is not None and process.wait() != 0:
+            tail = (root / f"prebuild-{name}.log").read_text()[-5000:]
+            raise AssertionError(f"the background build {name!r} failed ({process.returncode}):\n{tail}")
+        build["result"] = make(name, root, run)  # reuses what was built; puts the backbone in this HF cache
+    return build["result"]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item) -> int:
+        names = set(getattr(item, "fixturenames", ()))
+        return max((i + 1 for i, group in enumerate(LATER) if group & names), default=0)
+
+    ranks = [rank(item) for item in items]
+    items[:] = [items[i] for i in sorted(range(len(items)), key=lambda i: ranks[i])]  # stable
+    _builds["bf16"]["wanted"], _builds["closed-loop"]["wanted"] = 1 in ranks, 2 in ranks
+    _start("closed-loop")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import signal
+
+    for build in _builds.values():
+        process = build.get("process")
+        if process is not None and process.poll() is None:  # not needed in the end (-x, interrupted, ...)
+            os.killpg(process.pid, signal.SIGKILL)  # its lerobot-train / hub-reflow train children too
+            process.wait()
+
+
 @pytest.fixture(scope="session")
-def world(tmp_path_factory):
+def world():
     from hub_reflow.testing.tiny_world import build_tiny_world, train_teacher
 
-    w = build_tiny_world(_cache_dir(tmp_path_factory, "world"), teacher_steps=TEACHER_STEPS)
+    w = build_tiny_world(_dirs("bf16")[0], teacher_steps=TEACHER_STEPS)
+    _start("bf16")  # the bf16 student of the teacher just built
     # A second teacher trained from scratch for only a few dozen steps: load_vlm_weights=false,
     # everything fp32.
     fp32 = w.root / "teacher-fp32" / "checkpoints" / "last" / "pretrained_model"
@@ -156,33 +240,24 @@ def _loader_worker() -> tuple[tuple[str, ...], dict]:
 
 
 @pytest.fixture(scope="session")
-def student_bf16(world, tmp_path_factory):
-    """The reflow student of the bf16-VLM teacher, trained long enough to be measured."""
-    # 1000 steps at batch 16 with grid times: MSE ratio ~0.06 against the 1-step teacher on fresh
-    # noise (test_fidelity asserts <= 0.1); batch 32 halves that and costs 90 s more of the suite.
-    args, env = _loader_worker()
-    return _cached_student(world, world.teacher, _cache_dir(tmp_path_factory, "run") / "bf16", 1000, "--batch-size", "16",
-                           *args, env=env)
+def student_bf16(world):
+    """The reflow student of the bf16-VLM teacher (``make``)."""
+    return _built("bf16")[1]
 
 
 @pytest.fixture(scope="session")
-def closed_loop_world(tmp_path_factory):
+def closed_loop_world():
     """The closed-loop tiny world (hub_reflow/testing/post_world.py): its dataset recorded by the
     scripted expert in the env, a teacher by the real lerobot-train (test_closed_loop). Not the main
     world: on it test_fidelity's offline thresholds fail (most frames show the side; see the report
     of issue 17)."""
-    from hub_reflow.testing.tiny_world import CLOSED_LOOP_WORLD, build_tiny_world
-
-    return build_tiny_world(_cache_dir(tmp_path_factory, "world"), teacher_steps=TEACHER_STEPS, spec=CLOSED_LOOP_WORLD)
+    return _built("closed-loop")[0]
 
 
 @pytest.fixture(scope="session")
-def closed_loop_student(closed_loop_world, tmp_path_factory):
-    """Its 1-step reflow student: at batch 16 it drove round the post in 83% of 30 paired episodes
-    against the teacher's 97% (the test asks for 10 points); batch 32 gets 87%."""
-    args, env = _loader_worker()
-    return _cached_student(closed_loop_world, closed_loop_world.teacher, _cache_dir(tmp_path_factory, "run") / "closed-loop",
-                           1000, "--batch-size", "32", *args, env=env)
+def closed_loop_student(closed_loop_world):
+    """Its 1-step reflow student, trained at batch 32 for 1000 steps (``make``)."""
+    return _built("closed-loop")[1]
 
 
 @pytest.fixture(scope="session")

@@ -93,7 +93,8 @@ def test_fidelity_smoke(world, tmp_path):
     ref = runs / "reference-k1-grid"
     assert json.loads((ref / "config.json").read_text())["num_steps"] == 1
     assert not (ref / "reflow_lineage.json").exists()
-    assert (ref / "reference_loop.done").read_text().startswith("2 steps")
+    done = json.loads((ref / "reference_loop.done").read_text())
+    assert done["steps"] == 2 and done["wall_s"] > 0 and _finite(done["final_loss"])
 
 
 def _one_line_error(script: str, *args: str) -> str:
@@ -142,3 +143,33 @@ def test_closed_loop_benchmarks_smoke(closed_loop_world, closed_loop_student, tm
     assert rows[again]["right_share"] == rows["teacher@10"]["right_share"] and 0 <= rows["closed-loop/last@1"]["right_share"] <= 1
     assert rows["closed-loop/last@1"]["mse_vs_teacher10"] > 0 and rows["closed-loop/last@1"]["closed_loop"]["episodes"] == 2
     assert "FOLDER@STEPS" in _one_line_error("first_chunk.py", str(closed_loop_world.teacher), "x@0")
+
+
+def test_fidelity_curve_smoke(closed_loop_world, tmp_path):
+    """benchmarks/fidelity_curve.py at plumbing size on the closed-loop world: both loops snapshot at
+    the same steps, the wall times are what each loop recorded, step 0 is the teacher at 1 step."""
+    out = tmp_path / "curve.json"
+    r = _run("fidelity_curve.py", "--smoke", "--worlds", "closed-loop", "--teacher", str(closed_loop_world.teacher),
+             "--dataset-root", str(closed_loop_world.dataset_root), "--seeds", "7", "--workdir", str(tmp_path / "work"),
+             "--out", str(out))
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "fidelity_curve" and out.with_suffix(".png").stat().st_size > 0
+    res = data["worlds"]["closed-loop"]
+    teacher = res["teacher"]
+    assert teacher["closed_loop@10"]["episodes"] == 2 and teacher["mse_teacher1_vs_teacher10"] > 0
+    runs = tmp_path / "work" / "runs" / "closed-loop"
+    for loop in ("hub-reflow", "reference"):
+        curve = res["runs"][loop]["7"]
+        assert [p["step"] for p in curve] == [0, 2, 4]
+        assert curve[0]["mse_ratio"] == 1.0 and curve[0]["closed_loop"] == teacher["closed_loop@1"]  # the untrained copy
+        assert 0 < curve[1]["wall_s"] < curve[2]["wall_s"] and all(_finite(p["mse_ratio"]) for p in curve)
+    ours = runs / "hub-reflow-steps4-every2-b8-seed7" / "checkpoints"
+    for p in res["runs"]["hub-reflow"]["7"][1:]:
+        phases = json.loads((ours / f"{p['step']:06d}" / "pretrained_model" / "reflow_lineage.json").read_text())["training"]["time_s"]
+        assert p["wall_s"] == pytest.approx(sum(v for k, v in phases.items() if k != "final_measurement"))
+    ref = runs / "reference-steps4-every2-b8-seed7"
+    for folder, step in ((ref / "step000002", 2), (ref, 4)):
+        assert json.loads((folder / "config.json").read_text())["num_steps"] == 1
+        assert json.loads((folder / "reference_loop.done").read_text())["steps"] == step
+    assert res["mean"]["reference"][-1]["wall_s"] == res["runs"]["reference"]["7"][-1]["wall_s"]  # one seed: its own curve
+    assert "targets:" in r.stdout
