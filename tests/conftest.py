@@ -151,6 +151,36 @@ def make(name: str, root: Path, run: Path):
     return world, final
 
 
+def _share_cores() -> None:
+    """While a background build runs on a machine of few cores, the foreground (this process's torch,
+    and the processes it starts) uses one thread: spinning OpenMP threads on oversubscribed cores
+    make a tiny-model run several times slower. Back to what it was once no build runs."""
+    running = any(b.get("process") is not None and b["process"].poll() is None for b in _builds.values())
+    share = running and len(os.sched_getaffinity(0)) < 4
+    if share and "saved" not in _threads:
+        _threads["saved"] = os.environ.get("OMP_NUM_THREADS")
+        os.environ["OMP_NUM_THREADS"] = "1"
+        if "torch" in sys.modules:
+            _threads["torch"] = sys.modules["torch"].get_num_threads()
+            sys.modules["torch"].set_num_threads(1)
+    elif not share and "saved" in _threads:
+        saved = _threads.pop("saved")
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
+        if "torch" in _threads:
+            sys.modules["torch"].set_num_threads(_threads.pop("torch"))
+
+
+_threads: dict = {}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    _share_cores()  # before the test's fixtures are set up
+
+
 def _start(name: str) -> None:
     build = _builds[name]
     if not BACKGROUND or not build.get("wanted") or "process" in build:
@@ -161,6 +191,7 @@ def _start(name: str) -> None:
     build["process"] = subprocess.Popen(
         [sys.executable, str(Path(__file__).with_name("prebuild.py")), name, str(root), str(run)],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    _share_cores()
 
 
 def _built(name: str):
