@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test suite (what CI runs), in two tiers:
 #   unit         tests/unit/  synthetic safetensors and JSON, no training (under a minute)
-#   integration  tests/       a tiny offline world, teachers trained by the real lerobot-train
+#   integration  tests/       a tiny offline world, teachers trained by the real lerobot-train (2 processes)
 # With arguments, they go to pytest as they are (a file, -k EXPR, ...).
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
@@ -11,4 +11,6 @@ fi
 echo "== unit tier (tests/unit)"
 python -m pytest -q -p no:cacheprovider tests/unit
 echo "== integration tier (tests)"
-exec python -m pytest -q -p no:cacheprovider --durations=15 tests --ignore=tests/unit
+# Two test processes (pytest-xdist), one thread each: most tests keep one core busy, and the long
+# builds are shared between the processes (tests/conftest.py).
+OMP_NUM_THREADS=1 exec python -m pytest -q -p no:cacheprovider --durations=15 -n 2 tests --ignore=tests/unit

@@ -113,49 +113,72 @@ def _cache_dir(tmp_path_factory, name: str) -> Path:
     return tmp_path_factory.mktemp(name)
 
 
-# Long builds run in processes of their own (prebuild.py) while other tests run: on the CI's 2
-# cores most tests keep one core busy, so a build mostly costs the idle one. The closed-loop world
-# and its student start once the tests are collected; the bf16 student as soon as the tiny world is
-# built. Tests needing a build run after those needing none: first the others, then those needing
-# the bf16 student, the closed-loop ones last. HUB_REFLOW_TEST_BACKGROUND=0: built in the fixtures.
+# Long builds (the tiny world with its teachers, its bf16 student, the closed-loop world with its
+# student) run in processes of their own (prebuild.py) while other tests run, each under a file lock
+# in a folder every test process shares, so that pytest-xdist's workers build each one once (the
+# first to ask starts it; the others wait for the lock and reuse it). The tiny and closed-loop builds
+# start once the tests are collected, the bf16 student once the tiny world is there. Tests run in
+# the order of what they need: nothing built, the tiny world, the bf16 student, the closed-loop
+# world. HUB_REFLOW_TEST_BACKGROUND=0: built in the fixtures (still under the locks).
 BACKGROUND = os.environ.get("HUB_REFLOW_TEST_BACKGROUND", "1") != "0"
-LATER = ({"student_bf16"}, {"closed_loop_world", "closed_loop_student"})  # the builds' fixtures, in run order
-_builds: dict[str, dict] = {"bf16": {}, "closed-loop": {}}  # dirs, process, result, wanted
+LATER = {"tiny": {"world"}, "bf16": {"student_bf16"}, "closed-loop": {"closed_loop_world", "closed_loop_student"}}
+_base: list[Path] = []
+_wanted: dict[str, bool] = {}
+_procs: dict[str, subprocess.Popen] = {}  # the builds this process started
+_results: dict[str, object] = {}
 
 
-def _dirs(name: str) -> tuple[Path, Path]:
-    """A build's (world root, student run folder): in the cache, or in a temporary folder of its own."""
-    build = _builds[name]
-    if "dirs" not in build:
-        base = Path(CACHE) if CACHE else Path(tempfile.mkdtemp(prefix=f"hub-reflow-tests-{name}-"))
-        build["dirs"] = (base / "world", base / "run" / "bf16") if name == "bf16" else \
-            (base / "world-closed-loop", base / "run" / "closed-loop")
-    return build["dirs"]
+def base() -> Path:
+    """The folder the builds go to: the cache, or one temporary folder per test run (shared by xdist's workers)."""
+    if not _base:
+        run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+        if CACHE:
+            _base.append(Path(CACHE))
+        elif run_id:
+            _base.append(Path(tempfile.gettempdir()) / f"hub-reflow-tests-{run_id}")
+        else:
+            _base.append(Path(tempfile.mkdtemp(prefix="hub-reflow-tests-")))
+        _base[0].mkdir(parents=True, exist_ok=True)
+    return _base[0]
 
 
-def make(name: str, root: Path, run: Path):
-    """A build's world and student (both reused when there): ``bf16``, the tiny world's bf16-VLM
-    teacher's student, trained long enough to be measured; ``closed-loop``, the closed-loop world
-    and its student."""
-    from hub_reflow.testing.tiny_world import CLOSED_LOOP_WORLD, TINY_WORLD, build_tiny_world
+def make(name: str, where: Path):
+    """A build (reused when there), under its lock: ``tiny``, the world with its 1000-step bf16-VLM
+    teacher and a second teacher trained from scratch for a few dozen steps (load_vlm_weights=false,
+    everything fp32); ``bf16``, the bf16-VLM teacher's student, trained long enough to be measured;
+    ``closed-loop``, the closed-loop world and its student."""
+    from filelock import FileLock
 
-    world = build_tiny_world(root, teacher_steps=TEACHER_STEPS, spec=CLOSED_LOOP_WORLD if name == "closed-loop" else TINY_WORLD)
-    final = run / "checkpoints" / "last" / "pretrained_model"
-    if not (final / "reflow_lineage.json").exists():
-        # bf16: 1000 steps at batch 16 with grid times: MSE ratio ~0.06 against the 1-step teacher on
-        # fresh noise (test_fidelity asserts <= 0.1); batch 32 halves that and costs 90 s more.
-        # closed-loop: at batch 16 it drove round the post in 83% of 30 paired episodes against the
-        # teacher's 97% (test_closed_loop asks for 10 points); batch 32 gets 87%.
-        args, env = _loader_worker()
-        train_student(world, world.teacher, run, 1000, "--batch-size", "16" if name == "bf16" else "32", *args, env=env)
-    return world, final
+    from hub_reflow.testing.tiny_world import CLOSED_LOOP_WORLD, build_tiny_world, train_teacher
+
+    with FileLock(str(where / f".{name}.lock")):
+        if name == "tiny":
+            world = build_tiny_world(where / "world", teacher_steps=TEACHER_STEPS)
+            fp32 = world.root / "teacher-fp32" / "checkpoints" / "last" / "pretrained_model"
+            world.teacher_fp32 = fp32 if (fp32 / "model.safetensors").exists() else train_teacher(
+                world.root / "teacher-fp32", dataset_root=world.dataset_root, steps=FP32_TEACHER_STEPS, load_vlm_weights=False)
+            return world
+        if name == "bf16":
+            world, run = build_tiny_world(where / "world", teacher_steps=TEACHER_STEPS), where / "run" / "bf16"
+        else:
+            world = build_tiny_world(where / "world-closed-loop", teacher_steps=TEACHER_STEPS, spec=CLOSED_LOOP_WORLD)
+            run = where / "run" / "closed-loop"
+        final = run / "checkpoints" / "last" / "pretrained_model"
+        if not (final / "reflow_lineage.json").exists():
+            # bf16: 1000 steps at batch 16 with grid times: MSE ratio ~0.06 against the 1-step teacher on
+            # fresh noise (test_fidelity asserts <= 0.1); batch 32 halves that and costs 90 s more.
+            # closed-loop: at batch 16 it drove round the post in 83% of 30 paired episodes against the
+            # teacher's 97% (test_closed_loop asks for 10 points); batch 32 gets 87%.
+            args, env = _loader_worker()
+            train_student(world, world.teacher, run, 1000, "--batch-size", "16" if name == "bf16" else "32", *args, env=env)
+        return world, final
 
 
 def _share_cores() -> None:
     """While a background build runs on a machine of few cores, the foreground (this process's torch,
     and the processes it starts) uses one thread: spinning OpenMP threads on oversubscribed cores
     make a tiny-model run several times slower. Back to what it was once no build runs."""
-    running = any(b.get("process") is not None and b["process"].poll() is None for b in _builds.values())
+    running = any(p.poll() is None for p in _procs.values())
     share = running and len(os.sched_getaffinity(0)) < 4
     if share and "saved" not in _threads:
         _threads["saved"] = os.environ.get("OMP_NUM_THREADS")
@@ -182,62 +205,57 @@ def pytest_runtest_setup(item):
 
 
 def _start(name: str) -> None:
-    build = _builds[name]
-    if not BACKGROUND or not build.get("wanted") or "process" in build:
+    """Start a wanted build in the background, unless another test process of this run did."""
+    if not BACKGROUND or not _wanted.get(name) or name in _procs:
         return
-    root, run = _dirs(name)
-    root.mkdir(parents=True, exist_ok=True)
-    log = open(root / f"prebuild-{name}.log", "w")  # noqa: SIM115 (open while the process writes it)
-    build["process"] = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("prebuild.py")), name, str(root), str(run)],
+    where = base()
+    try:
+        os.close(os.open(where / f".{name}.started-{os.environ.get('PYTEST_XDIST_TESTRUNUID', os.getpid())}",
+                         os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    log = open(where / f"prebuild-{name}.log", "w")  # noqa: SIM115 (open while the process writes it)
+    _procs[name] = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("prebuild.py")), name, str(where)],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
     _share_cores()
 
 
 def _built(name: str):
-    build = _builds[name]
-    if "result" not in build:
-        root, run = _dirs(name)
-        process = build.get("process")
-        if process is not None and process.wait() != 0:
-            tail = (root / f"prebuild-{name}.log").read_text()[-5000:]
-            raise AssertionError(f"the background build {name!r} failed ({process.returncode}):\n{tail}")
-        build["result"] = make(name, root, run)  # reuses what was built; puts the backbone in this HF cache
-    return build["result"]
+    """A build's result in this process: waits for its lock (a background build holds it while it
+    works; a failed one leaves the build to this call, which then fails with its own error)."""
+    if name not in _results:
+        _results[name] = make(name, base())  # reuses what was built; puts the backbone in this HF cache
+    return _results[name]
 
 
 def pytest_collection_modifyitems(session, config, items):
     def rank(item) -> int:
         names = set(getattr(item, "fixturenames", ()))
-        return max((i + 1 for i, group in enumerate(LATER) if group & names), default=0)
+        return max((i + 1 for i, group in enumerate(LATER.values()) if group & names), default=0)
 
     ranks = [rank(item) for item in items]
     items[:] = [items[i] for i in sorted(range(len(items)), key=lambda i: ranks[i])]  # stable
-    _builds["bf16"]["wanted"], _builds["closed-loop"]["wanted"] = 1 in ranks, 2 in ranks
+    for i, name in enumerate(LATER):
+        _wanted[name] = any(r >= i + 1 for r in ranks) if name == "tiny" else (i + 1) in ranks
+    _start("tiny")
     _start("closed-loop")
 
 
 def pytest_sessionfinish(session, exitstatus):
     import signal
 
-    for build in _builds.values():
-        process = build.get("process")
-        if process is not None and process.poll() is None:  # not needed in the end (-x, interrupted, ...)
-            os.killpg(process.pid, signal.SIGKILL)  # its lerobot-train / hub-reflow train children too
-            process.wait()
+    for process in _procs.values():
+        if process.poll() is None:
+            if exitstatus == pytest.ExitCode.INTERRUPTED:  # no orphans; a half-made build is not reused by a later run
+                os.killpg(process.pid, signal.SIGKILL)  # its lerobot-train / hub-reflow train children too
+            process.wait()  # another xdist worker may still need it
 
 
 @pytest.fixture(scope="session")
 def world():
-    from hub_reflow.testing.tiny_world import build_tiny_world, train_teacher
-
-    w = build_tiny_world(_dirs("bf16")[0], teacher_steps=TEACHER_STEPS)
+    w = _built("tiny")
     _start("bf16")  # the bf16 student of the teacher just built
-    # A second teacher trained from scratch for only a few dozen steps: load_vlm_weights=false,
-    # everything fp32.
-    fp32 = w.root / "teacher-fp32" / "checkpoints" / "last" / "pretrained_model"
-    w.teacher_fp32 = fp32 if (CACHE and (fp32 / "model.safetensors").exists()) else train_teacher(
-        w.root / "teacher-fp32", dataset_root=w.dataset_root, steps=FP32_TEACHER_STEPS, load_vlm_weights=False)
     return w
 
 
