@@ -271,10 +271,15 @@ def train_student(world, teacher: Path, out: Path, steps: int, *extra: str, env:
 
 
 def _cached_student(world, teacher: Path, out: Path, steps: int, *extra: str, env: dict | None = None) -> Path:
-    final = out / "checkpoints" / "last" / "pretrained_model"
-    if CACHE and (final / "reflow_lineage.json").exists():
-        return final
-    return train_student(world, teacher, out, steps, *extra, env=env)
+    if not CACHE:
+        return train_student(world, teacher, out, steps, *extra, env=env)
+    from filelock import FileLock
+
+    with FileLock(str(out.parent / f".{out.name}.lock")):  # xdist's workers share the cache
+        final = out / "checkpoints" / "last" / "pretrained_model"
+        if (final / "reflow_lineage.json").exists():
+            return final
+        return train_student(world, teacher, out, steps, *extra, env=env)
 
 
 def _loader_worker() -> tuple[tuple[str, ...], dict]:
