@@ -6,7 +6,7 @@ Per world and seed, both loops train a 1-step student for ``--steps`` (600) at `
 and snapshot it every ``--every`` (100) steps, in this process, one after the other (nothing else
 should run: the wall times are compared). Wall time of a snapshot: for ``hub-reflow train`` the sum
 of the phases it times (``training.time_s`` in each checkpoint's lineage: setup, data, preprocess,
-teacher, student, logging, earlier checkpoints; the final measurement against the teacher left out);
+teacher, student, logging; snapshot writes and the final measurement against the teacher left out);
 for the reference loop the seconds since the call began, snapshot writes left out. Step 0 is the
 untrained copy (the teacher at 1 step: ratio 1).
 
@@ -59,6 +59,8 @@ def parse(argv):
     p.add_argument("--dataset-root", type=Path, default=None, help="the dataset of --teacher")
     p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="worlds and runs are built here (and reused)")
     p.add_argument("--seed", type=int, default=12345, help="the shared evaluation noise")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate of hub-reflow train's students (default: train's own); the reference keeps the teacher's")
     p.add_argument("--smoke", action="store_true", help="20-step teachers, 4 steps every 2, 1 seed, 2 episodes")
     p.add_argument("--out", type=Path, default=RESULTS / "fidelity_curve.json")
     a = p.parse_args(argv)
@@ -96,12 +98,14 @@ def train_ours(a, teacher: Path, dataset_root: Path, spec, out: Path, seed: int)
     if not (out / "checkpoints" / "last").exists():
         train(TrainArgs(teacher=str(teacher), dataset=spec.repo_id, dataset_root=dataset_root, output_dir=out, device="cpu",
                         log_freq=a.every, progress=False, save_freq=a.every,
-                        reflow=ReflowConfig(steps=a.steps, batch_size=a.batch_size, seed=seed, holdout_episodes=HOLDOUT)))
+                        reflow=ReflowConfig(steps=a.steps, batch_size=a.batch_size, seed=seed, holdout_episodes=HOLDOUT,
+                                            **({"lr": a.lr} if a.lr is not None else {}))))
     snaps = {}
     for step in range(a.every, a.steps + 1, a.every):
         folder = out / "checkpoints" / f"{step:06d}" / "pretrained_model"
         phases = json.loads((folder / "reflow_lineage.json").read_text())["training"]["time_s"]
-        snaps[step] = (folder, sum(v for k, v in phases.items() if k != "final_measurement"))
+        # The snapshot writes before this one are left out, as the reference loop leaves out its own.
+        snaps[step] = (folder, sum(v for k, v in phases.items() if k not in ("final_measurement", "checkpoint")))
     return snaps
 
 
@@ -178,7 +182,8 @@ def evaluate_world(a, name: str) -> dict:
     runs = {loop: {} for loop in LOOPS}
     for seed in a.seeds:
         for loop, fn in zip(LOOPS, (train_ours, train_reference), strict=True):
-            out = a.workdir / "runs" / name / f"{loop}-steps{a.steps}-every{a.every}-b{a.batch_size}-seed{seed}"
+            lr = f"-lr{a.lr:g}" if a.lr is not None and loop == "hub-reflow" else ""
+            out = a.workdir / "runs" / name / f"{loop}-steps{a.steps}-every{a.every}-b{a.batch_size}{lr}-seed{seed}"
             print(f"[{name}] {loop}, seed {seed}: {a.steps} steps at batch {a.batch_size}", file=sys.stderr, flush=True)
             snaps = fn(a, teacher, dataset_root, spec, out, seed)
             runs[loop][str(seed)] = [start] + [point(s, w, outputs(f, 1), f) for s, (f, w) in sorted(snaps.items())]
@@ -232,7 +237,8 @@ def main(argv=None) -> int:
     hw = hardware(torch.device("cpu"))
     settings = {"steps": a.steps, "every": a.every, "batch_size": a.batch_size, "seeds": a.seeds, "noises": a.noises,
                 "episodes": a.episodes, "teacher_train_steps": a.teacher_train_steps, "seed": a.seed, "smoke": a.smoke,
-                "ours": "hub-reflow train defaults (1 Euler step, its time sampling, lr and update)",
+                "ours": "hub-reflow train defaults (1 Euler step, its time sampling, lr and update)"
+                        + (f", peak lr {a.lr:g}" if a.lr is not None else ""), "lr": a.lr,
                 "reference": "benchmarks/reference_loop.py (same steps, batch, lr, time sampling, seed)"}
     out = write_json(a.out, {"benchmark": "fidelity_curve", "hardware": hw, "settings": settings, "worlds": results,
                              "total_s": time.perf_counter() - t0})

@@ -166,7 +166,8 @@ def test_fidelity_curve_smoke(closed_loop_world, tmp_path):
     ours = runs / "hub-reflow-steps4-every2-b8-seed7" / "checkpoints"
     for p in res["runs"]["hub-reflow"]["7"][1:]:
         phases = json.loads((ours / f"{p['step']:06d}" / "pretrained_model" / "reflow_lineage.json").read_text())["training"]["time_s"]
-        assert p["wall_s"] == pytest.approx(sum(v for k, v in phases.items() if k != "final_measurement"))
+        assert "checkpoint" in phases or p["step"] == 2  # the snapshot writes before it, left out like the reference's
+        assert p["wall_s"] == pytest.approx(sum(v for k, v in phases.items() if k not in ("final_measurement", "checkpoint")))
     ref = runs / "reference-steps4-every2-b8-seed7"
     for folder, step in ((ref / "step000002", 2), (ref, 4)):
         assert json.loads((folder / "config.json").read_text())["num_steps"] == 1
