@@ -73,16 +73,16 @@ def _add_train(sub) -> None:
                    help="data loader worker processes (default: on CUDA LeRobot's 4, at most the spare cores; 0 on the CPU)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from checkpoints/last, with "
                    "the run's own recorded settings (an option given must equal the run's, except --save-freq, "
-                   "--log-freq, --num-workers, --device, --no-progress, --no-cuda-graphs)")
+                   "--log-freq, --num-workers, --device, --no-progress, --no-cuda-graphs, --teacher-batch)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--pairs", default=None, help="train on cached teacher pairs (hub-reflow pairs): folder or Hub dataset repo id")
     p.add_argument("--pairs-revision", default=None, help="branch, tag or commit of a Hub pairs repo")
-    p.add_argument("--no-cuda-graphs", action="store_true",
-                   help="sample the teacher eagerly (LeRobot's sample_actions) instead of through CUDA graphs on CUDA")
+    p.add_argument("--no-cuda-graphs", action="store_true", help="sample the teacher eagerly (LeRobot's sample_actions), not through CUDA graphs")
+    p.add_argument("--teacher-batch", type=NON_NEGATIVE, default=ReflowConfig.teacher_batch, metavar="ROWS", help="the "
+                   "teacher answers consecutive steps' batches together, up to ROWS rows a call (same targets); see docs/reflow.md")
     _add_vlm_repo_id(p)
     p.set_defaults(func=_cmd_train)
-    # Options not given stay out of the namespace: --resume fills them from the run's record.
-    given_or_recorded(p)
+    given_or_recorded(p)  # options not given stay out of the namespace: --resume fills them from the run's record
 
 
 def _add_vlm_repo_id(p) -> None:
@@ -99,7 +99,7 @@ def _cmd_train(a) -> int:
             student_inputs=a.student_inputs, noises_per_frame=a.noises_per_frame,
             lr=a.lr, warmup_steps=a.warmup_steps, steps=a.steps, batch_size=a.batch_size, seed=a.seed,
             holdout_episodes=a.holdout_episodes, cuda_graphs=not a.no_cuda_graphs, update=a.update,
-        )
+            teacher_batch=a.teacher_batch)
     except ValueError as e:
         flag = str(e).split(" ")[0].replace("_", "-")
         raise SystemExit(fail(f"--{flag}: {e}"))

@@ -30,6 +30,10 @@ class ReflowConfig:
     # a step trains on batch_size * noises_per_frame (observation, noise) rows, with the VLM prefix
     # computed once per observation for the teacher's sampling and the student's loss alike.
     noises_per_frame: int = 1
+    # The teacher answers the batches of consecutive steps together, up to this many (observation,
+    # noise) rows a call (at least one step's): the same targets, fewer and fuller calls
+    # (docs/reflow.md#teacher-batches). 0 or less than a step's rows: one step at a time.
+    teacher_batch: int = 32
     # Keep the student's VLM frozen (vision encoder, connector, text model). The expert and the
     # projections train. Unfreezing changes the KV cache the expert attends to and costs memory.
     freeze_vlm: bool = True
@@ -68,6 +72,8 @@ class ReflowConfig:
             raise ValueError(f"student_inputs must be one of {STUDENT_INPUTS}, got {self.student_inputs!r}")
         if self.noises_per_frame < 1:
             raise ValueError(f"noises_per_frame must be >= 1, got {self.noises_per_frame}")
+        if self.teacher_batch < 0:
+            raise ValueError(f"teacher_batch must be >= 0, got {self.teacher_batch}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.steps < 1:

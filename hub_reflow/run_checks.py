@@ -98,11 +98,11 @@ def checkpoints_to_write(start: int, steps: int, save_freq: int) -> int:
 
 # ---- resume ------------------------------------------------------------------------------------
 
-# ReflowConfig fields a resumed run may change: only cuda_graphs (the teacher's sampling path, same
-# numbers); every other one changes what is trained (--steps too: it sets the length of the cosine
+# ReflowConfig fields a resumed run may change: cuda_graphs and teacher_batch (how the teacher is
+# run, same numbers); every other one changes what is trained (--steps too: it sets the length of the cosine
 # schedule). Settings outside ReflowConfig (--log-freq,
 # --save-freq, --num-workers, --device, --no-progress) may always change.
-RESUME_MAY_CHANGE: frozenset[str] = frozenset({"cuda_graphs"})  # how the teacher is run, not what it computes
+RESUME_MAY_CHANGE: frozenset[str] = frozenset({"cuda_graphs", "teacher_batch"})  # how the teacher is run, not what it computes
 
 
 def _flag(name: str) -> str:

@@ -25,14 +25,14 @@ from .devices import default_num_workers
 from .errors import UserError
 from .finite import FiniteGuard, require_finite_teacher
 from .flow import sample_time
-from .pairs import NOISE_KEY, TARGET_KEY, Pairs, PairsDataset, check_pairs, load_pairs
+from .pairs import Pairs, PairsDataset, check_pairs, load_pairs
 from .policy import ReflowPolicy
 from .precision import FILE_NAME as MASTER_FILE
 from .precision import MasterWeights
 from .run_checks import backbone_repo_id, check_batch_size, check_resume, check_train_args
 from .runlock import run_lock
 from .validation import check_output_folder
-from .smolvla import noise_shape, policy_inputs
+from .teacher_batch import Prepared, next_group
 from .train_utils import (
     Pace,
     PhaseTimer,
@@ -44,7 +44,6 @@ from .train_utils import (
     make_optimizer,
     read_lineage,
     save_checkpoint,
-    step_seed,
 )
 
 logger = logging.getLogger(__name__)
@@ -225,23 +224,12 @@ def prepare(run: Run) -> None:
     run.model.train()
 
 
-def train_step(run: Run, batch: dict) -> torch.Tensor:
-    """One optimizer step on ``batch``; the loss, detached (not read: no sync point)."""
-    acc, policy, timer = run.accelerator, run.policy, run.timer
-    # Noise and times from a generator seeded by (seed, process, step): a resumed run draws
-    # exactly what the uninterrupted one would have (the global RNG is also used by the loader).
-    gen = torch.Generator().manual_seed(step_seed(run.rcfg.seed, acc.process_index, run.step))
-    target = None
-    if run.pairs is not None:
-        noise, target = batch.pop(NOISE_KEY).to(acc.device), batch.pop(TARGET_KEY).to(acc.device)
-    with timer("preprocess"):
-        batch = run.preprocessor(batch)
-        inputs = policy_inputs(policy.student, batch)  # images prepared once, for teacher and student
-    bsz = inputs.batch_size * run.rcfg.noises_per_frame  # (observation, noise) rows
-    if target is None:
-        noise = torch.randn(noise_shape(policy.student, bsz), dtype=torch.float32, generator=gen).to(acc.device, non_blocking=True)
-        with timer("teacher"):
-            noise, target = policy.make_pairs(inputs, noise)
+def train_step(run: Run, step: Prepared) -> torch.Tensor:
+    """One optimizer step on a prepared batch (``teacher_batch.next_group``: preprocessed, with its
+    noise and the teacher's target); the loss, detached (not read: no sync point)."""
+    acc, timer = run.accelerator, run.timer
+    batch, inputs, noise, target, gen = step.batch, step.inputs, step.noise, step.target, step.generator
+    bsz = len(noise)
     times = sample_time(run.rcfg.time_sampling, bsz, acc.device, generator=gen, grid_steps=run.rcfg.student_steps)
     with timer("student"):
         loss, _ = run.model(batch, noise=noise, time=times, target=target, inputs=inputs)
@@ -315,16 +303,15 @@ def _train(args: TrainArgs) -> Path:
                 sum(p.numel() for p in run.policy.trainable_parameters()))
     prepare(run)
     pace = Pace(run.step, rcfg.steps)
-    batches = cycle(run.dataloader)
+    batches, queue = cycle(run.dataloader), []
     bar = tqdm(total=rcfg.steps, initial=run.step, desc="reflow", disable=None if (main and args.progress) else True,
                dynamic_ncols=True)  # None: off when not a TTY
     # The loss is summed on the device and read once per log interval: an ``.item()`` every step
     # would wait for the device each step (a sync point).
     loss_sum, loss_n = torch.zeros((), device=acc.device), 0
     while run.step < rcfg.steps:
-        with run.timer("data"):
-            batch = next(batches)
-        loss_sum += train_step(run, batch)
+        queue = queue or next_group(run, batches, args.save_freq)  # the teacher answers a group of steps at once
+        loss_sum += train_step(run, queue.pop(0))
         loss_n += 1
         run.step += 1
         bar.update(1)
