@@ -21,6 +21,7 @@ ratio in at most half the reference's final wall time, or (b) ours, at the refer
 time (its last snapshot within it), has at most half the reference's final ratio.
 
     python benchmarks/fidelity_curve.py                         # tiny, two-camera, closed-loop; 3 seeds
+    python benchmarks/fidelity_curve.py --ours-steps 900            # ours' curve goes on past the reference's 600 steps
     python benchmarks/fidelity_curve.py --worlds tiny --seeds 1000
     python benchmarks/fidelity_curve.py --smoke                 # plumbing: 20-step teachers, 4 steps
 
@@ -50,6 +51,8 @@ def parse(argv):
     p.add_argument("--worlds", default=",".join(CURVE_WORLDS), help=f"comma-separated, of {', '.join(CURVE_WORLDS)}")
     p.add_argument("--seeds", type=_ints, default=[1000, 1001, 1002], help="training seeds")
     p.add_argument("--steps", type=int, default=600, help="training steps of both loops")
+    p.add_argument("--ours-steps", type=int, default=None,
+                   help="training steps of hub-reflow train's runs (default: --steps): its curve may go on past the reference's")
     p.add_argument("--every", type=int, default=100, help="a snapshot every this many steps")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--noises", type=int, default=4, help="shared noise draws per held-out frame")
@@ -73,8 +76,11 @@ def parse(argv):
     if min(a.steps, a.every, a.batch_size, a.noises, a.episodes, a.teacher_train_steps) < 1 or not a.seeds:
         raise OptionError(PROG, "--steps, --every, --batch-size, --noises, --episodes and --teacher-train-steps must be >= 1, "
                           "and --seeds not empty")
-    if a.steps % a.every:
-        raise OptionError(PROG, f"--steps {a.steps} is not a multiple of --every {a.every}")
+    a.ours_steps = a.ours_steps or a.steps
+    if a.ours_steps < a.steps:
+        raise OptionError(PROG, f"--ours-steps {a.ours_steps} is below --steps {a.steps}")
+    if a.steps % a.every or a.ours_steps % a.every:
+        raise OptionError(PROG, f"--steps {a.steps} and --ours-steps {a.ours_steps} must be multiples of --every {a.every}")
     if (a.teacher is None) != (a.dataset_root is None) or (a.teacher is not None and len(a.worlds) != 1):
         raise OptionError(PROG, "--teacher and --dataset-root go together, with one --worlds entry (the teacher's world)")
     if a.teacher is not None and not (a.teacher / "config.json").is_file():
@@ -98,10 +104,10 @@ def train_ours(a, teacher: Path, dataset_root: Path, spec, out: Path, seed: int)
     if not (out / "checkpoints" / "last").exists():
         train(TrainArgs(teacher=str(teacher), dataset=spec.repo_id, dataset_root=dataset_root, output_dir=out, device="cpu",
                         log_freq=a.every, progress=False, save_freq=a.every,
-                        reflow=ReflowConfig(steps=a.steps, batch_size=a.batch_size, seed=seed, holdout_episodes=HOLDOUT,
+                        reflow=ReflowConfig(steps=a.ours_steps, batch_size=a.batch_size, seed=seed, holdout_episodes=HOLDOUT,
                                             **({"lr": a.lr} if a.lr is not None else {}))))
     snaps = {}
-    for step in range(a.every, a.steps + 1, a.every):
+    for step in range(a.every, a.ours_steps + 1, a.every):
         folder = out / "checkpoints" / f"{step:06d}" / "pretrained_model"
         phases = json.loads((folder / "reflow_lineage.json").read_text())["training"]["time_s"]
         # The snapshot writes before this one are left out, as the reference loop leaves out its own.
@@ -183,8 +189,9 @@ def evaluate_world(a, name: str) -> dict:
     for seed in a.seeds:
         for loop, fn in zip(LOOPS, (train_ours, train_reference), strict=True):
             lr = f"-lr{a.lr:g}" if a.lr is not None and loop == "hub-reflow" else ""
-            out = a.workdir / "runs" / name / f"{loop}-steps{a.steps}-every{a.every}-b{a.batch_size}{lr}-seed{seed}"
-            print(f"[{name}] {loop}, seed {seed}: {a.steps} steps at batch {a.batch_size}", file=sys.stderr, flush=True)
+            steps = a.ours_steps if loop == "hub-reflow" else a.steps
+            out = a.workdir / "runs" / name / f"{loop}-steps{steps}-every{a.every}-b{a.batch_size}{lr}-seed{seed}"
+            print(f"[{name}] {loop}, seed {seed}: {steps} steps at batch {a.batch_size}", file=sys.stderr, flush=True)
             snaps = fn(a, teacher, dataset_root, spec, out, seed)
             runs[loop][str(seed)] = [start] + [point(s, w, outputs(f, 1), f) for s, (f, w) in sorted(snaps.items())]
     return {"settings": {"world": name, "frames": len(idx), "chunk_size": cfg.chunk_size, "teacher_lr": float(cfg.optimizer_lr)},
@@ -235,7 +242,7 @@ def main(argv=None) -> int:
     for res in results.values():
         res["targets"] = targets(res)
     hw = hardware(torch.device("cpu"))
-    settings = {"steps": a.steps, "every": a.every, "batch_size": a.batch_size, "seeds": a.seeds, "noises": a.noises,
+    settings = {"steps": a.steps, "ours_steps": a.ours_steps, "every": a.every, "batch_size": a.batch_size, "seeds": a.seeds, "noises": a.noises,
                 "episodes": a.episodes, "teacher_train_steps": a.teacher_train_steps, "seed": a.seed, "smoke": a.smoke,
                 "ours": "hub-reflow train defaults (1 Euler step, its time sampling, lr and update)"
                         + (f", peak lr {a.lr:g}" if a.lr is not None else ""), "lr": a.lr,
@@ -251,8 +258,11 @@ def main(argv=None) -> int:
         header = ["step", "ours wall s", "ours MSE ratio", "reference wall s", "reference MSE ratio"]
         if extra:
             header += [f"ours {extra}", f"reference {extra}"]
-        rows = [[str(o["step"]), f"{o['wall_s']:.1f}", f"{o['mse_ratio']:.4f}", f"{r['wall_s']:.1f}", f"{r['mse_ratio']:.4f}",
-                 *([f"{o[extra]:.3f}", f"{r[extra]:.3f}"] if extra else [])] for o, r in zip(ours, ref, strict=True)]
+        blank = {"wall_s": None, "mse_ratio": None, **({extra: None} if extra else {})}
+        refs = ref + [blank] * (len(ours) - len(ref))  # --ours-steps past the reference's
+        cell = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
+        rows = [[str(o["step"]), f"{o['wall_s']:.1f}", f"{o['mse_ratio']:.4f}", cell(r["wall_s"], ".1f"), cell(r["mse_ratio"], ".4f"),
+                 *([f"{o[extra]:.3f}", cell(r[extra], ".3f")] if extra else [])] for o, r in zip(ours, refs, strict=True)]
         print(markdown(header, rows))
         t = res["targets"]
         print(f"\ntargets: (a) reach the reference's ratio {t['reference_final_ratio']:.4f} within half its "

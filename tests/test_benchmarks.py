@@ -147,11 +147,12 @@ def test_closed_loop_benchmarks_smoke(closed_loop_world, closed_loop_student, tm
 
 def test_fidelity_curve_smoke(closed_loop_world, tmp_path):
     """benchmarks/fidelity_curve.py at plumbing size on the closed-loop world: both loops snapshot at
-    the same steps, the wall times are what each loop recorded, step 0 is the teacher at 1 step."""
+    the same steps (ours goes on past the reference's with --ours-steps), the wall times are what each
+    loop recorded, step 0 is the teacher at 1 step."""
     out = tmp_path / "curve.json"
     r = _run("fidelity_curve.py", "--smoke", "--worlds", "closed-loop", "--teacher", str(closed_loop_world.teacher),
              "--dataset-root", str(closed_loop_world.dataset_root), "--seeds", "7", "--workdir", str(tmp_path / "work"),
-             "--out", str(out))
+             "--out", str(out), "--ours-steps", "6")
     data = json.loads(out.read_text())
     assert data["benchmark"] == "fidelity_curve" and out.with_suffix(".png").stat().st_size > 0
     res = data["worlds"]["closed-loop"]
@@ -160,10 +161,10 @@ def test_fidelity_curve_smoke(closed_loop_world, tmp_path):
     runs = tmp_path / "work" / "runs" / "closed-loop"
     for loop in ("hub-reflow", "reference"):
         curve = res["runs"][loop]["7"]
-        assert [p["step"] for p in curve] == [0, 2, 4]
+        assert [p["step"] for p in curve] == ([0, 2, 4, 6] if loop == "hub-reflow" else [0, 2, 4])  # --ours-steps 6
         assert curve[0]["mse_ratio"] == 1.0 and curve[0]["closed_loop"] == teacher["closed_loop@1"]  # the untrained copy
         assert 0 < curve[1]["wall_s"] < curve[2]["wall_s"] and all(_finite(p["mse_ratio"]) for p in curve)
-    ours = runs / "hub-reflow-steps4-every2-b8-seed7" / "checkpoints"
+    ours = runs / "hub-reflow-steps6-every2-b8-seed7" / "checkpoints"
     for p in res["runs"]["hub-reflow"]["7"][1:]:
         phases = json.loads((ours / f"{p['step']:06d}" / "pretrained_model" / "reflow_lineage.json").read_text())["training"]["time_s"]
         assert "checkpoint" in phases or p["step"] == 2  # the snapshot writes before it, left out like the reference's
@@ -173,4 +174,4 @@ def test_fidelity_curve_smoke(closed_loop_world, tmp_path):
         assert json.loads((folder / "config.json").read_text())["num_steps"] == 1
         assert json.loads((folder / "reference_loop.done").read_text())["steps"] == step
     assert res["mean"]["reference"][-1]["wall_s"] == res["runs"]["reference"]["7"][-1]["wall_s"]  # one seed: its own curve
-    assert "targets:" in r.stdout
+    assert "targets:" in r.stdout and "\n| 6 | " in r.stdout  # ours' last row, the reference's cells empty
