@@ -16,8 +16,9 @@
 #      steps profiled in one process in alternating rounds (--interleaved); and, at batch 8, the
 #      memory row of the cached step with the bf16 stochastic-rounding update (no fp32 masters).
 #      At most BUDGET-190 s.                                        -> train_cost_gpu.json
-#   2. teacher_sampling.py: LeRobot's eager sample_actions vs the CUDA-graph fast path at batch 8
-#      and 64: speed-up, capture time, max difference. At most 60 s. -> teacher_sampling_gpu.json
+#   2. teacher_sampling.py: LeRobot's eager sample_actions vs the CUDA-graph fast path at batch 8,
+#      32 (--teacher-batch's default call) and 64: speed-up, capture time, max difference, the eager
+#      call's peak memory. At most 60 s. -> teacher_sampling_gpu.json
 #   3. latency.py --fast --compile: chunk latency at batch 1 (1 camera, LeRobot's bf16 layout),
 #      eager at 1/2/4/10 steps; hub_reflow.fast_inference (the whole chunk as one CUDA graph) at 1
 #      and 2 steps with its capture time and max difference to eager; then LeRobot's compile_model
@@ -99,7 +100,7 @@ if [ "$SMOKE" = 1 ]; then
 else
   TC=(--real-size --batch-size 8,64 --profile --profile-steps 2 --capture-effect --interleaved 3
       --variants "normal,reflow_online,reflow_cached,reflow_cached_sr")
-  TS=(--batch-sizes 8,64 --repeats 10)
+  TS=(--batch-sizes 8,32,64 --repeats 10)  # 32: --teacher-batch's default call
   LAT=(--cameras 1 --layouts lerobot --repeats 10 --warmup 2 --fast --fast-steps 1,2 --compile-steps 1)
 fi
 

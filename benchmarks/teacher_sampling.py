@@ -91,17 +91,27 @@ def main(argv=None) -> int:
         fast_t = time_call(lambda: sampler(inputs, z), device, warmup=1, repeats=a.repeats)
         eager_t = time_call(lambda: sample_chunk(policy, inputs, z, a.steps), device, warmup=1, repeats=a.repeats)
         diff = (fast.float() - eager.float()).abs()
+        peak_mb = None  # what one eager call of b rows holds above what was allocated before it (CUDA)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            before = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+            sample_chunk(policy, inputs, z, a.steps)
+            torch.cuda.synchronize()
+            peak_mb = (torch.cuda.max_memory_allocated() - before) / 2**20
         rows.append({
             "batch_size": b, "eager_ms": median_ms(eager_t), "fast_ms": median_ms(fast_t),
             "speedup": median_ms(eager_t) / median_ms(fast_t), "first_call_s": first_s,
             "max_abs_diff": float(diff.max()), "bit_identical": bool(torch.equal(fast, eager)),
-            "max_abs_eager": float(eager.float().abs().max()),
+            "max_abs_eager": float(eager.float().abs().max()), "eager_peak_above_mb": peak_mb,
             "raw_s": {"eager": eager_t, "fast": fast_t},
         })
     table = markdown(
-        ["batch", "eager sample_actions (ms)", "fast path (ms)", "speed-up", "first call (s)", "max abs diff (fast vs eager)", "bit-identical"],
+        ["batch", "eager sample_actions (ms)", "fast path (ms)", "speed-up", "first call (s)", "max abs diff (fast vs eager)", "bit-identical",
+         "eager peak MB above"],
         [[str(r["batch_size"]), fmt(r["eager_ms"]), fmt(r["fast_ms"]), fmt(r["speedup"], 2), fmt(r["first_call_s"], 2),
-          f"{r['max_abs_diff']:.2g}", "yes" if r["bit_identical"] else "no"] for r in rows],
+          f"{r['max_abs_diff']:.2g}", "yes" if r["bit_identical"] else "no",
+          fmt(r["eager_peak_above_mb"], 0)] for r in rows],
     )
     hw = hardware(device)
     out = write_json(a.out, {
