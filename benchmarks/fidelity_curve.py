@@ -62,6 +62,7 @@ def parse(argv):
     p.add_argument("--dataset-root", type=Path, default=None, help="the dataset of --teacher")
     p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="worlds and runs are built here (and reused)")
     p.add_argument("--seed", type=int, default=12345, help="the shared evaluation noise")
+    p.add_argument("--noises-per-frame", type=int, default=None, help="hub-reflow train's --noises-per-frame (default: its own)")
     p.add_argument("--lr", type=float, default=None,
                    help="peak learning rate of hub-reflow train's students (default: train's own); the reference keeps the teacher's")
     p.add_argument("--smoke", action="store_true", help="20-step teachers, 4 steps every 2, 1 seed, 2 episodes")
@@ -105,7 +106,8 @@ def train_ours(a, teacher: Path, dataset_root: Path, spec, out: Path, seed: int)
         train(TrainArgs(teacher=str(teacher), dataset=spec.repo_id, dataset_root=dataset_root, output_dir=out, device="cpu",
                         log_freq=a.every, progress=False, save_freq=a.every,
                         reflow=ReflowConfig(steps=a.ours_steps, batch_size=a.batch_size, seed=seed, holdout_episodes=HOLDOUT,
-                                            **({"lr": a.lr} if a.lr is not None else {}))))
+                                            **({"lr": a.lr} if a.lr is not None else {}),
+                                            **({"noises_per_frame": a.noises_per_frame} if a.noises_per_frame else {}))))
     snaps = {}
     for step in range(a.every, a.ours_steps + 1, a.every):
         folder = out / "checkpoints" / f"{step:06d}" / "pretrained_model"
@@ -189,6 +191,7 @@ def evaluate_world(a, name: str) -> dict:
     for seed in a.seeds:
         for loop, fn in zip(LOOPS, (train_ours, train_reference), strict=True):
             lr = f"-lr{a.lr:g}" if a.lr is not None and loop == "hub-reflow" else ""
+            lr += f"-m{a.noises_per_frame}" if a.noises_per_frame and loop == "hub-reflow" else ""
             steps = a.ours_steps if loop == "hub-reflow" else a.steps
             out = a.workdir / "runs" / name / f"{loop}-steps{steps}-every{a.every}-b{a.batch_size}{lr}-seed{seed}"
             print(f"[{name}] {loop}, seed {seed}: {steps} steps at batch {a.batch_size}", file=sys.stderr, flush=True)
@@ -245,7 +248,9 @@ def main(argv=None) -> int:
     settings = {"steps": a.steps, "ours_steps": a.ours_steps, "every": a.every, "batch_size": a.batch_size, "seeds": a.seeds, "noises": a.noises,
                 "episodes": a.episodes, "teacher_train_steps": a.teacher_train_steps, "seed": a.seed, "smoke": a.smoke,
                 "ours": "hub-reflow train defaults (1 Euler step, its time sampling, lr and update)"
-                        + (f", peak lr {a.lr:g}" if a.lr is not None else ""), "lr": a.lr,
+                        + (f", peak lr {a.lr:g}" if a.lr is not None else "")
+                        + (f", {a.noises_per_frame} noises per frame" if a.noises_per_frame else ""),
+                "lr": a.lr, "noises_per_frame": a.noises_per_frame,
                 "reference": "benchmarks/reference_loop.py (same steps, batch, lr, time sampling, seed)"}
     out = write_json(a.out, {"benchmark": "fidelity_curve", "hardware": hw, "settings": settings, "worlds": results,
                              "total_s": time.perf_counter() - t0})
