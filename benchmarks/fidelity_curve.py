@@ -190,10 +190,10 @@ def evaluate_world(a, name: str) -> dict:
     runs = {loop: {} for loop in LOOPS}
     for seed in a.seeds:
         for loop, fn in zip(LOOPS, (train_ours, train_reference), strict=True):
-            lr = f"-lr{a.lr:g}" if a.lr is not None and loop == "hub-reflow" else ""
-            lr += f"-m{a.noises_per_frame}" if a.noises_per_frame and loop == "hub-reflow" else ""
-            steps = a.ours_steps if loop == "hub-reflow" else a.steps
-            out = a.workdir / "runs" / name / f"{loop}-steps{steps}-every{a.every}-b{a.batch_size}{lr}-seed{seed}"
+            ours = loop == "hub-reflow"  # the options that change only ours name its folders
+            tag = (f"-lr{a.lr:g}" if ours and a.lr is not None else "") + (f"-m{a.noises_per_frame}" if ours and a.noises_per_frame else "")
+            steps = a.ours_steps if ours else a.steps
+            out = a.workdir / "runs" / name / f"{loop}-steps{steps}-every{a.every}-b{a.batch_size}{tag}-seed{seed}"
             print(f"[{name}] {loop}, seed {seed}: {steps} steps at batch {a.batch_size}", file=sys.stderr, flush=True)
             snaps = fn(a, teacher, dataset_root, spec, out, seed)
             runs[loop][str(seed)] = [start] + [point(s, w, outputs(f, 1), f) for s, (f, w) in sorted(snaps.items())]

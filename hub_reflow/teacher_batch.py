@@ -7,8 +7,9 @@ device mostly idle, so one call for 32 rows costs little more than one for 8 (ti
 ``group_length`` steps, draws each step's noise from that step's own generator (what a run without
 grouping draws), has the teacher answer all their rows in one call, and hands back one ``Prepared``
 per step; the student then trains on them one step at a time, exactly as before. The teacher's
-answer for a row does not depend on which rows share its call (bit for bit on the CPU in
-``tests/test_teacher_batch.py``; on a GPU to float rounding, as any change of batch size).
+answer for a row is the same maths whichever rows share its call, equal to rounding (kernels may
+block a batch of 32 otherwise than one of 8; padded tokens sum in another order):
+``tests/test_teacher_batch.py``.
 
 Groups never cross a checkpoint step, so a resumed run groups its steps as the uninterrupted run did.
 """
@@ -92,7 +93,7 @@ def next_group(run, batches, save_freq: int) -> list[Prepared]:
         group.append(Prepared(batch, inputs, noise, target, gen))
     if run.pairs is None:
         with timer("teacher"):
-            noise, target = policy.make_pairs(cat_inputs([p.inputs for p in group]), torch.cat([p.noise for p in group]))
+            _, target = policy.make_pairs(cat_inputs([p.inputs for p in group]), torch.cat([p.noise for p in group]))
         for p, t in zip(group, target.split([len(p.noise) for p in group]), strict=True):
             p.target = t
     return group
