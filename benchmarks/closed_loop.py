@@ -48,14 +48,14 @@ def parse(argv):
     p.add_argument("--episodes", type=int, default=200, help="paired episodes per policy")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--student-steps", type=int, default=1, help="Euler steps of the students (hub-reflow train's)")
-    p.add_argument("--noises-per-frame", type=int, default=1, help="hub-reflow train's --noises-per-frame")
+    p.add_argument("--noises-per-frame", type=int, default=None, help="hub-reflow train's --noises-per-frame (default: its own)")
     p.add_argument("--teacher-train-steps", type=int, default=1000)
     p.add_argument("--teacher", type=Path, default=None, help="a closed-loop tiny-world teacher (with --dataset-root)")
     p.add_argument("--dataset-root", type=Path, default=None)
     p.add_argument("--smoke", action="store_true", help="2 seeds x 0,4 steps, 3 episodes, a 20-step teacher")
     p.add_argument("--out", type=Path, default=RESULTS / "closed_loop.json")
     a = p.parse_args(argv)
-    if min(a.episodes, a.batch_size, a.student_steps, a.noises_per_frame) < 1:
+    if min(a.episodes, a.batch_size, a.student_steps, a.noises_per_frame or 1) < 1:
         raise OptionError(PROG, "--episodes, --batch-size, --student-steps and --noises-per-frame must be at least 1")
     if (a.teacher is None) != (a.dataset_root is None):
         raise OptionError(PROG, "--teacher and --dataset-root go together")
@@ -89,6 +89,8 @@ def bench(a) -> int:
     from hub_reflow.envs import TINY_ENV, EnvChoice
     from hub_reflow.testing.tiny_world import CLOSED_LOOP_WORLD, TINY_REPO_ID, build_tiny_world
     from hub_reflow.train import TrainArgs, train
+
+    a.noises_per_frame = a.noises_per_frame or ReflowConfig.noises_per_frame
 
     t0 = time.time()
     if a.teacher is None:

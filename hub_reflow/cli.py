@@ -58,9 +58,9 @@ def _add_train(sub) -> None:
     p.add_argument("--update", choices=list(UPDATES), default="fp32-masters",
                    help="how bf16 trainable weights are updated: fp32-masters (fp32 copies), bf16-sr (stochastic "
                    "rounding, no copies) or bf16 (round to nearest); recorded in the lineage")
-    p.add_argument("--noises-per-frame", type=POSITIVE, default=ReflowConfig.noises_per_frame, metavar="M",
-                   help="noise draws paired with each observation of a batch (batch-size x M rows per step; the VLM "
-                   "runs once per observation); see docs/reflow.md")
+    p.add_argument("--noises-per-frame", type=POSITIVE, default=None, metavar="M",
+                   help=f"noise draws paired with each observation of a batch (batch-size x M rows per step; the VLM "
+                   f"runs once per observation; default {ReflowConfig.noises_per_frame}, 1 with --pairs); see docs/reflow.md")
     p.add_argument("--lr", type=float_in(0), default=None,
                    help="peak learning rate (default: the teacher config's optimizer_lr, LeRobot's preset)")
     p.add_argument("--warmup-steps", type=NON_NEGATIVE, default=None, help="warm-up steps (default: 5%% of --steps)")

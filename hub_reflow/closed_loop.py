@@ -41,6 +41,7 @@ class EvalArgs:
     seed: int = 0
     student_steps: tuple[int, ...] = ()  # default: the student's own num_steps
     teacher_steps: tuple[int, ...] = ()  # default: the teacher's own (10) and the student's
+    n_action_steps: int | None = None  # actions executed per chunk before re-planning (default: each checkpoint's own)
     revision: str | None = None
     teacher_revision: str | None = None
     device: str = "auto"
@@ -83,6 +84,12 @@ def _same_features(a: _Loaded, b: _Loaded) -> None:
         diff = sorted(set(fa.items()) ^ set(fb.items()))[0][0]
         raise UserError(f"the student and the teacher have different features (first difference: {diff!r}); "
                         "pass the teacher the student was trained from")
+
+
+def _check_n_action_steps(loaded: _Loaded, n: int | None) -> None:
+    chunk = loaded.policy.config.chunk_size
+    if n is not None and not 1 <= n <= chunk:
+        raise UserError(f"--n-action-steps {n}: the {loaded.role}'s chunks hold {chunk} actions (chunk_size); pass 1 to {chunk}")
 
 
 def _step_list(steps: tuple[int, ...], default: list[int]) -> list[int]:
@@ -134,6 +141,8 @@ def _run_policy(loaded: _Loaded, steps: int, env: OpenedEnv, a: EvalArgs, device
 
     policy = loaded.policy
     policy.config.num_steps = steps
+    if a.n_action_steps:  # as lerobot-eval's --policy.n_action_steps: LeRobot's reset() sizes the action queue by it
+        policy.config.n_action_steps = a.n_action_steps
     pre, post = make_pre_post_processors(policy.config, pretrained_path=str(loaded.path), preprocessor_overrides={
         "device_processor": {"device": device}, "rename_observations_processor": {"rename_map": rename}})
     env_pre, env_post = env_processors(env, policy.config)
@@ -186,6 +195,8 @@ def evaluate_closed_loop(args: EvalArgs | None = None, **kwargs) -> ClosedLoopRe
         teacher = _load(teacher_ref, teacher_rev, "teacher", device) if teacher_ref else None
         if student and teacher:
             _same_features(student, teacher)
+        for loaded in filter(None, (student, teacher)):
+            _check_n_action_steps(loaded, a.n_action_steps)
         rename = policy_rename_map(env, (student or teacher).policy.config, a.rename_map, what=(student or teacher).role)
         runs = []
         if student:
@@ -199,7 +210,7 @@ def evaluate_closed_loop(args: EvalArgs | None = None, **kwargs) -> ClosedLoopRe
             policies[label], trajectories[label] = _run_policy(loaded, k, env, a, device, rename, label)
     finally:
         env.vec.close()
-    settings = {"episodes": a.episodes, "seed": a.seed, "device": device, "rename_map": rename,
+    settings = {"episodes": a.episodes, "seed": a.seed, "device": device, "rename_map": rename, "n_action_steps": a.n_action_steps,
                 "command": a.command, "paired": "episode i: env seed and torch seed = seed + i"}
     env_info = {"id": env.label, "kind": "env-id" if env.env_cfg is None else "env-type",
                 "options": list(a.env.env_args), "max_steps": env.max_steps, "scene": env.scene}

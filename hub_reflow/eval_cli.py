@@ -74,6 +74,8 @@ def add_eval(sub) -> None:
     p.add_argument("--seed", type=int_in(0, MAX_SEED - MAX_EPISODES), default=0, help="episode i uses env and torch seed SEED + i")
     p.add_argument("--student-steps", type=_steps, default=(), help="Euler step counts of the student (default: its own)")
     p.add_argument("--teacher-steps", type=_steps, default=(), help="Euler step counts of the teacher (default: its own and the student's)")
+    p.add_argument("--n-action-steps", type=int_in(1), default=None, metavar="N", help="actions executed per chunk before the "
+                   "policy looks again, for every row (default: each checkpoint's own n_action_steps, as lerobot-train wrote it)")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto", help="where the policies run")
     p.add_argument("--rename-map", type=_json_object, default={},
                    help="JSON object: env observation key -> policy feature (as lerobot-eval's --rename_map)")
@@ -94,7 +96,8 @@ def _command(a) -> str:
     if a.env_id:
         parts += ["--env-id", a.env_id]
     parts += a.env_args
-    for flag, value in (("--episodes", a.episodes), ("--seed", a.seed), ("--max-steps", a.max_steps), ("--device", a.device)):
+    for flag, value in (("--episodes", a.episodes), ("--seed", a.seed), ("--max-steps", a.max_steps),
+                        ("--n-action-steps", a.n_action_steps), ("--device", a.device)):
         if value is not None:
             parts += [flag, str(value)]
     for flag, value in (("--student-steps", a.student_steps), ("--teacher-steps", a.teacher_steps)):
@@ -118,7 +121,7 @@ def cmd_eval(a) -> int:
     results = evaluate_closed_loop(EvalArgs(
         student=a.checkpoint, teacher=a.teacher, env=EnvChoice(a.env_id, tuple(a.env_args), a.env_kwargs, a.max_steps),
         episodes=a.episodes, seed=a.seed, student_steps=a.student_steps, teacher_steps=a.teacher_steps,
-        revision=a.revision, teacher_revision=a.teacher_revision, device=a.device, rename_map=a.rename_map,
+        n_action_steps=a.n_action_steps, revision=a.revision, teacher_revision=a.teacher_revision, device=a.device, rename_map=a.rename_map,
         videos=a.videos, videos_dir=a.videos_dir if a.videos else None, command=_command(a), progress=a.verbose))
     for line in results.table():
         print(line)

@@ -13,7 +13,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 from .checkpoint import check_backbone_repo, is_local_path
-from .config import ReflowConfig
+from .config import RECORDED_BEFORE, ReflowConfig
 from .data import check_dataset_root
 from .errors import UserError
 from .runlock import LOCK_NAME
@@ -133,7 +133,7 @@ def check_resume(saved, now) -> None:
         if f.name in RESUME_MAY_CHANGE:
             continue
         default = None if f.default is MISSING else f.default
-        a = old_cfg.get(f.name, default)  # a field added since the run was written: it ran with the default
+        a = old_cfg.get(f.name, RECORDED_BEFORE.get(f.name, default))  # a field added since the run was written: it ran with the default
         b = new_cfg.get(f.name, default)
         if a != b:
             raise UserError(f"--resume: {_flag(f.name)} differs from the run's: it was {_show(a)}, now {_show(b)}; {fix}")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .card import recorded_verdict
 from .checkpoint import LINEAGE_NAME, Lineage
+from .config import ReflowConfig
 from .console import fail
 from .run_checks import check_train_output, read_run_record
 
@@ -45,6 +46,8 @@ def train_settings(a) -> argparse.Namespace:
     if missing:
         why = " (this run has no recorded settings: pass them as the run was started)" if given.get("resume") else ""
         raise SystemExit(fail(f"the following arguments are required: {', '.join(missing)}{why}"))
+    if settings["noises_per_frame"] is None:  # recorded as resolved: a later default does not change a resumed run
+        settings["noises_per_frame"] = 1 if settings["pairs"] else ReflowConfig.noises_per_frame
     settings["record"] = {k: _absolute(v) if k in PATHS else v for k, v in settings.items()
                           if k in TRAIN_DEFAULTS and k not in ("output_dir", "resume")}
     return argparse.Namespace(**settings)

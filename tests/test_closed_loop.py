@@ -131,10 +131,24 @@ def test_env_id_from_a_test_module(world, tmp_path, capsys):
     for p in data["policies"].values():
         assert p["outcomes"] == [True, False, True, False, True]
         assert p["lengths"] == [3] * 5 and p["rewards"] == [1.0, 0.0, 1.0, 0.0, 1.0]
-    assert data["seeds"] == [10, 11, 12, 13, 14]
+        assert p["chunk_latency_ms"]["chunks"] == 5  # n_action_steps 8 (the checkpoint's): one chunk per 3-step episode
+    assert data["seeds"] == [10, 11, 12, 13, 14] and data["settings"]["n_action_steps"] is None
     assert data["settings"]["rename_map"] == {"observation.image": "observation.images.cam"}
     assert data["env"] == {"id": "gym_hubtest/SeedParity-v0", "kind": "env-id", "options": [], "max_steps": 10, "scene": None}
     assert "60.0%" in stdout
+
+
+def test_n_action_steps_makes_every_row_replan(world, tmp_path, capsys):
+    """--n-action-steps 2 (lerobot-eval's --policy.n_action_steps): a 3-step episode takes two
+    chunks for every row, and the command on the card says so."""
+    out = tmp_path / "replan.json"
+    code, _, _ = _in_process(capsys, str(world.teacher_fp32), "--teacher", str(world.teacher_fp32), "--env-id",
+                             "gym_hubtest/SeedParity-v0", "--episodes", "5", "--teacher-steps", "1", "--n-action-steps", "2",
+                             "--json", str(out), "--device", "cpu")
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert {k: p["chunk_latency_ms"]["chunks"] for k, p in data["policies"].items()} == {"student@10": 10, "teacher@1": 10}
+    assert data["settings"]["n_action_steps"] == 2 and "--n-action-steps 2" in data["settings"]["command"]
 
 
 def _tiny_pusht_policy(folder: Path) -> Path:
@@ -192,6 +206,8 @@ BAD = [
     ("no episodes", ["--env-id", "gym_hubtest/SeedParity-v0", "--episodes", "0"], "--episodes: must be between 1"),
     ("unknown env type", ["--env.type", "nope"], "invalid choice: 'nope'"),
     ("both env kinds", ["--env-id", "gym_hubtest/SeedParity-v0", "--env.type", "pusht"], "not both"),
+    ("n-action-steps above the chunk", ["--env-id", "gym_hubtest/SeedParity-v0", "--n-action-steps", "9"],
+     "--n-action-steps 9: the student's chunks hold 8 actions (chunk_size); pass 1 to 8"),
 ]
 
 

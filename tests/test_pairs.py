@@ -38,13 +38,13 @@ def pairs_args(world, teacher, out: Path, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def made(world, tmp_path_factory) -> dict[str, Path]:
-    """The pairs of the fp32 teacher, then two students of it, same settings, STEPS steps: online
-    pairs vs those cached pairs (checkpointed at STEPS - 2 so resume can be checked against it);
+    """The pairs of the fp32 teacher, then two students of it, same settings (one noise per frame),
+    STEPS steps: online pairs vs those cached pairs (checkpointed at STEPS - 2 so resume can be checked against it);
     one command after the other in one fresh process (one start of torch and LeRobot for all)."""
     root = tmp_path_factory.mktemp("made")
     pairs = root / "pairs"
     for r in run_cli_many(pairs_args(world, world.teacher_fp32, pairs),
-                          train_args(world, world.teacher_fp32, root / "online", STEPS),
+                          train_args(world, world.teacher_fp32, root / "online", STEPS, "--noises-per-frame", "1"),
                           train_args(world, world.teacher_fp32, root / "cached", STEPS, "--pairs", str(pairs),
                                      "--save-freq", str(STEPS - 2))):
         assert r.returncode == 0, r.stderr[-3000:]
@@ -127,6 +127,7 @@ def test_train_on_pairs_is_canonical_and_as_faithful_as_online(world, pairs_dir,
     lin = json.loads((cached / "reflow_lineage.json").read_text())
     meta = json.loads((pairs_dir / PAIRS_META_NAME).read_text())
     assert lin["reflow"]["targets"] == "cached pairs"
+    assert lin["reflow"]["noises_per_frame"] == 1  # not given: cached pairs hold one noise per frame (online: 2)
     assert lin["dataset"]["pairs"] == {"repo_id": None, "commit": None, "data_sha256": meta["data_sha256"],
                                        "rows": meta["num_rows"], "per_frame": PER_FRAME, "seed": SEED, "teacher_steps": 10}
     ev_on = json.loads((online / "reflow_lineage.json").read_text())["evaluation"]

@@ -79,6 +79,7 @@ def test_canonical_from_bf16_teacher(world, student_bf16):
     assert lineage["dataset"]["holdout_episodes"] == [20, 24]
     # Online pairs through the fast path's code (no CUDA graph on the CPU); the setting is recorded.
     assert lineage["reflow"]["cuda_graphs"] is True
+    assert lineage["reflow"]["noises_per_frame"] == 2  # the default, as resolved and recorded
     assert lineage["training"]["teacher_sampling"] == "eager (static-shape path, no CUDA graph)"
     # Measured at the end of training, on held-out frames, for the card.
     ev = lineage["evaluation"]
