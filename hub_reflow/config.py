@@ -30,9 +30,9 @@ class ReflowConfig:
     student_inputs: str = "on-policy"
     # Noise draws paired with each observation of a batch (docs/reflow.md#many-noises-per-observation):
     # a step trains on batch_size * noises_per_frame (observation, noise) rows, with the VLM prefix
-    # computed once per observation for the teacher's sampling and the student's loss alike. 2: the
-    # wall time of 1 with teacher batches, a closer student (measured, docs/reflow.md); cached pairs
-    # hold one noise per frame, so `train --pairs` runs with 1.
+    # computed once per observation for the teacher's sampling and the student's loss alike. 2: a
+    # closer student for 1.0-1.3x the wall time of 1 on the CPU (measured, docs/reflow.md); cached
+    # pairs hold one noise per frame, so `train --pairs` runs with 1.
     noises_per_frame: int = 2
     # The teacher answers the batches of consecutive steps together, up to this many (observation,
     # noise) rows a call (at least one step's): the same targets, fewer and fuller calls

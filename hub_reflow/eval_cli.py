@@ -121,7 +121,8 @@ def cmd_eval(a) -> int:
     results = evaluate_closed_loop(EvalArgs(
         student=a.checkpoint, teacher=a.teacher, env=EnvChoice(a.env_id, tuple(a.env_args), a.env_kwargs, a.max_steps),
         episodes=a.episodes, seed=a.seed, student_steps=a.student_steps, teacher_steps=a.teacher_steps,
-        n_action_steps=a.n_action_steps, revision=a.revision, teacher_revision=a.teacher_revision, device=a.device, rename_map=a.rename_map,
+        n_action_steps=a.n_action_steps, revision=a.revision, teacher_revision=a.teacher_revision, device=a.device,
+        rename_map=a.rename_map,
         videos=a.videos, videos_dir=a.videos_dir if a.videos else None, command=_command(a), progress=a.verbose))
     for line in results.table():
         print(line)

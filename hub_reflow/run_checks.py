@@ -133,7 +133,8 @@ def check_resume(saved, now) -> None:
         if f.name in RESUME_MAY_CHANGE:
             continue
         default = None if f.default is MISSING else f.default
-        a = old_cfg.get(f.name, RECORDED_BEFORE.get(f.name, default))  # a field added since the run was written: it ran with the default
+        # A field added since the run was written: it ran with what runs did then.
+        a = old_cfg.get(f.name, RECORDED_BEFORE.get(f.name, default))
         b = new_cfg.get(f.name, default)
         if a != b:
             raise UserError(f"--resume: {_flag(f.name)} differs from the run's: it was {_show(a)}, now {_show(b)}; {fix}")
