@@ -57,6 +57,7 @@ FIDELITY_TOLERANCE = MAX_RATIO
 RANGE_MARGIN = 0.25
 SPEED_SAME_COST = 1.3  # student at the teacher's steps: within this factor of the teacher
 SPEED_SLACK = 1.3  # measured student/teacher ratio may exceed the structural limit by this factor
+SPEED_CONFIRM = 3  # a speed result out of bounds is re-measured up to this many times the rounds before it fails
 
 
 def _holdout_frames(lineage_path: Path, meta, frames: int) -> tuple[list[int], str]:
@@ -183,32 +184,40 @@ def time_policy(policy, inputs, steps_list: tuple[int, ...], repeats: int) -> di
 
 def speed_checks(student, teacher, raw_one: dict, repeats: int = 7) -> list[Check]:
     """Teacher and student timed in alternating rounds; each figure is the fastest of its repeats
-    (the cost without interference: other processes only ever add time)."""
+    (the cost without interference: other processes only ever add time). For the same reason a
+    result out of bounds is measured again, ``repeats`` rounds at a time up to ``SPEED_CONFIRM``
+    times as many, each figure the fastest of all its rounds, before it fails: a burst of load on a
+    shared machine passes, a student that truly costs more stays out of bounds."""
     s_pol, s_pre, _ = student
     t_pol, t_pre, _ = teacher
     k, m = s_pol.config.num_steps, t_pol.config.num_steps
     s_in, t_in = policy_inputs(s_pol, s_pre(dict(raw_one))), policy_inputs(t_pol, t_pre(dict(raw_one)))
     t_runs: dict[str, list[float]] = {}
     s_runs: dict[str, list[float]] = {}
-    for _ in range(repeats):
-        for runs, pol, inp, steps in ((t_runs, t_pol, t_in, (m,)), (s_runs, s_pol, s_in, tuple(sorted({k, m})))):
-            for key, v in time_policy(pol, inp, steps, 1).items():
-                runs.setdefault(key, []).extend(v)
-    t = {key: min(v) for key, v in t_runs.items()}
-    s = {key: min(v) for key, v in s_runs.items()}
+    rounds = 0
+    while True:
+        for _ in range(repeats):
+            for runs, pol, inp, steps in ((t_runs, t_pol, t_in, (m,)), (s_runs, s_pol, s_in, tuple(sorted({k, m})))):
+                for key, v in time_policy(pol, inp, steps, 1).items():
+                    runs.setdefault(key, []).extend(v)
+        rounds += repeats
+        t = {key: min(v) for key, v in t_runs.items()}
+        s = {key: min(v) for key, v in s_runs.items()}
+        same = s[f"chunk@{m}"] / t[f"chunk@{m}"]  # at the teacher's step count: the same cost expected
+        limit = (t["prefix"] + k * t["step"]) / (t["prefix"] + m * t["step"])  # structural, at the student's
+        measured = s[f"chunk@{k}"] / t[f"chunk@{m}"]
+        same_ok = 1 / SPEED_SAME_COST <= same <= SPEED_SAME_COST
+        ok = measured <= SPEED_SLACK * limit
+        if (same_ok and ok) or rounds >= SPEED_CONFIRM * repeats:
+            break
     ms = lambda x: f"{1000 * x:.1f} ms"  # noqa: E731
-    same = s[f"chunk@{m}"] / t[f"chunk@{m}"]
     details = {"teacher_s": t, "student_s": s, "student_steps": k, "teacher_steps": m, "same_cost_ratio": same,
-               "repeats": repeats, "statistic": "min"}
-    same_ok = 1 / SPEED_SAME_COST <= same <= SPEED_SAME_COST
+               "repeats": repeats, "rounds": rounds, "statistic": "min"}
     checks = [Check("speed.same_cost", PASS if same_ok else FAIL,
                     f"at {m} steps: student {ms(s[f'chunk@{m}'])}, teacher {ms(t[f'chunk@{m}'])} (x{same:.2f}); prefix "
                     f"{ms(s['prefix'])} vs {ms(t['prefix'])}, per step {ms(s['step'])} vs {ms(t['step'])}"
                     + ("" if same_ok else "; the same architecture should cost the same: check dtypes and load_vlm_weights"),
                     details)]
-    limit = (t["prefix"] + k * t["step"]) / (t["prefix"] + m * t["step"])
-    measured = s[f"chunk@{k}"] / t[f"chunk@{m}"]
-    ok = measured <= SPEED_SLACK * limit
     checks.append(Check("speed.speedup", PASS if ok else FAIL,
                         f"student @{k} {ms(s[f'chunk@{k}'])} = x{measured:.2f} of teacher @{m}; structural limit "
                         f"(prefix + {k} steps)/(prefix + {m} steps) = x{limit:.2f}",

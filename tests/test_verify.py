@@ -164,6 +164,39 @@ def test_speed_checks_report_prefix_and_step_times(world, student_bf16):
     assert all(v > 0 for v in t.values())
 
 
+def test_a_student_that_costs_more_fails_speed_after_its_confirmation_rounds(world, student_bf16):
+    """A student whose every expert step costs 5 ms more (a real sleep in LeRobot's ``denoise_step``)
+    is re-measured ``SPEED_CONFIRM`` times over and still fails; its unslowed self passes in the first rounds."""
+    import time
+
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from lerobot.policies.factory import make_pre_post_processors
+
+    from hub_reflow.checkpoint import load_smolvla
+    from hub_reflow.evaluate import observation_batch
+    from hub_reflow.verify import SPEED_CONFIRM, speed_checks
+
+    def loaded(folder):
+        policy = load_smolvla(folder, what="test")
+        return (policy, *make_pre_post_processors(policy.config, pretrained_path=str(folder)))
+
+    raw = observation_batch(LeRobotDataset(world.repo_id, root=world.dataset_root), [0])
+    student, teacher = loaded(student_bf16), loaded(world.teacher)
+    fair = {c.name: c for c in speed_checks(student, teacher, raw, repeats=3)}
+    assert fair["speed.same_cost"].status == PASS and fair["speed.same_cost"].details["rounds"] in (3, 6, 9)
+    step = student[0].model.denoise_step
+
+    def slow_step(*args, **kwargs):
+        time.sleep(0.005)
+        return step(*args, **kwargs)
+
+    student[0].model.denoise_step = slow_step
+    slow = {c.name: c for c in speed_checks(student, teacher, raw, repeats=3)}
+    assert slow["speed.same_cost"].status == FAIL and slow["speed.same_cost"].details["rounds"] == 3 * SPEED_CONFIRM
+    assert slow["speed.same_cost"].details["same_cost_ratio"] > 1.3  # SPEED_SAME_COST
+    assert "check dtypes and load_vlm_weights" in slow["speed.same_cost"].summary
+
+
 def test_verify_bad_input_is_one_line(world, tmp_path):
     result = run_cli("verify", str(tmp_path / "nope"), check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
