@@ -104,3 +104,26 @@ def test_card_gives_verifys_verdict(world, student_bf16, tmp_path):
     card = render_card(lineage, cfg).content
     assert "**FAIL**" in card and "not clearly better" in card
     assert json.loads(json.dumps(lineage.evaluation))["verdict"]["passed"] is True  # as recorded at training
+
+
+def test_latency_rows_are_timed_in_alternating_rounds(world):
+    """The card's latency column: every row called in turn, round after round (one warm-up round),
+    each figure the row's fastest call; ten Euler steps cost more than one on the same policy."""
+    from hub_reflow.evaluate import _latencies_ms
+
+    policy = SmolVLAPolicy.from_pretrained(world.teacher)
+    pre, _ = make_pre_post_processors(policy.config, pretrained_path=str(world.teacher))
+    calls = []
+    predict = policy.predict_action_chunk
+
+    def recorded(batch, noise=None):
+        calls.append(policy.config.num_steps)
+        return predict(batch, noise=noise)
+
+    policy.predict_action_chunk = recorded
+    raw = observation_batch(LeRobotDataset(world.repo_id, root=world.dataset_root), [0])
+    z = torch.randn(1, policy.config.chunk_size, policy.config.max_action_dim)
+    ten, one = _latencies_ms([(policy, pre, z, 10), (policy, pre, z, 1)], raw, repeats=4)
+    assert calls == [10, 1] * 5 and policy.config.num_steps == 10  # restored after each call
+    assert 0 < one < ten < float("inf")
+    assert _latencies_ms([(policy, pre, z, 1)], raw, repeats=0) == [pytest.approx(float("nan"), nan_ok=True)]
