@@ -49,6 +49,7 @@ def parse(argv):
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--student-steps", type=int, default=1, help="Euler steps of the students (hub-reflow train's)")
     p.add_argument("--noises-per-frame", type=int, default=None, help="hub-reflow train's --noises-per-frame (default: its own)")
+    p.add_argument("--frame-sampling", default=None, help="hub-reflow train's --frame-sampling (default: its own)")
     p.add_argument("--teacher-train-steps", type=int, default=1000)
     p.add_argument("--teacher", type=Path, default=None, help="a closed-loop tiny-world teacher (with --dataset-root)")
     p.add_argument("--dataset-root", type=Path, default=None)
@@ -91,6 +92,7 @@ def bench(a) -> int:
     from hub_reflow.train import TrainArgs, train
 
     a.noises_per_frame = a.noises_per_frame or ReflowConfig.noises_per_frame
+    a.frame_sampling = a.frame_sampling or ReflowConfig.frame_sampling
 
     t0 = time.time()
     if a.teacher is None:
@@ -121,7 +123,8 @@ def bench(a) -> int:
                 train(TrainArgs(teacher=str(teacher), dataset=TINY_REPO_ID, dataset_root=dataset_root, output_dir=out,
                                 device="cpu", log_freq=max(top // 5, 1), progress=False, save_freq=save,
                                 reflow=ReflowConfig(steps=top, batch_size=a.batch_size, seed=seed, holdout_episodes=4,
-                                                    student_steps=k, noises_per_frame=a.noises_per_frame)))
+                                                    student_steps=k, noises_per_frame=a.noises_per_frame,
+                                                    frame_sampling=a.frame_sampling)))
             minutes[seed] = (time.time() - start) / 60
             found = checkpoints(out)
             for s in a.steps:
@@ -136,7 +139,7 @@ def bench(a) -> int:
     payload = {
         "benchmark": "closed_loop",
         "settings": {"steps": a.steps, "seeds": a.seeds, "episodes": a.episodes, "batch_size": a.batch_size,
-                     "student_steps": k, "noises_per_frame": a.noises_per_frame,
+                     "student_steps": k, "noises_per_frame": a.noises_per_frame, "frame_sampling": a.frame_sampling,
                      "teacher_train_steps": a.teacher_train_steps, "smoke": a.smoke, "env": TINY_ENV},
         "teacher": {k: {f: v[f] for f in keys} for k, v in lines.items()},
         "students": {str(seed): {str(s): {f: c[f] for f in keys} for s, c in curve.items()} for seed, curve in curves.items()},

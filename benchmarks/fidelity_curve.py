@@ -63,6 +63,7 @@ def parse(argv):
     p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="worlds and runs are built here (and reused)")
     p.add_argument("--seed", type=int, default=12345, help="the shared evaluation noise")
     p.add_argument("--noises-per-frame", type=int, default=None, help="hub-reflow train's --noises-per-frame (default: its own)")
+    p.add_argument("--frame-sampling", default=None, help="ours' --frame-sampling (default: hub-reflow train's)")
     p.add_argument("--lr", type=float, default=None,
                    help="peak learning rate of hub-reflow train's students (default: train's own); the reference keeps the teacher's")
     p.add_argument("--smoke", action="store_true", help="20-step teachers, 4 steps every 2, 1 seed, 2 episodes")
@@ -107,7 +108,7 @@ def train_ours(a, teacher: Path, dataset_root: Path, spec, out: Path, seed: int)
                         log_freq=a.every, progress=False, save_freq=a.every,
                         reflow=ReflowConfig(steps=a.ours_steps, batch_size=a.batch_size, seed=seed, holdout_episodes=HOLDOUT,
                                             **({"lr": a.lr} if a.lr is not None else {}),
-                                            noises_per_frame=a.noises_per_frame)))
+                                            noises_per_frame=a.noises_per_frame, frame_sampling=a.frame_sampling)))
     snaps = {}
     for step in range(a.every, a.ours_steps + 1, a.every):
         folder = out / "checkpoints" / f"{step:06d}" / "pretrained_model"
@@ -191,7 +192,7 @@ def evaluate_world(a, name: str) -> dict:
     for seed in a.seeds:
         for loop, fn in zip(LOOPS, (train_ours, train_reference), strict=True):
             ours = loop == "hub-reflow"  # the options that change only ours name its folders
-            tag = (f"-lr{a.lr:g}" if ours and a.lr is not None else "") + (f"-m{a.noises_per_frame}" if ours else "")
+            tag = (f"-lr{a.lr:g}" if ours and a.lr is not None else "") + (f"-m{a.noises_per_frame}-{a.frame_sampling}" if ours else "")
             steps = a.ours_steps if ours else a.steps
             out = a.workdir / "runs" / name / f"{loop}-steps{steps}-every{a.every}-b{a.batch_size}{tag}-seed{seed}"
             print(f"[{name}] {loop}, seed {seed}: {steps} steps at batch {a.batch_size}", file=sys.stderr, flush=True)
@@ -241,6 +242,7 @@ def main(argv=None) -> int:
     from hub_reflow.config import ReflowConfig
 
     a.noises_per_frame = a.noises_per_frame or ReflowConfig.noises_per_frame  # in ours' folder names: a default may change
+    a.frame_sampling = a.frame_sampling or ReflowConfig.frame_sampling
     a.workdir = a.workdir.resolve()
     quiet_imports()
     t0 = time.perf_counter()
@@ -252,8 +254,8 @@ def main(argv=None) -> int:
                 "episodes": a.episodes, "teacher_train_steps": a.teacher_train_steps, "seed": a.seed, "smoke": a.smoke,
                 "ours": "hub-reflow train defaults (1 Euler step, its time sampling, lr and update)"
                         + (f", peak lr {a.lr:g}" if a.lr is not None else "")
-                        + f", {a.noises_per_frame} noises per frame",
-                "lr": a.lr, "noises_per_frame": a.noises_per_frame,
+                        + f", {a.noises_per_frame} noises per frame, frames drawn {a.frame_sampling}",
+                "lr": a.lr, "noises_per_frame": a.noises_per_frame, "frame_sampling": a.frame_sampling,
                 "reference": "benchmarks/reference_loop.py (same steps, batch, lr, time sampling, seed)"}
     out = write_json(a.out, {"benchmark": "fidelity_curve", "hardware": hw, "settings": settings, "worlds": results,
                              "total_s": time.perf_counter() - t0})

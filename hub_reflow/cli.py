@@ -16,7 +16,7 @@ from .canonicalize import canonicalize
 from .card import render_card
 from .card_eval import closed_loop_context, read_closed_loop
 from .checkpoint import CONFIG_NAME, LINEAGE_NAME, Lineage, read_policy_config
-from .config import STUDENT_INPUTS, ReflowConfig
+from .config import FRAME_SAMPLINGS, STUDENT_INPUTS, ReflowConfig
 from .console import fail, run_command
 from .demo import add_demo_args, start_demo
 from .errors import UserError
@@ -37,8 +37,7 @@ POSITIVE, NON_NEGATIVE = int_in(1), int_in(0)
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a reflow student from a SmolVLA teacher and its dataset")
-    p.add_argument("--teacher", default=None, help="teacher checkpoint: local pretrained_model/ folder or Hub repo id "
-                   "(required, except with --resume)")
+    p.add_argument("--teacher", default=None, help="teacher: local pretrained_model/ folder or Hub repo id (required, except with --resume)")
     p.add_argument("--teacher-revision", default=None, help="branch, tag or commit of a Hub teacher (recorded as a commit sha)")
     p.add_argument("--dataset", default=None, help="LeRobotDataset repo id (required, except with --resume)")
     p.add_argument("--dataset-root", type=Path, default=None, help="local folder of the dataset (else the Hub)")
@@ -49,9 +48,8 @@ def _add_train(sub) -> None:
     p.add_argument("--student-steps", type=POSITIVE, default=1, help="Euler steps of the student (its num_steps), at most --teacher-steps")
     p.add_argument("--teacher-steps", type=int_in(1, MAX_TEACHER_STEPS, "more gives no better targets, only slower steps"),
                    default=10, help=f"Euler steps the teacher integrates per target (at most {MAX_TEACHER_STEPS})")
-    p.add_argument("--time-sampling", choices=list(TIME_SAMPLERS), default=ReflowConfig.time_sampling,
-                   help="training times t: grid (the student's Euler times), mixed (half grid, half uniform), "
-                   "uniform, or beta (SmolVLA's); see docs/fidelity.md")
+    p.add_argument("--time-sampling", choices=list(TIME_SAMPLERS), default=ReflowConfig.time_sampling, help="training times t: grid "
+                   "(the student's Euler times), mixed (half grid, half uniform), uniform, or beta (SmolVLA's); see docs/fidelity.md")
     p.add_argument("--student-inputs", choices=list(STUDENT_INPUTS), default=ReflowConfig.student_inputs,
                    help="for a student of 2+ steps: train its later steps at the states its own Euler steps reach "
                    "(on-policy) or on straight paths; see docs/reflow.md")
@@ -61,6 +59,8 @@ def _add_train(sub) -> None:
     p.add_argument("--noises-per-frame", type=POSITIVE, default=None, metavar="M",
                    help=f"noise draws paired with each observation of a batch (batch-size x M rows per step; the VLM "
                    f"runs once per observation; default {ReflowConfig.noises_per_frame}, 1 with --pairs); see docs/reflow.md")
+    p.add_argument("--frame-sampling", choices=list(FRAME_SAMPLINGS), default=None, help="which frames batches draw: "
+                   "spread (mostly where the teacher's answer depends on the noise; default, uniform with --pairs) or uniform")
     p.add_argument("--lr", type=float_in(0), default=None,
                    help="peak learning rate (default: the teacher config's optimizer_lr, LeRobot's preset)")
     p.add_argument("--warmup-steps", type=NON_NEGATIVE, default=None, help="warm-up steps (default: 5%% of --steps)")
@@ -96,7 +96,7 @@ def _cmd_train(a) -> int:
     try:
         rcfg = ReflowConfig(
             teacher_steps=a.teacher_steps, student_steps=a.student_steps, time_sampling=a.time_sampling,
-            student_inputs=a.student_inputs, noises_per_frame=a.noises_per_frame,
+            student_inputs=a.student_inputs, noises_per_frame=a.noises_per_frame, frame_sampling=a.frame_sampling,
             lr=a.lr, warmup_steps=a.warmup_steps, steps=a.steps, batch_size=a.batch_size, seed=a.seed,
             holdout_episodes=a.holdout_episodes, cuda_graphs=not a.no_cuda_graphs, update=a.update,
             teacher_batch=a.teacher_batch)

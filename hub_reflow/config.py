@@ -8,8 +8,9 @@ from .flow import TIME_SAMPLERS
 from .sr_adamw import UPDATES
 
 STUDENT_INPUTS = ("on-policy", "straight")
+FRAME_SAMPLINGS = ("spread", "uniform")
 # What runs recorded before these settings existed did (their defaults have changed since).
-RECORDED_BEFORE = {"student_inputs": "straight", "noises_per_frame": 1}
+RECORDED_BEFORE = {"student_inputs": "straight", "noises_per_frame": 1, "frame_sampling": "uniform"}
 
 
 @dataclass
@@ -38,6 +39,11 @@ class ReflowConfig:
     # noise) rows a call (at least one step's): the same targets, fewer and fuller calls
     # (docs/reflow.md#teacher-batches). 0 or less than a step's rows: one step at a time.
     teacher_batch: int = 32
+    # Which training frames a batch draws (docs/reflow.md#frames-by-spread): "spread", mostly the
+    # frames where the teacher's answer depends on the noise (a pre-pass measures that spread per
+    # frame before training; priority.py), the rest uniformly; "uniform", LeRobot's shuffled epochs.
+    # Cached pairs are drawn uniformly (`train --pairs` runs with "uniform").
+    frame_sampling: str = "spread"
     # Keep the student's VLM frozen (vision encoder, connector, text model). The expert and the
     # projections train. Unfreezing changes the KV cache the expert attends to and costs memory.
     freeze_vlm: bool = True
@@ -76,6 +82,8 @@ class ReflowConfig:
             raise ValueError(f"student_inputs must be one of {STUDENT_INPUTS}, got {self.student_inputs!r}")
         if self.noises_per_frame < 1:
             raise ValueError(f"noises_per_frame must be >= 1, got {self.noises_per_frame}")
+        if self.frame_sampling not in FRAME_SAMPLINGS:
+            raise ValueError(f"frame_sampling must be one of {FRAME_SAMPLINGS}, got {self.frame_sampling!r}")
         if self.teacher_batch < 0:
             raise ValueError(f"teacher_batch must be >= 0, got {self.teacher_batch}")
         if self.lr is not None and not self.lr > 0:

@@ -50,6 +50,15 @@ def observation_delta_timestamps(teacher_cfg, meta) -> dict[str, list] | None:
     return kept or None
 
 
+def collate_for(dataset):
+    """How a batch of ``dataset``'s frames is stacked: LeRobot's collate where it has language
+    columns (as ``lerobot-train`` does), else torch's default."""
+    from lerobot.utils.collate import lerobot_collate_fn
+    from torch.utils.data import default_collate
+
+    return lerobot_collate_fn if dataset.meta.has_language_columns else default_collate
+
+
 def load_dataset(teacher_cfg, repo_id: str, root: Path | None, revision: str | None, holdout: int):
     """LeRobot's dataset with the teacher's observation delta timestamps (no action chunks: see
     ``observation_delta_timestamps``); the last ``holdout`` episodes left out."""

@@ -37,6 +37,9 @@ def check_train_args(args) -> None:
     if r.noises_per_frame > 1 and args.pairs:
         raise UserError(f"--noises-per-frame {r.noises_per_frame} needs online pairs: cached pairs (--pairs) hold one "
                         "noise per frame; leave out --pairs or --noises-per-frame")
+    if r.frame_sampling == "spread" and args.pairs:
+        raise UserError("--frame-sampling spread needs online pairs: cached pairs (--pairs) are drawn uniformly; "
+                        "leave out --pairs or --frame-sampling")
     if r.warmup_steps is not None and r.warmup_steps > r.steps:
         raise UserError(f"--warmup-steps {r.warmup_steps} is more than --steps {r.steps}: the learning rate would never "
                         "reach --lr; pass fewer warm-up steps")

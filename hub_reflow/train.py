@@ -20,13 +20,14 @@ import torch
 from . import safeio
 from .checkpoint import Lineage, ResolvedCheckpoint, read_policy_config, resolve_checkpoint, teacher_card_data
 from .config import ReflowConfig
-from .data import load_dataset
+from .data import collate_for, load_dataset
 from .devices import default_num_workers
 from .errors import UserError
 from .finite import FiniteGuard, require_finite_teacher
 from .flow import sample_time
 from .pairs import Pairs, PairsDataset, check_pairs, load_pairs
 from .policy import ReflowPolicy
+from .priority import frame_sampler
 from .precision import FILE_NAME as MASTER_FILE
 from .precision import MasterWeights
 from .run_checks import backbone_repo_id, check_batch_size, check_resume, check_train_args
@@ -93,6 +94,7 @@ class Run:
     hint: str  # the likely cause named when the loss stops being finite
     step: int = 0
     sampler_state: dict | None = None
+    spread: torch.Tensor | None = None  # the frames' spreads a SpreadSampler draws by (saved with each checkpoint)
     model: Any = None  # the policy as accelerate prepared it
     dataloader: Any = None
     guard: FiniteGuard = field(default_factory=FiniteGuard)  # the first non-finite loss / gradient norm
@@ -158,17 +160,20 @@ def setup(args: TrainArgs) -> Run:
     master = MasterWeights(policy.trainable_parameters(), enabled=rcfg.update == "fp32-masters")
     optimizer, scheduler, clip, opt_used = make_optimizer(master.params, teacher_cfg, rcfg)
     policy.lineage.training["optimizer"] = {**opt_used, "fp32_master_weights": master.active}
+    spread = None
     if pairs is not None:  # one "episode" spanning every pairs row: a seeded shuffle per epoch, resumable
         sampler = EpisodeAwareSampler([0], [len(dataset)], shuffle=True, seed=rcfg.seed)
-    else:
-        sampler = EpisodeAwareSampler(
-            dataset.meta.episodes["dataset_from_index"], dataset.meta.episodes["dataset_to_index"],
-            episode_indices_to_use=dataset.episodes, shuffle=True, seed=rcfg.seed,
-            absolute_to_relative_idx=dataset.absolute_to_relative_idx,
-        )
+    else:  # LeRobot's shuffled epochs, or frames drawn by the teacher's spread (a pre-pass, its own phase)
+        timer.stop("setup")
+        with timer("frame_spread"):
+            sampler, spread, prepass = frame_sampler(policy, preprocessor, dataset, rcfg, accelerator, collate_for(dataset),
+                                                     last.resolve() if args.resume else None)
+        timer.start("setup")
+        if prepass is not None:
+            policy.lineage.training["frame_spread"] = prepass
     hint = divergence_hint(opt_used["lr"], opt_used["warmup_steps"], pairs)
     return Run(args, accelerator, resolved, ds_info, dataset, pairs, saved, policy, preprocessor, postprocessor, master,
-               optimizer, scheduler, clip, sampler, timer, hint)
+               optimizer, scheduler, clip, sampler, timer, hint, spread=spread)
 
 
 def resume(run: Run) -> None:
@@ -202,9 +207,6 @@ def resume(run: Run) -> None:
 
 def prepare(run: Run) -> None:
     """The data loader, and everything handed to accelerate."""
-    from lerobot.utils.collate import lerobot_collate_fn
-
-    frames = run.dataset.frames if run.pairs is not None else run.dataset
     workers = run.args.num_workers
     if workers is None:
         workers = default_num_workers(run.accelerator.device.type, run.accelerator.num_processes)
@@ -212,7 +214,7 @@ def prepare(run: Run) -> None:
         run.dataset, batch_size=run.rcfg.batch_size, sampler=run.sampler, num_workers=workers,
         persistent_workers=workers > 0,  # not re-forked (and the dataset re-opened) every epoch
         drop_last=False, pin_memory=run.accelerator.device.type == "cuda",
-        collate_fn=lerobot_collate_fn if frames.meta.has_language_columns else None,
+        collate_fn=collate_for(run.dataset.frames if run.pairs is not None else run.dataset),
     )
     run.model, run.optimizer, run.dataloader, run.scheduler = run.accelerator.prepare(
         run.policy, run.optimizer, dataloader, run.scheduler)
@@ -273,7 +275,7 @@ def save(run: Run) -> Path | None:
         })
         with run.timer("checkpoint"):
             path = save_checkpoint(Path(run.args.output_dir), run.step, policy, run.optimizer, run.scheduler,
-                                   acc.num_processes, rcfg.batch_size, run.master, run.args.record)
+                                   acc.num_processes, rcfg.batch_size, run.master, run.args.record, run.spread)
         run.saved_name = path.name
         tqdm.write(f"checkpoint {path.name} written")
     acc.wait_for_everyone()

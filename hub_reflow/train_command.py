@@ -48,6 +48,8 @@ def train_settings(a) -> argparse.Namespace:
         raise SystemExit(fail(f"the following arguments are required: {', '.join(missing)}{why}"))
     if settings["noises_per_frame"] is None:  # recorded as resolved: a later default does not change a resumed run
         settings["noises_per_frame"] = 1 if settings["pairs"] else ReflowConfig.noises_per_frame
+    if settings["frame_sampling"] is None:
+        settings["frame_sampling"] = "uniform" if settings["pairs"] else ReflowConfig.frame_sampling
     settings["record"] = {k: _absolute(v) if k in PATHS else v for k, v in settings.items()
                           if k in TRAIN_DEFAULTS and k not in ("output_dir", "resume")}
     return argparse.Namespace(**settings)

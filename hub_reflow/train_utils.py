@@ -25,6 +25,8 @@ from .precision import FILE_NAME as MASTER_FILE
 from .precision import MasterWeights
 from .sr_adamw import StochasticRoundingAdamW
 
+SPREAD_FILE = "hub_reflow_frame_spread.safetensors"  # training_state/: the spreads a SpreadSampler draws by (priority.py)
+
 
 def make_accelerator(device: str):
     from accelerate import Accelerator
@@ -84,8 +86,9 @@ class Pace:
 
 
 def save_checkpoint(output_dir: Path, step: int, policy, optimizer, scheduler, num_processes: int, batch_size: int,
-                    master: MasterWeights | None = None, record: dict | None = None) -> Path:
-    """``record``: the run's settings (``run_checks.RUN_RECORD``), beside LeRobot's training state."""
+                    master: MasterWeights | None = None, record: dict | None = None, spread=None) -> Path:
+    """``record``: the run's settings (``run_checks.RUN_RECORD``), beside LeRobot's training state;
+    ``spread``: the frames' spreads its sampler draws by (``priority.SPREAD_FILE``)."""
     from lerobot.common.train_utils import get_step_checkpoint_dir, save_training_state
     from lerobot.utils.constants import TRAINING_STATE_DIR
     from safetensors.torch import save_file
@@ -103,6 +106,8 @@ def save_checkpoint(output_dir: Path, step: int, policy, optimizer, scheduler, n
             save_training_state(tmp, step, optimizer, scheduler, num_processes=num_processes, batch_size=batch_size)
             if master is not None and master.active:
                 save_file(master.state_dict(), str(tmp / TRAINING_STATE_DIR / MASTER_FILE))
+            if spread is not None:
+                save_file({"spread": spread.contiguous()}, str(tmp / TRAINING_STATE_DIR / SPREAD_FILE))
             if record:
                 (tmp / TRAINING_STATE_DIR / RUN_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True))
     except OSError as e:  # disk full, quota, permissions changed during the run: `last` is untouched

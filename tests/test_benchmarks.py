@@ -164,7 +164,7 @@ def test_fidelity_curve_smoke(closed_loop_world, tmp_path):
         assert [p["step"] for p in curve] == ([0, 2, 4, 6] if loop == "hub-reflow" else [0, 2, 4])  # --ours-steps 6
         assert curve[0]["mse_ratio"] == 1.0 and curve[0]["closed_loop"] == teacher["closed_loop@1"]  # the untrained copy
         assert 0 < curve[1]["wall_s"] < curve[2]["wall_s"] and all(_finite(p["mse_ratio"]) for p in curve)
-    ours = runs / "hub-reflow-steps6-every2-b8-m2-seed7" / "checkpoints"  # -m: the default noises per frame
+    ours = runs / "hub-reflow-steps6-every2-b8-m2-spread-seed7" / "checkpoints"  # the default noises per frame, frame sampling
     for p in res["runs"]["hub-reflow"]["7"][1:]:
         phases = json.loads((ours / f"{p['step']:06d}" / "pretrained_model" / "reflow_lineage.json").read_text())["training"]["time_s"]
         assert "checkpoint" in phases or p["step"] == 2  # the snapshot writes before it, left out like the reference's

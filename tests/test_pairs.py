@@ -44,7 +44,8 @@ def made(world, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("made")
     pairs = root / "pairs"
     for r in run_cli_many(pairs_args(world, world.teacher_fp32, pairs),
-                          train_args(world, world.teacher_fp32, root / "online", STEPS, "--noises-per-frame", "1"),
+                          train_args(world, world.teacher_fp32, root / "online", STEPS, "--noises-per-frame", "1",
+                                     "--frame-sampling", "uniform"),
                           train_args(world, world.teacher_fp32, root / "cached", STEPS, "--pairs", str(pairs),
                                      "--save-freq", str(STEPS - 2))):
         assert r.returncode == 0, r.stderr[-3000:]
@@ -128,6 +129,7 @@ def test_train_on_pairs_is_canonical_and_as_faithful_as_online(world, pairs_dir,
     meta = json.loads((pairs_dir / PAIRS_META_NAME).read_text())
     assert lin["reflow"]["targets"] == "cached pairs"
     assert lin["reflow"]["noises_per_frame"] == 1  # not given: cached pairs hold one noise per frame (online: 2)
+    assert lin["reflow"]["frame_sampling"] == "uniform"  # not given: cached pairs are drawn uniformly (online: spread)
     assert lin["dataset"]["pairs"] == {"repo_id": None, "commit": None, "data_sha256": meta["data_sha256"],
                                        "rows": meta["num_rows"], "per_frame": PER_FRAME, "seed": SEED, "teacher_steps": 10}
     ev_on = json.loads((online / "reflow_lineage.json").read_text())["evaluation"]

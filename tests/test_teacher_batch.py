@@ -64,7 +64,7 @@ def _train(world, out, teacher_batch: int, calls: list[int], monkeypatch) -> dic
     final = train(TrainArgs(teacher=str(world.teacher_fp32), dataset=world.repo_id, dataset_root=world.dataset_root,
                             output_dir=out, device="cpu", save_freq=6, log_freq=5, progress=False,
                             reflow=ReflowConfig(steps=10, batch_size=8, noises_per_frame=1, holdout_episodes=HOLDOUT,
-                                                teacher_batch=teacher_batch)))
+                                                teacher_batch=teacher_batch, frame_sampling="uniform")))  # no pre-pass calls
     monkeypatch.undo()
     return load_file(final / "model.safetensors")
 

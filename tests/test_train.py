@@ -80,6 +80,9 @@ def test_canonical_from_bf16_teacher(world, student_bf16):
     # Online pairs through the fast path's code (no CUDA graph on the CPU); the setting is recorded.
     assert lineage["reflow"]["cuda_graphs"] is True
     assert lineage["reflow"]["noises_per_frame"] == 2  # the default, as resolved and recorded
+    assert lineage["reflow"]["frame_sampling"] == "spread"  # the default: frames drawn by the teacher's spread
+    prepass = lineage["training"]["frame_spread"]  # 1000 steps of 32 rows: every training frame scored
+    assert prepass["stride"] == 1 and prepass["frames_scored"] == prepass["frames"] == 480 and prepass["draws"] == 4
     assert lineage["training"]["teacher_sampling"] == "eager (static-shape path, no CUDA graph)"
     # Measured at the end of training, on held-out frames, for the card.
     ev = lineage["evaluation"]
@@ -161,6 +164,7 @@ def test_resume_with_fp32_master_weights_is_bit_exact(world, tmp_path):
     full = train_student(world, world.teacher, tmp_path / "full", 6, *args)
     state = tmp_path / "full" / "checkpoints" / "000004" / "training_state"
     assert (state / "fp32_master_weights.safetensors").is_file()
+    assert (state / "hub_reflow_frame_spread.safetensors").is_file()  # what the resumed run draws frames by
     lineage = json.loads((full / "reflow_lineage.json").read_text())
     assert lineage["training"]["optimizer"]["fp32_master_weights"] is True
     part = tmp_path / "part"

@@ -29,7 +29,7 @@ LAYERS = [
     # 4: the model card, cached pairs, the structural checks, the loop's helpers
     {"card", "pairs", "structure", "train_utils", "compiled", "testing.hub_server", "testing.hub_server.__main__"},
     # 5: push and pull; the tiny backbone (published through a local Hub)
-    {"hub", "teacher_batch", "testing.tiny_backbone"},
+    {"hub", "teacher_batch", "priority", "testing.tiny_backbone"},
     # 6: the policy object (its push_to_hub is push), verify, canonicalize; the tiny world
     {"policy", "verify", "canonicalize", "testing.post_world"},
     # 7: the training loop; the tiny world (its dataset recorded in the closed-loop env)
