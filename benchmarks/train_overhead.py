@@ -121,7 +121,7 @@ def main(argv=None) -> int:
                        "--num-workers", str(workers)], env)
         lineage = json.loads((out_dir / "checkpoints" / "last" / "pretrained_model" / "reflow_lineage.json").read_text())
         phases = lineage["training"].get("time_s", {})
-        recorded = {k: lineage["reflow"].get(k) for k in ("noises_per_frame", "teacher_batch", "student_steps")}
+        recorded = {k: lineage["reflow"].get(k) for k in ("noises_per_frame", "frame_sampling", "teacher_batch", "student_steps")}
         runs.append({"num_workers": workers, "wall_s": ours, "ratio": ours / bare, "phases_s": phases, "reflow": recorded})
         rows.append([f"hub-reflow train, {workers} workers", fmt(ours, 1), fmt(ours / bare, 2), f"target <= {TARGET}"])
         rows += [[f"  of which {k}", fmt(v, 1), "", ""] for k, v in sorted(phases.items(), key=lambda kv: -kv[1])]
