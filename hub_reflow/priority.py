@@ -138,7 +138,11 @@ def frame_sampler(policy, preprocessor, dataset, rcfg, accelerator, collate, res
     episodes = episode_frames(*bounds, dataset.episodes, dataset.absolute_to_relative_idx)
     flat = [i for frames in episodes for i in frames]
     if resume_from is not None:
-        spread = safeio.load_file(resume_from / TRAINING_STATE_DIR / SPREAD_FILE, "--resume")["spread"]
+        saved = resume_from / TRAINING_STATE_DIR / SPREAD_FILE
+        if not saved.is_file():
+            raise UserError(f"--resume: the training state in {saved.parent} cannot be read (no {SPREAD_FILE}: the frames' "
+                            "spreads the run draws by); start a new --output-dir")
+        spread = safeio.load_file(saved, "--resume")["spread"]
         if len(spread) != len(flat):
             raise UserError(f"--resume: the run's saved frame spreads cover {len(spread)} frames, the dataset has "
                             f"{len(flat)} training frames; resume with the dataset the run was started with")
