@@ -150,7 +150,8 @@ def frame_sampler(policy, preprocessor, dataset, rcfg, accelerator, collate, res
     found = [None, None]
     if accelerator.is_main_process:
         stride = prepass_stride(len(flat), rcfg.steps, rcfg.batch_size * rcfg.noises_per_frame)
-        found = list(frame_spreads(policy, preprocessor, dataset, episodes, stride, max(rcfg.batch_size, 8),
+        rows = max(rcfg.teacher_batch, rcfg.batch_size * rcfg.noises_per_frame)  # the run's own teacher calls' rows
+        found = list(frame_spreads(policy, preprocessor, dataset, episodes, stride, max(1, rows // SPREAD_DRAWS),
                                    rcfg.seed, collate))
     if accelerator.num_processes > 1:
         from accelerate.utils import broadcast_object_list
