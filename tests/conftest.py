@@ -171,6 +171,8 @@ def make(name: str, where: Path):
             # teacher's 97% (test_closed_loop asks for 10 points); batch 32 gets 87%, with one noise per
             # frame (two, the default since 2026-12-03: 83%, one episode short; benchmarks/closed_loop.py,
             # 200 episodes at batch 8, puts two a point above one: 72.5% against 71.3% after 1600 steps).
+            # Those figures had frames drawn uniformly; this student draws them by spread (the default
+            # since the same day), which benchmarks/closed_loop.py puts 8.7 points higher at 1000 steps.
             args, env = _loader_worker()
             if name == "bf16":
                 train_student(world, world.teacher, run, 1000, "--batch-size", "16", *args, env=env)

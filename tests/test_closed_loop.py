@@ -118,15 +118,21 @@ def test_the_same_command_gives_the_same_episodes(closed_loop_world):
     assert first.trajectories == second.trajectories and first.trajectories["teacher@10"]
 
 
+def _parity_eval(capsys, world, tmp_path, *extra: str) -> tuple[dict, str]:
+    """``hub-reflow eval`` of the fp32 teacher (student@10, teacher@1) on gym_hubtest/SeedParity-v0,
+    5 episodes; its JSON and stdout."""
+    out = tmp_path / "parity.json"
+    code, stdout, _ = _in_process(capsys, str(world.teacher_fp32), "--teacher", str(world.teacher_fp32), "--env-id",
+                                  "gym_hubtest/SeedParity-v0", "--episodes", "5", "--teacher-steps", "1", *extra,
+                                  "--json", str(out), "--device", "cpu")
+    assert code == 0
+    return json.loads(out.read_text()), stdout
+
+
 def test_env_id_from_a_test_module(world, tmp_path, capsys):
     """gym_hubtest/SeedParity-v0 (tests/gym_hubtest): an episode succeeds iff its env seed is even;
     its camera is one array (LeRobot's observation.image), mapped to the policy's only camera."""
-    out = tmp_path / "parity.json"
-    code, stdout, _ = _in_process(capsys, str(world.teacher_fp32), "--teacher", str(world.teacher_fp32), "--env-id",
-                                  "gym_hubtest/SeedParity-v0", "--episodes", "5", "--seed", "10", "--teacher-steps", "1",
-                                  "--json", str(out), "--device", "cpu")
-    assert code == 0
-    data = json.loads(out.read_text())
+    data, stdout = _parity_eval(capsys, world, tmp_path, "--seed", "10")
     assert data["success_rates"] == {"student@10": 0.6, "teacher@1": 0.6}
     for p in data["policies"].values():
         assert p["outcomes"] == [True, False, True, False, True]
@@ -141,12 +147,7 @@ def test_env_id_from_a_test_module(world, tmp_path, capsys):
 def test_n_action_steps_makes_every_row_replan(world, tmp_path, capsys):
     """--n-action-steps 2 (lerobot-eval's --policy.n_action_steps): a 3-step episode takes two
     chunks for every row, and the command on the card says so."""
-    out = tmp_path / "replan.json"
-    code, _, _ = _in_process(capsys, str(world.teacher_fp32), "--teacher", str(world.teacher_fp32), "--env-id",
-                             "gym_hubtest/SeedParity-v0", "--episodes", "5", "--teacher-steps", "1", "--n-action-steps", "2",
-                             "--json", str(out), "--device", "cpu")
-    assert code == 0
-    data = json.loads(out.read_text())
+    data, _ = _parity_eval(capsys, world, tmp_path, "--n-action-steps", "2")
     assert {k: p["chunk_latency_ms"]["chunks"] for k, p in data["policies"].items()} == {"student@10": 10, "teacher@1": 10}
     assert data["settings"]["n_action_steps"] == 2 and "--n-action-steps 2" in data["settings"]["command"]
 
