@@ -1,7 +1,8 @@
 """``benchmarks/gpu.sh --smoke``: the one-shot GPU script runs end to end on the CPU at tiny sizes
-(train_cost with profile, per-op host cost, capture effect and the update options' rows; teacher
-sampling; latency eager + fast_inference + LeRobot's compiled student@1 within the budget), writes
-its JSON and prints the tables; bad options are refused in one line."""
+(train_cost with profile, checked as tests/test_train_cost.py checks a train_cost run, per-op host
+cost, capture effect and the update options' rows; teacher sampling; latency eager + fast_inference
++ LeRobot's compiled student@1 within the budget), writes its JSON and prints the tables; bad
+options are refused in one line."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_train_cost import check_smoke_run
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.sh"
+TEACHER_SAMPLING_START = "# Teacher sampling @"  # where teacher_sampling.py's output starts, after train_cost.py's
 
 
 def _run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -29,7 +32,9 @@ def test_gpu_script_smoke(world, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["gpu_info_smoke.txt", "latency_smoke.json", "teacher_sampling_smoke.json",
                                                      "train_cost_smoke.json"]
     tc = json.loads((out / "train_cost_smoke.json").read_text())
-    assert [row["name"] for row in tc["rows"]] == ["normal", "reflow_online", "reflow_cached", "reflow_cached_sr"]
+    # train_cost.py's own checks (tests/test_train_cost.py), on its output here: it runs first.
+    check_smoke_run(tc, r.stdout[:r.stdout.index(TEACHER_SAMPLING_START)],
+                    ["normal", "reflow_online", "reflow_cached", "reflow_cached_sr"])
     assert [row["update"] for row in tc["rows"]] == [None, "fp32-masters", "fp32-masters", "bf16-sr"]
     assert all(row["profile"]["steps"] == 1 for row in tc["rows"]) and tc["smoke"] is True and tc["partial"] is False
     # The per-op host cost against the normal step (1 for the normal step itself), and its target.

@@ -1,10 +1,11 @@
-"""``benchmarks/train_cost.py --smoke --profile`` runs its three variants in fresh processes and writes
+"""``benchmarks/train_cost.py --smoke --profile`` runs its variants in fresh processes and writes
 well-formed JSON (exact row names, finite measurements, operator counts per phase, a profile
-summary) with the markdown tables printed last."""
+summary) with the markdown tables printed last: ``check_smoke_run``, applied to the train_cost run
+that tests/test_gpu_script.py's gpu.sh --smoke makes (one run of it in the suite, not two); bad
+options are refused in one line."""
 
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 import sys
@@ -13,21 +14,16 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "train_cost.py"
-ROWS = ["normal", "reflow_online", "reflow_cached"]
 NUMBERS = ["median_step_ms", "median_cpu_ms", "min_step_ms", "max_step_ms", "peak_rss_mb", "peak_rss_above_imports_mb",
            "rss_after_imports_mb", "rss_before_steps_mb", "trained_model_weights_mb", "teacher_weights_mb", "final_loss"]
 PHASES = ["preprocess", "forward", "backward", "optimizer"]
 
 
-def test_train_cost_smoke(world, tmp_path):
-    out = tmp_path / "train_cost.json"
-    r = subprocess.run([sys.executable, str(BENCH), "--smoke", "--profile", "--profile-steps", "1", "--teacher",
-                        str(world.teacher_fp32), "--dataset", world.repo_id, "--dataset-root", str(world.dataset_root),
-                        "--device", "cpu", "--json", str(out)],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    data = json.loads(out.read_text())
-    assert [row["name"] for row in data["rows"]] == ROWS  # no eager-online row on the CPU
+def check_smoke_run(data: dict, stdout: str, rows: list[str]) -> None:
+    """What ``train_cost.py --smoke --profile --profile-steps 1`` must write (its JSON) and print
+    (``stdout``: its own, or gpu.sh's, which starts with it) for the variants ``rows``, on the CPU.
+    Called by tests/test_gpu_script.py, whose run of gpu.sh --smoke is such a run."""
+    assert [row["name"] for row in data["rows"]] == rows  # no eager-online row on the CPU
     for row in data["rows"]:
         for key in NUMBERS:
             assert isinstance(row[key], float) and math.isfinite(row[key]), (row["name"], key, row[key])
@@ -71,14 +67,17 @@ def test_train_cost_smoke(world, tmp_path):
     assert "per-op host cost" in data["targets"]["cached_host_cost"]["target"]
     assert all(isinstance(t["met"], bool) for t in data["targets"].values())
     assert data["targets"]["cached_ops"]["met"] is True
-    # The markdown tables are printed last (operator counts, then time and memory), after one line per target.
-    lines = r.stdout.strip().splitlines()
-    table = lines[-(2 + len(ROWS)):]
-    assert all(ln.startswith("|") for ln in table) and [ln.split("|")[1].strip() for ln in table[2:]] == ROWS
-    ops = lines[-(2 * (2 + len(ROWS)) + 1):-(2 + len(ROWS)) - 1]
-    assert ops[0].startswith("| step | batch | aten ops / step") and [ln.split("|")[1].strip() for ln in ops[2:]] == ROWS
-    assert sum(ln.startswith("- ") for ln in lines) == 5
-    assert sum(ln.startswith("#### ") for ln in lines) == len(ROWS)
+    # Printed: a profile section per row, one line per target, then the tables (operator counts,
+    # then time and memory), each with one line per row.
+    lines = stdout.splitlines()
+    assert sum(ln.startswith("#### ") for ln in lines) == len(rows)
+    ops = lines.index(next(ln for ln in lines if ln.startswith("| step | batch | aten ops / step")))
+    assert [ln.split("|")[1].strip() for ln in lines[ops + 2:ops + 2 + len(rows)]] == rows
+    assert lines[ops + 2 + len(rows)] == ""
+    table = lines[ops + 3 + len(rows):ops + 5 + 2 * len(rows)]
+    assert table[0].startswith("| step | batch | median wall ms") and [ln.split("|")[1].strip() for ln in table[2:]] == rows
+    targets = [ln for ln in lines[:ops] if ln.startswith("- ")]
+    assert len(targets) == 5 and all(": met" in ln or ": NOT met" in ln for ln in targets), targets
 
 
 def test_train_cost_bad_options():
