@@ -8,7 +8,7 @@ schedule, not runs of their own); step 0 is the untrained copy, which is the tea
 step. Every checkpoint drives ``--episodes`` paired episodes through ``hub-reflow eval``'s
 ``evaluate_closed_loop`` (LeRobot's ``eval_policy``; episode i: env and torch seed i), and so do
 teacher@10 and the teacher at the students' step count (the lines). JSON and PNG under benchmarks/results/.
-Options pass `--student-steps` and `--noises-per-frame` to the students' training.
+Options pass `--student-steps`, `--noises-per-frame`, `--frame-sampling` and `--lr` to the students' training.
 
     OMP_NUM_THREADS=1 python benchmarks/closed_loop.py                  # 3 seeds x 0..1600 steps, 200 episodes
     python benchmarks/closed_loop.py --teacher T --dataset-root D      # reuse a tiny world's teacher and dataset
@@ -50,6 +50,7 @@ def parse(argv):
     p.add_argument("--student-steps", type=int, default=1, help="Euler steps of the students (hub-reflow train's)")
     p.add_argument("--noises-per-frame", type=int, default=None, help="hub-reflow train's --noises-per-frame (default: its own)")
     p.add_argument("--frame-sampling", default=None, help="hub-reflow train's --frame-sampling (default: its own)")
+    p.add_argument("--lr", type=float, default=None, help="hub-reflow train's --lr (default: the teacher's)")
     p.add_argument("--teacher-train-steps", type=int, default=1000)
     p.add_argument("--teacher", type=Path, default=None, help="a closed-loop tiny-world teacher (with --dataset-root)")
     p.add_argument("--dataset-root", type=Path, default=None)
@@ -58,6 +59,8 @@ def parse(argv):
     a = p.parse_args(argv)
     if min(a.episodes, a.batch_size, a.student_steps, a.noises_per_frame or 1) < 1:
         raise OptionError(PROG, "--episodes, --batch-size, --student-steps and --noises-per-frame must be at least 1")
+    if a.lr is not None and not a.lr > 0:
+        raise OptionError(PROG, f"--lr must be > 0, got {a.lr}")
     if (a.teacher is None) != (a.dataset_root is None):
         raise OptionError(PROG, "--teacher and --dataset-root go together")
     if a.smoke:
@@ -124,7 +127,7 @@ def bench(a) -> int:
                                 device="cpu", log_freq=max(top // 5, 1), progress=False, save_freq=save,
                                 reflow=ReflowConfig(steps=top, batch_size=a.batch_size, seed=seed, holdout_episodes=4,
                                                     student_steps=k, noises_per_frame=a.noises_per_frame,
-                                                    frame_sampling=a.frame_sampling)))
+                                                    frame_sampling=a.frame_sampling, lr=a.lr)))
             minutes[seed] = (time.time() - start) / 60
             found = checkpoints(out)
             for s in a.steps:
@@ -139,7 +142,7 @@ def bench(a) -> int:
     payload = {
         "benchmark": "closed_loop",
         "settings": {"steps": a.steps, "seeds": a.seeds, "episodes": a.episodes, "batch_size": a.batch_size,
-                     "student_steps": k, "noises_per_frame": a.noises_per_frame, "frame_sampling": a.frame_sampling,
+                     "student_steps": k, "noises_per_frame": a.noises_per_frame, "frame_sampling": a.frame_sampling, "lr": a.lr,
                      "teacher_train_steps": a.teacher_train_steps, "smoke": a.smoke, "env": TINY_ENV},
         "teacher": {k: {f: v[f] for f in keys} for k, v in lines.items()},
         "students": {str(seed): {str(s): {f: c[f] for f in keys} for s, c in curve.items()} for seed, curve in curves.items()},
