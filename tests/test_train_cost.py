@@ -71,7 +71,7 @@ def check_smoke_run(data: dict, stdout: str, rows: list[str]) -> None:
     # then time and memory), each with one line per row.
     lines = stdout.splitlines()
     assert sum(ln.startswith("#### ") for ln in lines) == len(rows)
-    ops = lines.index(next(ln for ln in lines if ln.startswith("| step | batch | aten ops / step")))
+    ops = next(i for i, ln in enumerate(lines) if ln.startswith("| step | batch | aten ops / step"))
     assert [ln.split("|")[1].strip() for ln in lines[ops + 2:ops + 2 + len(rows)]] == rows
     assert lines[ops + 2 + len(rows)] == ""
     table = lines[ops + 3 + len(rows):ops + 5 + 2 * len(rows)]
