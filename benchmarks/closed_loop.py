@@ -2,13 +2,14 @@
 tiny world (``hub_reflow/testing/post_world.py``): does the student drive like its 10-step teacher?
 
 Per training seed (``--seeds``): one ``hub-reflow train`` run (its defaults: batch ``--batch-size``
-8, 1 Euler step, the teacher's learning rate) to the largest of ``--steps``, checkpointed at every
+8, 1 Euler step, a peak rate 3x the teacher's) to the largest of ``--steps``, checkpointed at every
 other one (so the smaller step counts are snapshots of the same run, under its learning-rate
 schedule, not runs of their own); step 0 is the untrained copy, which is the teacher's weights at 1
 step. Every checkpoint drives ``--episodes`` paired episodes through ``hub-reflow eval``'s
 ``evaluate_closed_loop`` (LeRobot's ``eval_policy``; episode i: env and torch seed i), and so do
 teacher@10 and the teacher at the students' step count (the lines). JSON and PNG under benchmarks/results/.
-Options pass `--student-steps`, `--noises-per-frame`, `--frame-sampling` and `--lr` to the students' training.
+Options pass `--student-steps`, `--noises-per-frame`, `--frame-sampling`, `--lr` and `--lr-scale` to the students'
+training; a --workdir run made with other settings is refused, not reused.
 
     OMP_NUM_THREADS=1 python benchmarks/closed_loop.py                  # 3 seeds x 0..1600 steps, 200 episodes
     python benchmarks/closed_loop.py --teacher T --dataset-root D      # reuse a tiny world's teacher and dataset
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, OptionError, hub_env, markdown, write_json  # noqa: E402
+from common import RESULTS, OptionError, hub_env, markdown, reused_run, write_json  # noqa: E402
 
 PROG = "closed_loop.py"
 DEFAULT_WORKDIR = Path("outputs/bench-closed-loop")
@@ -51,6 +52,7 @@ def parse(argv):
     p.add_argument("--noises-per-frame", type=int, default=None, help="hub-reflow train's --noises-per-frame (default: its own)")
     p.add_argument("--frame-sampling", default=None, help="hub-reflow train's --frame-sampling (default: its own)")
     p.add_argument("--lr", type=float, default=None, help="hub-reflow train's --lr (default: the teacher's)")
+    p.add_argument("--lr-scale", type=float, default=None, help="hub-reflow train's --lr-scale (default: its own)")
     p.add_argument("--teacher-train-steps", type=int, default=1000)
     p.add_argument("--teacher", type=Path, default=None, help="a closed-loop tiny-world teacher (with --dataset-root)")
     p.add_argument("--dataset-root", type=Path, default=None)
@@ -59,8 +61,9 @@ def parse(argv):
     a = p.parse_args(argv)
     if min(a.episodes, a.batch_size, a.student_steps, a.noises_per_frame or 1) < 1:
         raise OptionError(PROG, "--episodes, --batch-size, --student-steps and --noises-per-frame must be at least 1")
-    if a.lr is not None and not a.lr > 0:
-        raise OptionError(PROG, f"--lr must be > 0, got {a.lr}")
+    for flag, value in (("--lr", a.lr), ("--lr-scale", a.lr_scale)):
+        if value is not None and not 0 < value < float("inf"):
+            raise OptionError(PROG, f"{flag} must be a finite number > 0, got {value}")
     if (a.teacher is None) != (a.dataset_root is None):
         raise OptionError(PROG, "--teacher and --dataset-root go together")
     if a.smoke:
@@ -121,13 +124,13 @@ def bench(a) -> int:
         if top > 0:
             out = a.workdir / f"student-seed{seed}"
             start = time.time()
-            if not (out / "checkpoints" / "last").exists():
+            rcfg = ReflowConfig(steps=top, batch_size=a.batch_size, seed=seed, holdout_episodes=4, student_steps=k,
+                                noises_per_frame=a.noises_per_frame, frame_sampling=a.frame_sampling, lr=a.lr,
+                                lr_scale=a.lr_scale)
+            if not reused_run(PROG, out, rcfg):
                 save = min(s for s in a.steps if s > 0)
                 train(TrainArgs(teacher=str(teacher), dataset=TINY_REPO_ID, dataset_root=dataset_root, output_dir=out,
-                                device="cpu", log_freq=max(top // 5, 1), progress=False, save_freq=save,
-                                reflow=ReflowConfig(steps=top, batch_size=a.batch_size, seed=seed, holdout_episodes=4,
-                                                    student_steps=k, noises_per_frame=a.noises_per_frame,
-                                                    frame_sampling=a.frame_sampling, lr=a.lr)))
+                                device="cpu", log_freq=max(top // 5, 1), progress=False, save_freq=save, reflow=rcfg))
             minutes[seed] = (time.time() - start) / 60
             found = checkpoints(out)
             for s in a.steps:
@@ -143,6 +146,7 @@ def bench(a) -> int:
         "benchmark": "closed_loop",
         "settings": {"steps": a.steps, "seeds": a.seeds, "episodes": a.episodes, "batch_size": a.batch_size,
                      "student_steps": k, "noises_per_frame": a.noises_per_frame, "frame_sampling": a.frame_sampling, "lr": a.lr,
+                     "lr_scale": ReflowConfig(student_steps=k, lr=a.lr, lr_scale=a.lr_scale).lr_scale,
                      "teacher_train_steps": a.teacher_train_steps, "smoke": a.smoke, "env": TINY_ENV},
         "teacher": {k: {f: v[f] for f in keys} for k, v in lines.items()},
         "students": {str(seed): {str(s): {f: c[f] for f in keys} for s, c in curve.items()} for seed, curve in curves.items()},

@@ -6,6 +6,7 @@ Run the benchmarks from the repository root (``python benchmarks/latency.py ...`
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -26,6 +27,22 @@ class OptionError(SystemExit):
     def __init__(self, prog: str, msg: str):
         print(f"{prog}: error: {msg}", file=sys.stderr)
         super().__init__(2)
+
+
+def reused_run(prog: str, out: Path, rcfg) -> bool:
+    """Whether ``out`` already holds a ``hub-reflow train`` run of ``rcfg`` (``ReflowConfig``), which a
+    benchmark then reuses; a run made with other settings (an older default) is refused: one line, exit 2."""
+    lineage = out / "checkpoints" / "last" / "pretrained_model" / "reflow_lineage.json"
+    if not lineage.exists():
+        return False
+    from hub_reflow.config import ReflowConfig
+    from hub_reflow.run_checks import RESUME_MAY_CHANGE
+
+    done, want = ReflowConfig.from_dict(json.loads(lineage.read_text())["reflow"]).to_dict(), rcfg.to_dict()
+    differ = [f"{k} {done[k]!r}, now {want[k]!r}" for k in want if k not in RESUME_MAY_CHANGE and done[k] != want[k]]
+    if differ:
+        raise OptionError(prog, f"{out} holds a run with other settings ({'; '.join(differ)}); pass another --workdir")
+    return True
 
 
 def hub_env(argv: list[str] | None, default_workdir: Path, *, private_cache: bool = True) -> None:

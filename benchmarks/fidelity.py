@@ -56,6 +56,7 @@ from common import (  # noqa: E402
     hub_env,
     markdown,
     quiet_imports,
+    reused_run,
     setup_device,
     write_json,
 )
@@ -169,7 +170,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=8, help="reflow batch size")
     p.add_argument("--train-seed", type=int, default=None,
                    help="the students' training seed (default: hub-reflow's, ReflowConfig.seed)")
-    p.add_argument("--lr", type=float, default=None, help="students' peak learning rate (default: hub-reflow's, the teacher's)")
+    p.add_argument("--lr", type=float, default=None, help="students' base learning rate (default: hub-reflow's, the teacher's)")
+    p.add_argument("--lr-scale", type=float, default=None,
+                   help="students' peak rate over the base (default: hub-reflow's, 3 for 1 step at the teacher's rate, else 1)")
     p.add_argument("--update", choices=["fp32-masters", "bf16-sr", "bf16"], default="fp32-masters",
                    help="the students' bf16 weight update (ReflowConfig.update; default fp32 masters)")
     p.add_argument("--noises", type=int, default=None, help="noise draws per frame (default 4; smoke 1)")
@@ -210,6 +213,8 @@ def parse_args(argv=None):
         raise OptionError(PROG, "--teacher and --dataset-root go together (the teacher's tiny dataset)")
     if a.lr is not None and a.lr <= 0:
         raise OptionError(PROG, "--lr must be > 0")
+    if a.lr_scale is not None and not 0 < a.lr_scale < float("inf"):
+        raise OptionError(PROG, "--lr-scale must be a finite number > 0")
     if a.teacher_lr is not None and (a.teacher is not None or a.teacher_lr <= 0):
         raise OptionError(PROG, "--teacher-lr must be > 0, and is for teachers trained here (not with --teacher)")
     if a.teacher is not None and a.worlds != ["tiny"]:
@@ -222,20 +227,19 @@ def parse_args(argv=None):
 
 
 def train_student(teacher: Path, dataset_root: Path, repo_id: str, out: Path, *, steps: int, batch_size: int,
-                  student_steps: int, time_sampling: str, device: str, lr: float | None, seed: int,
-                  student_inputs: str = "on-policy", update: str = "fp32-masters") -> Path:
+                  student_steps: int, time_sampling: str, device: str, lr: float | None, lr_scale: float | None,
+                  seed: int, student_inputs: str = "on-policy", update: str = "fp32-masters") -> Path:
     from hub_reflow.config import ReflowConfig
     from hub_reflow.train import TrainArgs, train
 
+    rcfg = ReflowConfig(steps=steps, batch_size=batch_size, student_steps=student_steps, time_sampling=time_sampling,
+                        holdout_episodes=HOLDOUT, lr=lr, lr_scale=lr_scale, seed=seed, student_inputs=student_inputs,
+                        update=update)
     last = out / "checkpoints" / "last" / "pretrained_model"
-    if (last / "model.safetensors").exists():
+    if reused_run(PROG, out, rcfg) and (last / "model.safetensors").exists():
         return last  # already trained in this workdir
-    return train(TrainArgs(
-        teacher=str(teacher), dataset=repo_id, dataset_root=dataset_root, output_dir=out, device=device,
-        log_freq=max(steps // 5, 1), progress=False,
-        reflow=ReflowConfig(steps=steps, batch_size=batch_size, student_steps=student_steps, time_sampling=time_sampling,
-                            holdout_episodes=HOLDOUT, lr=lr, seed=seed, student_inputs=student_inputs, update=update),
-    ))
+    return train(TrainArgs(teacher=str(teacher), dataset=repo_id, dataset_root=dataset_root, output_dir=out, device=device,
+                           log_freq=max(steps // 5, 1), progress=False, reflow=rcfg))
 
 
 def evaluate_world(a, name: str, device) -> dict:
@@ -268,9 +272,15 @@ def evaluate_world(a, name: str, device) -> dict:
         runs = runs.with_name(f"{runs.name}-lr{a.lr:g}")
     if a.train_seed != ReflowConfig().seed:
         runs = runs.with_name(f"{runs.name}-seed{a.train_seed}")
-    plan = [(f"student(1-step, {m})", runs / f"k1-{m}", teacher, 1, m, ReflowConfig().student_inputs) for m in a.modes]
+    def scaled(k: int) -> str:  # a peak rate other than the base: in the folder name (an older default's runs stay apart)
+        scale = ReflowConfig(student_steps=k, lr=a.lr, lr_scale=a.lr_scale).lr_scale
+        return "" if scale == 1 else f"-lrx{scale:g}"
+
+    plan = [(f"student(1-step, {m})", runs / f"k1-{m}{scaled(1)}", teacher, 1, m, ReflowConfig().student_inputs)
+            for m in a.modes]
     if a.two_step:
-        plan += [(f"student(2-step, {a.default_mode}, {si})", runs / f"k2-{a.default_mode}-{si}", teacher, 2, a.default_mode, si)
+        plan += [(f"student(2-step, {a.default_mode}, {si})", runs / f"k2-{a.default_mode}-{si}{scaled(2)}", teacher, 2,
+                  a.default_mode, si)
                  for si in a.two_step_inputs]
     students = {}
     for label, out, t, k, mode, si in plan:
@@ -278,7 +288,7 @@ def evaluate_world(a, name: str, device) -> dict:
         print(f"[{name}] {label}: {a.student_train_steps} steps at batch {a.batch_size}", file=sys.stderr, flush=True)
         students[label] = train_student(t, dataset_root, spec.repo_id, out, steps=a.student_train_steps,
                                         batch_size=a.batch_size, student_steps=k, time_sampling=mode, device=device.type,
-                                        lr=a.lr, seed=a.train_seed, student_inputs=si, update=a.update)
+                                        lr=a.lr, lr_scale=a.lr_scale, seed=a.train_seed, student_inputs=si, update=a.update)
         timings[f"{label}_train_s"] = time.perf_counter() - t1
     if a.reference:
         label, out = f"reference loop (1-step, {a.default_mode})", runs / f"reference-k1-{a.default_mode}"
@@ -295,9 +305,9 @@ def evaluate_world(a, name: str, device) -> dict:
         t1 = time.perf_counter()
         print(f"[{name}] reflow round 2: {first} at 10 steps teaches a new 1-step student", file=sys.stderr, flush=True)
         students["round-2 student(1-step)"] = train_student(
-            students[first], dataset_root, spec.repo_id, runs / f"round2-k1-{a.default_mode}", steps=a.student_train_steps,
-            batch_size=a.batch_size, student_steps=1, time_sampling=a.default_mode, device=device.type, lr=a.lr,
-            seed=a.train_seed, update=a.update)
+            students[first], dataset_root, spec.repo_id, runs / f"round2-k1-{a.default_mode}{scaled(1)}",
+            steps=a.student_train_steps, batch_size=a.batch_size, student_steps=1, time_sampling=a.default_mode,
+            device=device.type, lr=a.lr, lr_scale=a.lr_scale, seed=a.train_seed, update=a.update)
         timings["round2_train_s"] = time.perf_counter() - t1
 
     def load(path):
@@ -402,10 +412,14 @@ def main(argv=None) -> int:
                                      fmt(r["mode_hit_rate"] / t10["mode_hit_rate"], 2) if t10["mode_hit_rate"] else "n/a"])
     summary = markdown(["world", "student", "MSE ratio vs teacher@K (target <= 0.01)", "same, training frames", "mode-hit rate",
                         "hit / teacher@10's (target >= 0.9)"], summary_rows)
+    from hub_reflow.config import ReflowConfig
+
+    scales = {f"{k}-step": ReflowConfig(student_steps=k, lr=a.lr, lr_scale=a.lr_scale).lr_scale for k in (1, 2)}
     common = {"student_train_steps": a.student_train_steps, "student_batch_size": a.batch_size, "student_lr": a.lr,
-              "train_seed": a.train_seed,
+              "student_lr_scale": scales, "train_seed": a.train_seed,
               "student_settings": "hub-reflow train defaults except the time sampling"
-              + (f" and lr {a.lr:g}" if a.lr is not None else " (lr: the teacher config's)"),
+              + (f" and lr {a.lr:g}" if a.lr is not None else " (lr: the teacher config's)")
+              + f", peak rate x{scales['1-step']:g} (1 step), x{scales['2-step']:g} (2 steps); the reference loop: the base rate",
               "default_time_sampling": a.default_mode, "modes": a.modes, "round2": a.round2, "holdout_episodes": HOLDOUT,
               "seed": a.seed, "hit_threshold": HIT, "fine_times": FINE_TIMES, "smoke": a.smoke}
     out = write_json(a.out, {"benchmark": "fidelity", "hardware": hw, "settings": common,

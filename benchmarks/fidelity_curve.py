@@ -38,7 +38,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from closed_loop import _ints  # noqa: E402
-from common import RESULTS, OptionError, hardware, hardware_line, hub_env, markdown, quiet_imports, write_json  # noqa: E402
+from common import (  # noqa: E402
+    RESULTS, OptionError, hardware, hardware_line, hub_env, markdown, quiet_imports, reused_run, write_json)
 
 PROG = "fidelity_curve.py"
 DEFAULT_WORKDIR = Path("outputs/bench/fidelity_curve")
@@ -65,7 +66,8 @@ def parse(argv):
     p.add_argument("--noises-per-frame", type=int, default=None, help="hub-reflow train's --noises-per-frame (default: its own)")
     p.add_argument("--frame-sampling", default=None, help="ours' --frame-sampling (default: hub-reflow train's)")
     p.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate of hub-reflow train's students (default: train's own); the reference keeps the teacher's")
+                   help="base learning rate of hub-reflow train's students (default: train's own); the reference keeps the teacher's")
+    p.add_argument("--lr-scale", type=float, default=None, help="ours' peak rate over the base (default: train's own, 3)")
     p.add_argument("--smoke", action="store_true", help="20-step teachers, 4 steps every 2, 1 seed, 2 episodes")
     p.add_argument("--out", type=Path, default=RESULTS / "fidelity_curve.json")
     a = p.parse_args(argv)
@@ -85,6 +87,9 @@ def parse(argv):
         raise OptionError(PROG, f"--steps {a.steps} and --ours-steps {a.ours_steps} must be multiples of --every {a.every}")
     if (a.teacher is None) != (a.dataset_root is None) or (a.teacher is not None and len(a.worlds) != 1):
         raise OptionError(PROG, "--teacher and --dataset-root go together, with one --worlds entry (the teacher's world)")
+    for flag, value in (("--lr", a.lr), ("--lr-scale", a.lr_scale)):
+        if value is not None and not 0 < value < float("inf"):
+            raise OptionError(PROG, f"{flag} must be a finite number > 0, got {value}")
     if a.teacher is not None and not (a.teacher / "config.json").is_file():
         raise OptionError(PROG, f"--teacher {a.teacher} is not a pretrained_model/ folder (no config.json)")
     return a
@@ -103,12 +108,11 @@ def train_ours(a, teacher: Path, dataset_root: Path, spec, out: Path, seed: int)
 
     from fidelity import HOLDOUT
 
-    if not (out / "checkpoints" / "last").exists():
+    rcfg = ReflowConfig(steps=a.ours_steps, batch_size=a.batch_size, seed=seed, holdout_episodes=HOLDOUT, lr=a.lr,
+                        lr_scale=a.lr_scale, noises_per_frame=a.noises_per_frame, frame_sampling=a.frame_sampling)
+    if not reused_run(PROG, out, rcfg):
         train(TrainArgs(teacher=str(teacher), dataset=spec.repo_id, dataset_root=dataset_root, output_dir=out, device="cpu",
-                        log_freq=a.every, progress=False, save_freq=a.every,
-                        reflow=ReflowConfig(steps=a.ours_steps, batch_size=a.batch_size, seed=seed, holdout_episodes=HOLDOUT,
-                                            **({"lr": a.lr} if a.lr is not None else {}),
-                                            noises_per_frame=a.noises_per_frame, frame_sampling=a.frame_sampling)))
+                        log_freq=a.every, progress=False, save_freq=a.every, reflow=rcfg))
     snaps = {}
     for step in range(a.every, a.ours_steps + 1, a.every):
         folder = out / "checkpoints" / f"{step:06d}" / "pretrained_model"
@@ -119,7 +123,7 @@ def train_ours(a, teacher: Path, dataset_root: Path, spec, out: Path, seed: int)
 
 
 def train_reference(a, teacher: Path, dataset_root: Path, spec, out: Path, seed: int) -> dict[int, tuple[Path, float]]:
-    """The reference loop with the same steps, batch, learning rate, time sampling and seed."""
+    """The reference loop with the same steps, batch, time sampling and seed, at the teacher's learning rate."""
     from hub_reflow.config import ReflowConfig
 
     from fidelity import HOLDOUT
@@ -192,7 +196,8 @@ def evaluate_world(a, name: str) -> dict:
     for seed in a.seeds:
         for loop, fn in zip(LOOPS, (train_ours, train_reference), strict=True):
             ours = loop == "hub-reflow"  # the options that change only ours name its folders
-            tag = (f"-lr{a.lr:g}" if ours and a.lr is not None else "") + (f"-m{a.noises_per_frame}-{a.frame_sampling}" if ours else "")
+            tag = ((f"-lr{a.lr:g}" if a.lr is not None else "") + (f"-lrx{a.lr_scale:g}" if a.lr_scale != 1 else "")
+                   + f"-m{a.noises_per_frame}-{a.frame_sampling}") if ours else ""
             steps = a.ours_steps if ours else a.steps
             out = a.workdir / "runs" / name / f"{loop}-steps{steps}-every{a.every}-b{a.batch_size}{tag}-seed{seed}"
             print(f"[{name}] {loop}, seed {seed}: {steps} steps at batch {a.batch_size}", file=sys.stderr, flush=True)
@@ -243,6 +248,7 @@ def main(argv=None) -> int:
 
     a.noises_per_frame = a.noises_per_frame or ReflowConfig.noises_per_frame  # in ours' folder names: a default may change
     a.frame_sampling = a.frame_sampling or ReflowConfig.frame_sampling
+    a.lr_scale = ReflowConfig(lr=a.lr, lr_scale=a.lr_scale).lr_scale  # ours are 1-step students
     a.workdir = a.workdir.resolve()
     quiet_imports()
     t0 = time.perf_counter()
@@ -253,10 +259,10 @@ def main(argv=None) -> int:
     settings = {"steps": a.steps, "ours_steps": a.ours_steps, "every": a.every, "batch_size": a.batch_size, "seeds": a.seeds, "noises": a.noises,
                 "episodes": a.episodes, "teacher_train_steps": a.teacher_train_steps, "seed": a.seed, "smoke": a.smoke,
                 "ours": "hub-reflow train defaults (1 Euler step, its time sampling, lr and update)"
-                        + (f", peak lr {a.lr:g}" if a.lr is not None else "")
+                        + (f", base lr {a.lr:g}" if a.lr is not None else "") + f", peak rate x{a.lr_scale:g}"
                         + f", {a.noises_per_frame} noises per frame, frames drawn {a.frame_sampling}",
-                "lr": a.lr, "noises_per_frame": a.noises_per_frame, "frame_sampling": a.frame_sampling,
-                "reference": "benchmarks/reference_loop.py (same steps, batch, lr, time sampling, seed)"}
+                "lr": a.lr, "lr_scale": a.lr_scale, "noises_per_frame": a.noises_per_frame, "frame_sampling": a.frame_sampling,
+                "reference": "benchmarks/reference_loop.py (same steps, batch, time sampling, seed; the teacher's lr)"}
     out = write_json(a.out, {"benchmark": "fidelity_curve", "hardware": hw, "settings": settings, "worlds": results,
                              "total_s": time.perf_counter() - t0})
     plot(results, out.with_suffix(".png"), hardware_line(hw))

@@ -53,7 +53,11 @@ def human_setting(name: str, value, reflow: dict, policy_config) -> str:
     """A reflow setting, with what None stands for spelled out."""
     if value is None and name in PRESETS:
         preset = getattr(policy_config, PRESETS[name], None)
-        return f"LeRobot preset ({human(preset)})" if preset is not None else "LeRobot preset"
+        shown = f"LeRobot preset ({human(preset)})" if preset is not None else "LeRobot preset"
+        scale = reflow.get("lr_scale", 1.0) if name == "lr" else 1.0
+        if isinstance(scale, (int, float)) and scale != 1:  # the peak rate: lr_scale x the preset
+            shown = f"{scale:g} x {shown}" + (f" = {human(scale * preset)}" if isinstance(preset, (int, float)) else "")
+        return shown
     if value is None and name == "warmup_steps":
         steps = reflow.get("steps")
         return f"5% of the run ({max(1, steps // 20)})" if isinstance(steps, int) else "5% of the run"

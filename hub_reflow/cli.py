@@ -16,7 +16,7 @@ from .canonicalize import canonicalize
 from .card import render_card
 from .card_eval import closed_loop_context, read_closed_loop
 from .checkpoint import CONFIG_NAME, LINEAGE_NAME, Lineage, read_policy_config
-from .config import FRAME_SAMPLINGS, STUDENT_INPUTS, ReflowConfig
+from .config import FRAME_SAMPLINGS, ONE_STEP_LR_SCALE, STUDENT_INPUTS, ReflowConfig
 from .console import fail, run_command
 from .demo import add_demo_args, start_demo
 from .errors import UserError
@@ -61,8 +61,9 @@ def _add_train(sub) -> None:
                    f"runs once per observation; default {ReflowConfig.noises_per_frame}, 1 with --pairs); see docs/reflow.md")
     p.add_argument("--frame-sampling", choices=list(FRAME_SAMPLINGS), default=None, help="which frames batches draw: "
                    "spread (mostly where the teacher's answer depends on the noise; default, uniform with --pairs) or uniform")
-    p.add_argument("--lr", type=float_in(0), default=None,
-                   help="peak learning rate (default: the teacher config's optimizer_lr, LeRobot's preset)")
+    p.add_argument("--lr", type=float_in(0), default=None, help="base learning rate (default: the teacher config's optimizer_lr)")
+    p.add_argument("--lr-scale", type=float_in(0), default=None, metavar="X", help="peak learning rate: X times the base "
+                   f"(default {ONE_STEP_LR_SCALE:g} for a 1-step student at the teacher's rate, else 1); see docs/fidelity.md")
     p.add_argument("--warmup-steps", type=NON_NEGATIVE, default=None, help="warm-up steps (default: 5%% of --steps)")
     p.add_argument("--holdout-episodes", type=NON_NEGATIVE, default=0, help="keep the last N episodes out of training")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto", help="where to train")
@@ -97,7 +98,7 @@ def _cmd_train(a) -> int:
         rcfg = ReflowConfig(
             teacher_steps=a.teacher_steps, student_steps=a.student_steps, time_sampling=a.time_sampling,
             student_inputs=a.student_inputs, noises_per_frame=a.noises_per_frame, frame_sampling=a.frame_sampling,
-            lr=a.lr, warmup_steps=a.warmup_steps, steps=a.steps, batch_size=a.batch_size, seed=a.seed,
+            lr=a.lr, lr_scale=a.lr_scale, warmup_steps=a.warmup_steps, steps=a.steps, batch_size=a.batch_size, seed=a.seed,
             holdout_episodes=a.holdout_episodes, cuda_graphs=not a.no_cuda_graphs, update=a.update,
             teacher_batch=a.teacher_batch)
     except ValueError as e:
@@ -107,9 +108,7 @@ def _cmd_train(a) -> int:
         teacher=a.teacher, teacher_revision=a.teacher_revision, dataset=a.dataset, dataset_root=a.dataset_root,
         dataset_revision=a.dataset_revision, output_dir=a.output_dir, reflow=rcfg, device=a.device,
         save_freq=a.save_freq, log_freq=a.log_freq, num_workers=a.num_workers, resume=a.resume,
-        progress=not a.no_progress, pairs=a.pairs, pairs_revision=a.pairs_revision, record=a.record,
-        vlm_repo_id=a.vlm_repo_id,
-    ))
+        progress=not a.no_progress, pairs=a.pairs, pairs_revision=a.pairs_revision, record=a.record, vlm_repo_id=a.vlm_repo_id))
     if os.environ.get("RANK", "0") == "0":  # once, under torchrun / accelerate launch
         print(f"student checkpoint: {out}")
         print(final_verdict(out))

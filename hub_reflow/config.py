@@ -10,7 +10,15 @@ from .sr_adamw import UPDATES
 STUDENT_INPUTS = ("on-policy", "straight")
 FRAME_SAMPLINGS = ("spread", "uniform")
 # What runs recorded before these settings existed did (their defaults have changed since).
-RECORDED_BEFORE = {"student_inputs": "straight", "noises_per_frame": 1, "frame_sampling": "uniform"}
+RECORDED_BEFORE = {"student_inputs": "straight", "noises_per_frame": 1, "frame_sampling": "uniform", "lr_scale": 1.0}
+# The default multiple of the teacher's learning rate for a 1-step student (docs/fidelity.md#1b-the-learning-rate).
+ONE_STEP_LR_SCALE = 3.0
+
+
+def default_lr_scale(lr: float | None, student_steps: int) -> float:
+    """``lr_scale`` when none is given: 3 for a 1-step student trained at the teacher's own rate,
+    1 for more steps or an explicit ``lr``."""
+    return ONE_STEP_LR_SCALE if lr is None and student_steps == 1 else 1.0
 
 
 @dataclass
@@ -51,6 +59,11 @@ class ReflowConfig:
     # the teacher config's value: the student's expert continues with the recipe that trained it;
     # 1e-4 for teachers fine-tuned with LeRobot's defaults).
     lr: float | None = None
+    # The peak learning rate is `lr` (None: the teacher config's optimizer_lr) times this. None:
+    # default_lr_scale, 3 for a 1-step student at the teacher's rate (it must move its field at t = 1
+    # from the teacher's average to a map from noise to answer: measured faster and closer in closed
+    # loop, docs/fidelity.md#1b-the-learning-rate), 1 otherwise. Resolved on creation and recorded.
+    lr_scale: float | None = None
     weight_decay: float | None = None
     grad_clip_norm: float | None = None
     # Scheduler: LeRobot's cosine-with-warmup preset; warmup steps (None: 5% of the run).
@@ -88,6 +101,10 @@ class ReflowConfig:
             raise ValueError(f"teacher_batch must be >= 0, got {self.teacher_batch}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.lr_scale is None:
+            self.lr_scale = default_lr_scale(self.lr, self.student_steps)
+        if not 0 < self.lr_scale < float("inf"):
+            raise ValueError(f"lr_scale must be a finite number > 0, got {self.lr_scale}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.batch_size < 1:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .card import recorded_verdict
 from .checkpoint import LINEAGE_NAME, Lineage
-from .config import ReflowConfig
+from .config import RECORDED_BEFORE, ReflowConfig, default_lr_scale
 from .console import fail
 from .run_checks import check_train_output, read_run_record
 
@@ -39,6 +39,8 @@ def train_settings(a) -> argparse.Namespace:
     if given.get("resume"):
         check_train_output(given["output_dir"], resume=True)  # a run to resume: before reading its record
     recorded = read_run_record(given["output_dir"]) if given.get("resume") else None
+    if recorded is not None:  # an option the run's record lacks: the run was made before it existed
+        recorded = {**{k: v for k, v in RECORDED_BEFORE.items() if k in TRAIN_DEFAULTS}, **recorded}
     if recorded and recorded.get("dataset_root") is not None:
         recorded["dataset_root"] = Path(recorded["dataset_root"])
     settings = {**TRAIN_DEFAULTS, **(recorded or {}), **given}
@@ -50,6 +52,8 @@ def train_settings(a) -> argparse.Namespace:
         settings["noises_per_frame"] = 1 if settings["pairs"] else ReflowConfig.noises_per_frame
     if settings["frame_sampling"] is None:
         settings["frame_sampling"] = "uniform" if settings["pairs"] else ReflowConfig.frame_sampling
+    if settings["lr_scale"] is None:
+        settings["lr_scale"] = default_lr_scale(settings["lr"], settings["student_steps"])
     settings["record"] = {k: _absolute(v) if k in PATHS else v for k, v in settings.items()
                           if k in TRAIN_DEFAULTS and k not in ("output_dir", "resume")}
     return argparse.Namespace(**settings)

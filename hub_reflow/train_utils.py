@@ -42,8 +42,8 @@ def make_optimizer(params, teacher_cfg, rcfg: ReflowConfig):
     """LeRobot's AdamW + cosine-with-warmup presets from the teacher config, our overrides on top,
     over ``params``. Returns the optimizer, the scheduler, the clip norm and the settings used."""
     opt_cfg = teacher_cfg.get_optimizer_preset()
-    if rcfg.lr is not None:
-        opt_cfg.lr = rcfg.lr
+    base_lr = rcfg.lr if rcfg.lr is not None else opt_cfg.lr
+    opt_cfg.lr = base_lr * rcfg.lr_scale
     if rcfg.weight_decay is not None:
         opt_cfg.weight_decay = rcfg.weight_decay
     if rcfg.grad_clip_norm is not None:
@@ -58,7 +58,10 @@ def make_optimizer(params, teacher_cfg, rcfg: ReflowConfig):
                                             weight_decay=opt_cfg.weight_decay, seed=rcfg.seed)
     else:
         optimizer = opt_cfg.build(params)
-    used = {"update": rcfg.update, "lr": opt_cfg.lr, "lr_from": "--lr" if rcfg.lr is not None else "teacher config (LeRobot preset)",
+    lr_from = "--lr" if rcfg.lr is not None else "teacher config (LeRobot preset)"
+    if rcfg.lr_scale != 1:
+        lr_from = f"{rcfg.lr_scale:g} x {lr_from} ({base_lr:g})"
+    used = {"update": rcfg.update, "lr": opt_cfg.lr, "lr_from": lr_from,
             "betas": list(opt_cfg.betas), "weight_decay": opt_cfg.weight_decay, "grad_clip_norm": opt_cfg.grad_clip_norm,
             "warmup_steps": sched_cfg.num_warmup_steps, "decay_lr": sched_cfg.decay_lr}
     return optimizer, sched_cfg.build(optimizer, rcfg.steps), opt_cfg.grad_clip_norm, used
@@ -168,7 +171,7 @@ def read_lineage(ckpt: Path) -> Lineage:
 
 def divergence_hint(lr: float, warmup: int, pairs) -> str:
     hint = (f"a learning rate too high for this model (lr {lr:g} with {warmup} warm-up steps): "
-            "lower --lr or raise --warmup-steps")
+            "lower --lr-scale (or --lr) or raise --warmup-steps")
     return hint + (", or NaN targets in the cached --pairs" if pairs is not None else "") + " (the teacher's weights are finite)"
 
 

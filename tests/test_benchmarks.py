@@ -122,17 +122,24 @@ def test_closed_loop_benchmarks_smoke(closed_loop_world, closed_loop_student, tm
     out = tmp_path / "closed_loop.json"
     r = _run("closed_loop.py", "--teacher", str(closed_loop_world.teacher), "--dataset-root", str(closed_loop_world.dataset_root),
              "--steps", "0,2", "--seeds", "7", "--episodes", "2", "--student-steps", "2", "--lr", "2e-3",
-             "--workdir", str(tmp_path / "work"), "--out", str(out))
+             "--lr-scale", "1.5", "--workdir", str(tmp_path / "work"), "--out", str(out))
     data = json.loads(out.read_text())
     assert data["settings"]["student_steps"] == 2 and data["settings"]["episodes"] == 2 and data["settings"]["lr"] == 2e-3
+    assert data["settings"]["lr_scale"] == 1.5
     assert list(data["teacher"]) == ["teacher@10", "teacher@2"] and list(data["students"]["7"]) == ["0", "2"]
     assert data["students"]["7"]["0"] == data["teacher"]["teacher@2"]  # step 0 is the untrained copy
     trained = tmp_path / "work" / "student-seed7" / "checkpoints" / "000002" / "pretrained_model"
     assert json.loads((trained / "config.json").read_text())["num_steps"] == 2
     optimizer = json.loads((trained / "reflow_lineage.json").read_text())["training"]["optimizer"]
-    assert optimizer["lr"] == 2e-3 and optimizer["lr_from"] == "--lr"  # the option reaches the training
+    assert optimizer["lr"] == 1.5 * 2e-3 and optimizer["lr_from"] == "1.5 x --lr (0.002)"  # the options reach the training
     assert _table_last(r.stdout, 2)[0].startswith("| training steps | student@2, seed 7 | mean | teacher@10 | teacher@2 |")
     assert out.with_suffix(".png").stat().st_size > 0
+    # The workdir's run is reused only with its own settings.
+    assert "other settings" in _one_line_error(
+        "closed_loop.py", "--teacher", str(closed_loop_world.teacher), "--dataset-root", str(closed_loop_world.dataset_root),
+        "--steps", "0,2", "--seeds", "7", "--episodes", "2", "--student-steps", "2", "--lr", "2e-3",
+        "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "again.json"))
+    assert not (tmp_path / "again.json").exists()
 
     out = tmp_path / "first_chunk.json"
     r = _run("first_chunk.py", str(closed_loop_world.teacher), f"{closed_loop_world.teacher}@10", f"{closed_loop_student}@1",

@@ -54,12 +54,17 @@ def test_card_shows_human_values(tmp_path):
     teacher = make_teacher(tmp_path / "teacher")  # a SmolVLA config.json written by LeRobot
     card = str(render_card(lineage, read_policy_config(teacher), repo_id="you/student"))
     preset = json.loads((teacher / "config.json").read_text())
-    assert f"| lr | LeRobot preset ({preset['optimizer_lr']:.4g}) |" in card
+    base = preset["optimizer_lr"]  # a 1-step student's peak rate: 3 x the teacher's, spelled out
+    assert f"| lr | 3 x LeRobot preset ({base:.4g}) = {3 * base:.4g} |" in card and "| lr_scale | 3 |" in card
     assert f"| weight_decay | LeRobot preset ({preset['optimizer_weight_decay']:.4g}) |" in card
     assert "| grad_clip_norm | LeRobot preset (10) |" in card
     assert "| warmup_steps | 5% of the run (20) |" in card
     assert "| freeze_vlm | yes |" in card and "| final_loss | 0.06513 |" in card
     assert "None" not in card.split("## Reflow settings", 1)[1]
+    two_step = Lineage(teacher=lineage.teacher, training=lineage.training,
+                       reflow={**ReflowConfig(student_steps=2, steps=400).to_dict(), "warmup_steps": None})
+    card = str(render_card(two_step, read_policy_config(teacher), repo_id="you/student"))
+    assert f"| lr | LeRobot preset ({base:.4g}) |" in card and "| lr_scale | 1 |" in card
 
 
 def test_chunk_plot_names_the_datasets_action_dims(tmp_path):
