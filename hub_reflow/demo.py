@@ -85,7 +85,7 @@ def run_demo(workdir: Path, *, teacher_train_steps: int = 1000, reflow_steps: in
     student_dir = train(TrainArgs(
         teacher=str(world.teacher), dataset=world.repo_id, dataset_root=world.dataset_root,
         output_dir=run_dir, resume=(run_dir / "checkpoints" / "last").exists(), device="cpu", log_freq=50,
-        reflow=ReflowConfig(steps=reflow_steps, batch_size=32, lr=1e-3, student_steps=1, teacher_steps=10,
+        reflow=ReflowConfig(steps=reflow_steps, batch_size=32, student_steps=1, teacher_steps=10,
                             holdout_episodes=HOLDOUT),
     ))
 

@@ -84,11 +84,14 @@ def test_fidelity_smoke(world, tmp_path):
     _table_last(r.stdout, 4)  # the summary: one row per student
     # Each student was trained once, by hub-reflow's own loop, into the workdir, with its time sampling.
     runs = tmp_path / "work" / "runs-smoke" / "tiny" / "steps2-b8"
-    for k, name, inputs in ((1, "k1-grid", "on-policy"), (2, "k2-grid-on-policy", "on-policy"), (2, "k2-grid-straight", "straight")):
+    # A peak rate other than the base (the 1-step default, 3x) names the folder: an older default's runs stay apart.
+    for k, name, inputs in ((1, "k1-grid-lrx3", "on-policy"), (2, "k2-grid-on-policy", "on-policy"),
+                            (2, "k2-grid-straight", "straight")):
         folder = runs / name / "checkpoints" / "last" / "pretrained_model"
         assert json.loads((folder / "config.json").read_text())["num_steps"] == k
         reflow = json.loads((folder / "reflow_lineage.json").read_text())["reflow"]
-        assert reflow["time_sampling"] == "grid" and reflow["student_inputs"] == inputs
+        assert reflow["time_sampling"] == "grid" and reflow["student_inputs"] == inputs and reflow["lr_scale"] == (3 if k == 1 else 1)
+    assert data["settings"]["student_lr_scale"] == {"1-step": 3.0, "2-step": 1.0}
     # The reference loop's student: a plain LeRobot checkpoint (no lineage), trained 2 steps, 1 Euler step.
     ref = runs / "reference-k1-grid"
     assert json.loads((ref / "config.json").read_text())["num_steps"] == 1
@@ -164,6 +167,7 @@ def test_fidelity_curve_smoke(closed_loop_world, tmp_path):
              "--out", str(out), "--ours-steps", "6")
     data = json.loads(out.read_text())
     assert data["benchmark"] == "fidelity_curve" and out.with_suffix(".png").stat().st_size > 0
+    assert data["settings"]["lr_scale"] == 3.0 and "the teacher's lr" in data["settings"]["reference"]
     res = data["worlds"]["closed-loop"]
     teacher = res["teacher"]
     assert teacher["closed_loop@10"]["episodes"] == 2 and teacher["mse_teacher1_vs_teacher10"] > 0
@@ -173,7 +177,7 @@ def test_fidelity_curve_smoke(closed_loop_world, tmp_path):
         assert [p["step"] for p in curve] == ([0, 2, 4, 6] if loop == "hub-reflow" else [0, 2, 4])  # --ours-steps 6
         assert curve[0]["mse_ratio"] == 1.0 and curve[0]["closed_loop"] == teacher["closed_loop@1"]  # the untrained copy
         assert 0 < curve[1]["wall_s"] < curve[2]["wall_s"] and all(_finite(p["mse_ratio"]) for p in curve)
-    ours = runs / "hub-reflow-steps6-every2-b8-m2-spread-seed7" / "checkpoints"  # the default noises per frame, frame sampling
+    ours = runs / "hub-reflow-steps6-every2-b8-lrx3-m2-spread-seed7" / "checkpoints"  # the default rate scale, noises, frames
     for p in res["runs"]["hub-reflow"]["7"][1:]:
         phases = json.loads((ours / f"{p['step']:06d}" / "pretrained_model" / "reflow_lineage.json").read_text())["training"]["time_s"]
         assert "checkpoint" in phases or p["step"] == 2  # the snapshot writes before it, left out like the reference's
