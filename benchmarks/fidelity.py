@@ -272,6 +272,7 @@ def evaluate_world(a, name: str, device) -> dict:
         runs = runs.with_name(f"{runs.name}-lr{a.lr:g}")
     if a.train_seed != ReflowConfig().seed:
         runs = runs.with_name(f"{runs.name}-seed{a.train_seed}")
+
     def scaled(k: int) -> str:  # a peak rate other than the base: in the folder name (an older default's runs stay apart)
         scale = ReflowConfig(student_steps=k, lr=a.lr, lr_scale=a.lr_scale).lr_scale
         return "" if scale == 1 else f"-lrx{scale:g}"
