@@ -160,6 +160,8 @@ def setup(args: TrainArgs) -> Run:
     master = MasterWeights(policy.trainable_parameters(), enabled=rcfg.update == "fp32-masters")
     optimizer, scheduler, clip, opt_used = make_optimizer(master.params, teacher_cfg, rcfg)
     policy.lineage.training["optimizer"] = {**opt_used, "fp32_master_weights": master.active}
+    say("setup: peak learning rate %g (%s), warm-up over the first %d of %d steps", opt_used["lr"], opt_used["lr_from"],
+        opt_used["warmup_steps"], rcfg.steps)
     spread = None
     if pairs is not None:  # one "episode" spanning every pairs row: a seeded shuffle per epoch, resumable
         sampler = EpisodeAwareSampler([0], [len(dataset)], shuffle=True, seed=rcfg.seed)

@@ -50,6 +50,7 @@ def test_second_train_on_a_folder_in_use_is_refused_and_resume_alone_continues(w
     assert errors[0].endswith("wait for it to end or pass another --output-dir (nothing was changed)")
     # The first run: untouched by the second, every checkpoint complete and finite, its verdict said.
     assert first.returncode == 0, stderr[-3000:]
+    assert "setup: peak learning rate 0.001 (--lr), warm-up over the first 1 of 6 steps" in stderr  # what the optimizer got
     steps = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert steps == ["000002", "000004", "000006", "last"]
     for step in steps[:-1]:
