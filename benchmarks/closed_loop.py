@@ -8,8 +8,8 @@ schedule, not runs of their own); step 0 is the untrained copy, which is the tea
 step. Every checkpoint drives ``--episodes`` paired episodes through ``hub-reflow eval``'s
 ``evaluate_closed_loop`` (LeRobot's ``eval_policy``; episode i: env and torch seed i), and so do
 teacher@10 and the teacher at the students' step count (the lines). JSON and PNG under benchmarks/results/.
-Options pass `--student-steps`, `--noises-per-frame`, `--frame-sampling`, `--lr` and `--lr-scale` to the students'
-training; a --workdir run made with other settings is refused, not reused.
+Options pass `--student-steps`, `--noises-per-frame`, `--frame-sampling`, `--lr`, `--lr-scale` and `--teacher-steps`
+to the students' training; a --workdir run made with other settings is refused, not reused.
 
     OMP_NUM_THREADS=1 python benchmarks/closed_loop.py                  # 3 seeds x 0..1600 steps, 200 episodes
     python benchmarks/closed_loop.py --teacher T --dataset-root D      # reuse a tiny world's teacher and dataset
@@ -53,14 +53,17 @@ def parse(argv):
     p.add_argument("--frame-sampling", default=None, help="hub-reflow train's --frame-sampling (default: its own)")
     p.add_argument("--lr", type=float, default=None, help="hub-reflow train's --lr (default: the teacher's)")
     p.add_argument("--lr-scale", type=float, default=None, help="hub-reflow train's --lr-scale (default: its own)")
+    p.add_argument("--teacher-steps", type=int, default=None,
+                   help="hub-reflow train's --teacher-steps, the teacher's Euler steps per target (default: its own, 10)")
     p.add_argument("--teacher-train-steps", type=int, default=1000)
     p.add_argument("--teacher", type=Path, default=None, help="a closed-loop tiny-world teacher (with --dataset-root)")
     p.add_argument("--dataset-root", type=Path, default=None)
     p.add_argument("--smoke", action="store_true", help="2 seeds x 0,4 steps, 3 episodes, a 20-step teacher")
     p.add_argument("--out", type=Path, default=RESULTS / "closed_loop.json")
     a = p.parse_args(argv)
-    if min(a.episodes, a.batch_size, a.student_steps, a.noises_per_frame or 1) < 1:
-        raise OptionError(PROG, "--episodes, --batch-size, --student-steps and --noises-per-frame must be at least 1")
+    if min(a.episodes, a.batch_size, a.student_steps, *(v for v in (a.noises_per_frame, a.teacher_steps) if v is not None)) < 1:
+        raise OptionError(PROG, "--episodes, --batch-size, --student-steps, --noises-per-frame and --teacher-steps must be "
+                          "at least 1")
     for flag, value in (("--lr", a.lr), ("--lr-scale", a.lr_scale)):
         if value is not None and not 0 < value < float("inf"):
             raise OptionError(PROG, f"{flag} must be a finite number > 0, got {value}")
@@ -99,6 +102,7 @@ def bench(a) -> int:
 
     a.noises_per_frame = a.noises_per_frame or ReflowConfig.noises_per_frame
     a.frame_sampling = a.frame_sampling or ReflowConfig.frame_sampling
+    a.teacher_steps = a.teacher_steps if a.teacher_steps is not None else ReflowConfig.teacher_steps
 
     t0 = time.time()
     if a.teacher is None:
@@ -126,7 +130,7 @@ def bench(a) -> int:
             start = time.time()
             rcfg = ReflowConfig(steps=top, batch_size=a.batch_size, seed=seed, holdout_episodes=4, student_steps=k,
                                 noises_per_frame=a.noises_per_frame, frame_sampling=a.frame_sampling, lr=a.lr,
-                                lr_scale=a.lr_scale)
+                                lr_scale=a.lr_scale, teacher_steps=a.teacher_steps)
             if not reused_run(PROG, out, rcfg):
                 save = min(s for s in a.steps if s > 0)
                 train(TrainArgs(teacher=str(teacher), dataset=TINY_REPO_ID, dataset_root=dataset_root, output_dir=out,
@@ -147,6 +151,7 @@ def bench(a) -> int:
         "settings": {"steps": a.steps, "seeds": a.seeds, "episodes": a.episodes, "batch_size": a.batch_size,
                      "student_steps": k, "noises_per_frame": a.noises_per_frame, "frame_sampling": a.frame_sampling, "lr": a.lr,
                      "lr_scale": ReflowConfig(student_steps=k, lr=a.lr, lr_scale=a.lr_scale).lr_scale,
+                     "teacher_steps": a.teacher_steps,
                      "teacher_train_steps": a.teacher_train_steps, "smoke": a.smoke, "env": TINY_ENV},
         "teacher": {k: {f: v[f] for f in keys} for k, v in lines.items()},
         "students": {str(seed): {str(s): {f: c[f] for f in keys} for s, c in curve.items()} for seed, curve in curves.items()},

@@ -115,6 +115,7 @@ def test_bad_options(tmp_path):
     assert "--device" in _one_line_error("latency.py", "--smoke", "--device", "tpu")
     assert "--dataset-root" in _one_line_error("fidelity.py", "--smoke", "--teacher", str(tmp_path))
     assert "--modes" in _one_line_error("fidelity.py", "--smoke", "--modes", "grid,sometimes")
+    assert "--teacher-steps must be" in _one_line_error("closed_loop.py", "--smoke", "--teacher-steps", "0")
     assert "not a pretrained_model" in _one_line_error("fidelity.py", "--teacher", str(tmp_path),
                                                       "--dataset-root", str(tmp_path))
 
@@ -125,16 +126,17 @@ def test_closed_loop_benchmarks_smoke(closed_loop_world, closed_loop_student, tm
     out = tmp_path / "closed_loop.json"
     r = _run("closed_loop.py", "--teacher", str(closed_loop_world.teacher), "--dataset-root", str(closed_loop_world.dataset_root),
              "--steps", "0,2", "--seeds", "7", "--episodes", "2", "--student-steps", "2", "--lr", "2e-3",
-             "--lr-scale", "1.5", "--workdir", str(tmp_path / "work"), "--out", str(out))
+             "--lr-scale", "1.5", "--teacher-steps", "4", "--workdir", str(tmp_path / "work"), "--out", str(out))
     data = json.loads(out.read_text())
     assert data["settings"]["student_steps"] == 2 and data["settings"]["episodes"] == 2 and data["settings"]["lr"] == 2e-3
-    assert data["settings"]["lr_scale"] == 1.5
+    assert data["settings"]["lr_scale"] == 1.5 and data["settings"]["teacher_steps"] == 4
     assert list(data["teacher"]) == ["teacher@10", "teacher@2"] and list(data["students"]["7"]) == ["0", "2"]
     assert data["students"]["7"]["0"] == data["teacher"]["teacher@2"]  # step 0 is the untrained copy
     trained = tmp_path / "work" / "student-seed7" / "checkpoints" / "000002" / "pretrained_model"
     assert json.loads((trained / "config.json").read_text())["num_steps"] == 2
     optimizer = json.loads((trained / "reflow_lineage.json").read_text())["training"]["optimizer"]
     assert optimizer["lr"] == 1.5 * 2e-3 and optimizer["lr_from"] == "1.5 x --lr (0.002)"  # the options reach the training
+    assert json.loads((trained / "reflow_lineage.json").read_text())["reflow"]["teacher_steps"] == 4
     assert _table_last(r.stdout, 2)[0].startswith("| training steps | student@2, seed 7 | mean | teacher@10 | teacher@2 |")
     assert out.with_suffix(".png").stat().st_size > 0
     # The workdir's run is reused only with its own settings.
