@@ -42,6 +42,8 @@ def _ints(text: str) -> list[int]:
 
 
 def parse(argv):
+    from hub_reflow.validation import float_in  # after hub_env (hub_reflow's Hub helpers import huggingface_hub)
+
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     p.add_argument("--steps", type=_ints, default=[0, 200, 400, 800, 1600], help="training steps to evaluate at")
@@ -51,8 +53,8 @@ def parse(argv):
     p.add_argument("--student-steps", type=int, default=1, help="Euler steps of the students (hub-reflow train's)")
     p.add_argument("--noises-per-frame", type=int, default=None, help="hub-reflow train's --noises-per-frame (default: its own)")
     p.add_argument("--frame-sampling", default=None, help="hub-reflow train's --frame-sampling (default: its own)")
-    p.add_argument("--lr", type=float, default=None, help="hub-reflow train's --lr (default: the teacher's)")
-    p.add_argument("--lr-scale", type=float, default=None, help="hub-reflow train's --lr-scale (default: its own)")
+    p.add_argument("--lr", type=float_in(0), default=None, help="hub-reflow train's --lr (default: the teacher's)")
+    p.add_argument("--lr-scale", type=float_in(0), default=None, help="hub-reflow train's --lr-scale (default: its own)")
     p.add_argument("--teacher-steps", type=int, default=None,
                    help="hub-reflow train's --teacher-steps, the teacher's Euler steps per target (default: its own, 10)")
     p.add_argument("--teacher-train-steps", type=int, default=1000)
@@ -64,9 +66,6 @@ def parse(argv):
     if min(a.episodes, a.batch_size, a.student_steps, *(v for v in (a.noises_per_frame, a.teacher_steps) if v is not None)) < 1:
         raise OptionError(PROG, "--episodes, --batch-size, --student-steps, --noises-per-frame and --teacher-steps must be "
                           "at least 1")
-    for flag, value in (("--lr", a.lr), ("--lr-scale", a.lr_scale)):
-        if value is not None and not 0 < value < float("inf"):
-            raise OptionError(PROG, f"{flag} must be a finite number > 0, got {value}")
     if (a.teacher is None) != (a.dataset_root is None):
         raise OptionError(PROG, "--teacher and --dataset-root go together")
     if a.smoke:
@@ -103,6 +102,7 @@ def bench(a) -> int:
     a.noises_per_frame = a.noises_per_frame or ReflowConfig.noises_per_frame
     a.frame_sampling = a.frame_sampling or ReflowConfig.frame_sampling
     a.teacher_steps = a.teacher_steps if a.teacher_steps is not None else ReflowConfig.teacher_steps
+    a.lr_scale = ReflowConfig(student_steps=a.student_steps, lr=a.lr, lr_scale=a.lr_scale).lr_scale
 
     t0 = time.time()
     if a.teacher is None:
@@ -150,7 +150,7 @@ def bench(a) -> int:
         "benchmark": "closed_loop",
         "settings": {"steps": a.steps, "seeds": a.seeds, "episodes": a.episodes, "batch_size": a.batch_size,
                      "student_steps": k, "noises_per_frame": a.noises_per_frame, "frame_sampling": a.frame_sampling, "lr": a.lr,
-                     "lr_scale": ReflowConfig(student_steps=k, lr=a.lr, lr_scale=a.lr_scale).lr_scale,
+                     "lr_scale": a.lr_scale,
                      "teacher_steps": a.teacher_steps,
                      "teacher_train_steps": a.teacher_train_steps, "smoke": a.smoke, "env": TINY_ENV},
         "teacher": {k: {f: v[f] for f in keys} for k, v in lines.items()},

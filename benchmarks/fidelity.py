@@ -152,6 +152,7 @@ def parse_args(argv=None):
     from hub_reflow.config import STUDENT_INPUTS, ReflowConfig
     from hub_reflow.flow import TIME_SAMPLERS
     from hub_reflow.testing.tiny_world import WORLDS
+    from hub_reflow.validation import float_in
 
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="a few steps of everything (CI)")
@@ -170,8 +171,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=8, help="reflow batch size")
     p.add_argument("--train-seed", type=int, default=None,
                    help="the students' training seed (default: hub-reflow's, ReflowConfig.seed)")
-    p.add_argument("--lr", type=float, default=None, help="students' base learning rate (default: hub-reflow's, the teacher's)")
-    p.add_argument("--lr-scale", type=float, default=None,
+    p.add_argument("--lr", type=float_in(0), default=None, help="students' base learning rate (default: hub-reflow's, the teacher's)")
+    p.add_argument("--lr-scale", type=float_in(0), default=None,
                    help="students' peak rate over the base (default: hub-reflow's, 3 for 1 step at the teacher's rate, else 1)")
     p.add_argument("--update", choices=["fp32-masters", "bf16-sr", "bf16"], default="fp32-masters",
                    help="the students' bf16 weight update (ReflowConfig.update; default fp32 masters)")
@@ -198,6 +199,8 @@ def parse_args(argv=None):
     if a.round2 is None:
         a.round2 = not a.smoke
     a.two_step_inputs = a.two_step_inputs.split(",")
+    # The students' peak rate over the base, by step count (hub-reflow's default when not given).
+    a.lr_scales = {k: ReflowConfig(student_steps=k, lr=a.lr, lr_scale=a.lr_scale).lr_scale for k in (1, 2)}
     for si in a.two_step_inputs:
         if si not in STUDENT_INPUTS:
             raise OptionError(PROG, f"--two-step-inputs: {si!r} is not one of {', '.join(STUDENT_INPUTS)}")
@@ -211,10 +214,6 @@ def parse_args(argv=None):
         raise OptionError(PROG, "--teacher-train-steps, --student-train-steps, --batch-size and --noises must be >= 1")
     if (a.teacher is None) != (a.dataset_root is None):
         raise OptionError(PROG, "--teacher and --dataset-root go together (the teacher's tiny dataset)")
-    if a.lr is not None and a.lr <= 0:
-        raise OptionError(PROG, "--lr must be > 0")
-    if a.lr_scale is not None and not 0 < a.lr_scale < float("inf"):
-        raise OptionError(PROG, "--lr-scale must be a finite number > 0")
     if a.teacher_lr is not None and (a.teacher is not None or a.teacher_lr <= 0):
         raise OptionError(PROG, "--teacher-lr must be > 0, and is for teachers trained here (not with --teacher)")
     if a.teacher is not None and a.worlds != ["tiny"]:
@@ -274,8 +273,7 @@ def evaluate_world(a, name: str, device) -> dict:
         runs = runs.with_name(f"{runs.name}-seed{a.train_seed}")
 
     def scaled(k: int) -> str:  # a peak rate other than the base: in the folder name (an older default's runs stay apart)
-        scale = ReflowConfig(student_steps=k, lr=a.lr, lr_scale=a.lr_scale).lr_scale
-        return "" if scale == 1 else f"-lrx{scale:g}"
+        return "" if a.lr_scales[k] == 1 else f"-lrx{a.lr_scales[k]:g}"
 
     plan = [(f"student(1-step, {m})", runs / f"k1-{m}{scaled(1)}", teacher, 1, m, ReflowConfig().student_inputs)
             for m in a.modes]
@@ -413,9 +411,7 @@ def main(argv=None) -> int:
                                      fmt(r["mode_hit_rate"] / t10["mode_hit_rate"], 2) if t10["mode_hit_rate"] else "n/a"])
     summary = markdown(["world", "student", "MSE ratio vs teacher@K (target <= 0.01)", "same, training frames", "mode-hit rate",
                         "hit / teacher@10's (target >= 0.9)"], summary_rows)
-    from hub_reflow.config import ReflowConfig
-
-    scales = {f"{k}-step": ReflowConfig(student_steps=k, lr=a.lr, lr_scale=a.lr_scale).lr_scale for k in (1, 2)}
+    scales = {f"{k}-step": v for k, v in a.lr_scales.items()}
     common = {"student_train_steps": a.student_train_steps, "student_batch_size": a.batch_size, "student_lr": a.lr,
               "student_lr_scale": scales, "train_seed": a.train_seed,
               "student_settings": "hub-reflow train defaults except the time sampling"

@@ -48,6 +48,8 @@ LOOPS = ("hub-reflow", "reference")
 
 
 def parse(argv):
+    from hub_reflow.validation import float_in  # after hub_env (hub_reflow's Hub helpers import huggingface_hub)
+
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--worlds", default=",".join(CURVE_WORLDS), help=f"comma-separated, of {', '.join(CURVE_WORLDS)}")
     p.add_argument("--seeds", type=_ints, default=[1000, 1001, 1002], help="training seeds")
@@ -65,9 +67,9 @@ def parse(argv):
     p.add_argument("--seed", type=int, default=12345, help="the shared evaluation noise")
     p.add_argument("--noises-per-frame", type=int, default=None, help="hub-reflow train's --noises-per-frame (default: its own)")
     p.add_argument("--frame-sampling", default=None, help="ours' --frame-sampling (default: hub-reflow train's)")
-    p.add_argument("--lr", type=float, default=None,
+    p.add_argument("--lr", type=float_in(0), default=None,
                    help="base learning rate of hub-reflow train's students (default: train's own); the reference keeps the teacher's")
-    p.add_argument("--lr-scale", type=float, default=None, help="ours' peak rate over the base (default: train's own, 3)")
+    p.add_argument("--lr-scale", type=float_in(0), default=None, help="ours' peak rate over the base (default: train's own, 3)")
     p.add_argument("--smoke", action="store_true", help="20-step teachers, 4 steps every 2, 1 seed, 2 episodes")
     p.add_argument("--out", type=Path, default=RESULTS / "fidelity_curve.json")
     a = p.parse_args(argv)
@@ -87,9 +89,6 @@ def parse(argv):
         raise OptionError(PROG, f"--steps {a.steps} and --ours-steps {a.ours_steps} must be multiples of --every {a.every}")
     if (a.teacher is None) != (a.dataset_root is None) or (a.teacher is not None and len(a.worlds) != 1):
         raise OptionError(PROG, "--teacher and --dataset-root go together, with one --worlds entry (the teacher's world)")
-    for flag, value in (("--lr", a.lr), ("--lr-scale", a.lr_scale)):
-        if value is not None and not 0 < value < float("inf"):
-            raise OptionError(PROG, f"{flag} must be a finite number > 0, got {value}")
     if a.teacher is not None and not (a.teacher / "config.json").is_file():
         raise OptionError(PROG, f"--teacher {a.teacher} is not a pretrained_model/ folder (no config.json)")
     return a
