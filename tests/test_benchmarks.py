@@ -100,6 +100,24 @@ def test_fidelity_smoke(world, tmp_path):
     assert done["steps"] == 2 and done["wall_s"] > 0 and _finite(done["final_loss"])
 
 
+def test_euler_floor(world, tmp_path):
+    out = tmp_path / "floor.json"
+    r = _run("euler_floor.py", "--teacher", str(world.teacher_fp32), "--dataset-root", str(world.dataset_root),
+             "--steps", "1,2,10,20", "--exact", "40", "--stride", "4", "--noises", "2", "--out", str(out))
+    data = json.loads(out.read_text())
+    rows = {row["teacher_steps"]: row for row in data["rows"]}
+    assert list(rows) == [1, 2, 10, 20] and data["settings"]["noises"] == 2 and data["settings"]["exact"] == 40
+    # Shared frames and noise: teacher@10 against itself is exactly 0, the ratio's denominator is teacher@1's.
+    assert rows[10]["mse_vs_teacher10"] == 0 and rows[10]["floor_ratio_vs_teacher10"] == 0
+    assert rows[1]["floor_ratio_vs_teacher10"] == 1 and rows[1]["mse_vs_teacher10"] > 0
+    for n in (2, 20):
+        assert rows[n]["floor_ratio_vs_teacher10"] == pytest.approx(rows[n]["mse_vs_teacher10"] / rows[1]["mse_vs_teacher10"])
+        assert 0 < rows[n]["mse_vs_teacher40"] < rows[1]["mse_vs_teacher40"]
+    _table_last(r.stdout, 4)
+    assert "--steps must include 1 and 10" in _one_line_error(
+        "euler_floor.py", "--teacher", str(world.teacher_fp32), "--dataset-root", str(world.dataset_root), "--steps", "2,20")
+
+
 def _one_line_error(script: str, *args: str) -> str:
     r = _run(script, *args, check=False)
     assert r.returncode == 2, r.stderr[-2000:]
