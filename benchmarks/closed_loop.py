@@ -11,7 +11,7 @@ teacher@10 and the teacher at the students' step count (the lines). JSON and PNG
 Options pass `--student-steps`, `--noises-per-frame`, `--frame-sampling`, `--lr`, `--lr-scale` and `--teacher-steps`
 to the students' training; a --workdir run made with other settings is refused, not reused.
 
-    OMP_NUM_THREADS=1 python benchmarks/closed_loop.py                  # 3 seeds x 0..1600 steps, 200 episodes
+    OMP_NUM_THREADS=1 python benchmarks/closed_loop.py                  # 3 seeds x 0..2000 steps, 200 episodes
     python benchmarks/closed_loop.py --teacher T --dataset-root D      # reuse a tiny world's teacher and dataset
                                                                        # (HF_HOME: a cache with the tiny backbone)
     python benchmarks/closed_loop.py --smoke                           # minutes: plumbing only
@@ -46,7 +46,8 @@ def parse(argv):
 
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
-    p.add_argument("--steps", type=_ints, default=[0, 200, 400, 800, 1600], help="training steps to evaluate at")
+    p.add_argument("--steps", type=_ints, default=[0, 200, 400, 1000, 2000],
+                   help="training steps to evaluate at (snapshots of one run as long as the largest; default: a 1-step student's default length)")
     p.add_argument("--seeds", type=_ints, default=[1000, 1001, 1002], help="training seeds")
     p.add_argument("--episodes", type=int, default=200, help="paired episodes per policy")
     p.add_argument("--batch-size", type=int, default=8)
