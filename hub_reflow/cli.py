@@ -16,7 +16,7 @@ from .canonicalize import canonicalize
 from .card import render_card
 from .card_eval import closed_loop_context, read_closed_loop
 from .checkpoint import CONFIG_NAME, LINEAGE_NAME, Lineage, read_policy_config
-from .config import FRAME_SAMPLINGS, MULTI_STEP_STEPS, ONE_STEP_LR_SCALE, ONE_STEP_STEPS, STUDENT_INPUTS, ReflowConfig
+from .config import FRAME_SAMPLINGS, ONE_STEP_LR_SCALE, STUDENT_INPUTS, ReflowConfig
 from .console import fail, run_command
 from .demo import add_demo_args, start_demo
 from .errors import UserError
@@ -43,7 +43,7 @@ def _add_train(sub) -> None:
     p.add_argument("--dataset-root", type=Path, default=None, help="local folder of the dataset (else the Hub)")
     p.add_argument("--dataset-revision", default=None, help="branch, tag or commit of a Hub dataset")
     p.add_argument("--output-dir", type=Path, required=True, help="new folder for the run (or the run to --resume)")
-    p.add_argument("--steps", type=POSITIVE, default=None, help=f"training steps (default {ONE_STEP_STEPS} for 1 student step, {MULTI_STEP_STEPS} for more)")
+    p.add_argument("--steps", type=POSITIVE, default=ReflowConfig.steps, help="training steps")
     p.add_argument("--batch-size", type=POSITIVE, default=8, help="frames per step and process")
     p.add_argument("--student-steps", type=POSITIVE, default=1, help="Euler steps of the student (its num_steps), at most --teacher-steps")
     p.add_argument("--teacher-steps", type=int_in(1, MAX_TEACHER_STEPS, "more gives no better targets, only slower steps"),

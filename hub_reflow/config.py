@@ -15,18 +15,6 @@ RECORDED_BEFORE = {"student_inputs": "straight", "noises_per_frame": 1, "frame_s
 ONE_STEP_LR_SCALE = 3.0
 
 
-# The default training length (docs/fidelity.md#4-offline-fidelity-is-not-closed-loop-success): a 1-step
-# student keeps improving past 1000 steps (closed loop 83.0% at 1000, 85.0% at 2000 against its
-# teacher's 86.0%), a student of 2+ steps is at its teacher's success by 1000.
-ONE_STEP_STEPS = 2000
-MULTI_STEP_STEPS = 1000
-
-
-def default_steps(student_steps: int) -> int:
-    """``steps`` when none is given: 2000 for a 1-step student, 1000 for more Euler steps."""
-    return ONE_STEP_STEPS if student_steps == 1 else MULTI_STEP_STEPS
-
-
 def default_lr_scale(lr: float | None, student_steps: int) -> float:
     """``lr_scale`` when none is given: 3 for a 1-step student trained at the teacher's own rate,
     1 for more steps or an explicit ``lr``."""
@@ -80,9 +68,10 @@ class ReflowConfig:
     grad_clip_norm: float | None = None
     # Scheduler: LeRobot's cosine-with-warmup preset; warmup steps (None: 5% of the run).
     warmup_steps: int | None = None
-    # Training loop. steps None: default_steps (2000 for a 1-step student, 1000 for more), resolved
-    # on creation and recorded.
-    steps: int | None = None
+    # Training loop. 2000 steps (docs/fidelity.md#4-offline-fidelity-is-not-closed-loop-success): a
+    # 1-step student keeps improving past 1000 (closed loop 83.0% at 1000, 85.0% at 2000 against its
+    # teacher's 86.0%); one length for every K, so students of 1 and 2 steps compare at equal length.
+    steps: int = 2000
     batch_size: int = 8
     seed: int = 1000
     # Episodes (the last N of the dataset) kept out of training so fidelity is measured on frames
@@ -118,8 +107,6 @@ class ReflowConfig:
             self.lr_scale = default_lr_scale(self.lr, self.student_steps)
         if not 0 < self.lr_scale < float("inf"):
             raise ValueError(f"lr_scale must be a finite number > 0, got {self.lr_scale}")
-        if self.steps is None:
-            self.steps = default_steps(self.student_steps)
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.batch_size < 1:

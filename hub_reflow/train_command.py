@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .card import recorded_verdict
 from .checkpoint import LINEAGE_NAME, Lineage
-from .config import RECORDED_BEFORE, ReflowConfig, default_lr_scale, default_steps
+from .config import RECORDED_BEFORE, ReflowConfig, default_lr_scale
 from .console import fail
 from .run_checks import check_train_output, read_run_record
 
@@ -52,8 +52,6 @@ def train_settings(a) -> argparse.Namespace:
         settings["noises_per_frame"] = 1 if settings["pairs"] else ReflowConfig.noises_per_frame
     if settings["frame_sampling"] is None:
         settings["frame_sampling"] = "uniform" if settings["pairs"] else ReflowConfig.frame_sampling
-    if settings["steps"] is None:  # recorded as resolved, like the options below
-        settings["steps"] = default_steps(settings["student_steps"])
     if settings["lr_scale"] is None:
         settings["lr_scale"] = default_lr_scale(settings["lr"], settings["student_steps"])
     settings["record"] = {k: _absolute(v) if k in PATHS else v for k, v in settings.items()

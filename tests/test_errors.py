@@ -618,7 +618,7 @@ def test_help_shows_defaults(offline):
     code, out, err = _in_process(["train", "--help"])
     assert code == 0
     text = " ".join(out.split())
-    assert "training steps (default 2000 for 1 student step, 1000 for more)" in text and "(default: grid)" in text
+    assert "training steps (default: 2000)" in text and "(default: grid)" in text
     assert "--batch-size BATCH_SIZE frames per step and process (default: 8)" in text
     assert "default: the teacher config's optimizer_lr" in text
     assert "(default: None)" not in text and "(default: False)" not in text
