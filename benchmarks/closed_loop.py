@@ -47,7 +47,8 @@ def parse(argv):
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
     p.add_argument("--steps", type=_ints, default=[0, 200, 400, 1000, 2000],
-                   help="training steps to evaluate at (snapshots of one run as long as the largest; default: up to hub-reflow train's default length)")
+                   help="training steps to evaluate at (snapshots of one run as long as the largest; "
+                   "default: up to hub-reflow train's default length)")
     p.add_argument("--seeds", type=_ints, default=[1000, 1001, 1002], help="training seeds")
     p.add_argument("--episodes", type=int, default=200, help="paired episodes per policy")
     p.add_argument("--batch-size", type=int, default=8)
