@@ -10,6 +10,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from .checkpoint import Lineage
 from .evaluate import fidelity_verdict
 from .plots import CHUNKS, LOSS_CURVE
+from .rtc import LEROBOT_EXECUTION_HORIZON, LEROBOT_MAX_GUIDANCE_WEIGHT, recommended, rtc_flags, rtc_problems
 
 TAGS = ["lerobot", "smolvla", "reflow", "rectified-flow", "robotics"]
 
@@ -137,4 +138,8 @@ def render_card(lineage: Lineage, policy_config, repo_id: str | None = None, lic
         holdout=holdout if holdout[1] > holdout[0] else None,
         images=[(name, caption) for name, caption in IMAGES if name in image_names],
         closed_loop=closed_loop,
+        num_steps=policy_config.num_steps,
+        rtc_flags=" ".join(rtc_flags(recommended(policy_config.num_steps, policy_config.chunk_size))),
+        rtc_default_problems="; ".join(rtc_problems(LEROBOT_MAX_GUIDANCE_WEIGHT, LEROBOT_EXECUTION_HORIZON,
+                                                    policy_config.num_steps, policy_config.chunk_size)),
     )

@@ -13,18 +13,20 @@ import io
 import os
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from .checkpoint import LINEAGE_NAME, Lineage, load_smolvla, resolve_checkpoint
 from .closed_loop_results import EVAL_NAME, ClosedLoopResults
-from .closed_loop_stats import summarize
+from .closed_loop_stats import chunk_jumps, summarize
 from .devices import resolve_device
 from .envs import EnvChoice, OpenedEnv, env_processors, open_env, policy_rename_map, require_success_key
 from .errors import UserError
 from .files import package_versions
+from .rtc import recommended
+from .rtc_driver import INFERENCE_TYPES, RTCDriver, parse_inference, settings_of, with_settings
 
 MAX_EPISODES = 100_000
 
@@ -50,6 +52,17 @@ class EvalArgs:
     videos_dir: Path | None = None
     command: str | None = None  # recorded for the card (no local paths)
     progress: bool = False  # LeRobot's progress bars (stderr) per episode
+    # How chunks are executed (docs/deploy.md): "sync", one chunk after the other (LeRobot's eval and
+    # sync backend); "rtc", LeRobot's real-time chunking with an inference latency of inference_delay
+    # control steps (rtc.RTCDriver), with LeRobot's RTC settings changed by inference_args
+    # (``--inference.rtc.<field>=...``, ``--inference.queue_threshold=...``; default threshold: the delay,
+    # so each chunk is asked for as the current one has inference_delay actions left).
+    inference: str = "sync"
+    inference_delay: int = 3
+    inference_args: tuple[str, ...] = ()
+    # With "rtc": also run every row at the recommended settings for its step count (rtc.recommended)
+    # where they differ from the given ones.
+    rtc_recommended: bool = True
 
 
 @dataclass
@@ -113,9 +126,9 @@ class _Probe:
     counts the steps and keeps the state trajectory of planar worlds. Wraps the policy's chunk
     sampling to time it."""
 
-    def __init__(self, env_pre, keep_states: bool):
-        self.env_pre, self.keep_states = env_pre, keep_states
-        self.steps, self.states, self.chunk_ms = 0, [], []
+    def __init__(self, env_pre, env_post, keep_states: bool):
+        self.env_pre, self.env_post, self.keep_states = env_pre, env_post, keep_states
+        self.steps, self.states, self.chunk_ms, self.actions, self.chunk_steps = 0, [], [], [], []
 
     def __call__(self, observation):
         self.steps += 1
@@ -123,8 +136,15 @@ class _Probe:
             self.states.append([float(x) for x in observation["observation.state"][0]])
         return self.env_pre(observation)
 
+    def post(self, transition):
+        """Stands in for the env postprocessor: keeps the executed actions (the env's units)."""
+        out = self.env_post(transition)
+        self.actions.append(out["action"][0].detach().to("cpu", torch.float64).tolist())
+        return out
+
     def timed(self, fn, sync: bool):
         def wrapper(*args, **kwargs):
+            self.chunk_steps.append(self.steps - 1)  # the control step whose observation the chunk answers
             t = time.perf_counter()
             out = fn(*args, **kwargs)
             if sync:
@@ -134,7 +154,10 @@ class _Probe:
         return wrapper
 
 
-def _run_policy(loaded: _Loaded, steps: int, env: OpenedEnv, a: EvalArgs, device: str, rename: dict, label: str) -> tuple[dict, list]:
+def _run_policy(loaded: _Loaded, steps: int, env: OpenedEnv, a: EvalArgs, device: str, rename: dict, label: str,
+                rtc=None) -> tuple[dict, list]:
+    """One row: ``loaded`` at ``steps`` Euler steps over the paired episodes, one chunk after the other
+    (``rtc`` None) or under LeRobot's real-time chunking with these settings (an ``RTCInferenceConfig``)."""
     from lerobot.policies.factory import make_pre_post_processors
     from lerobot.scripts.lerobot_eval import eval_policy
     from lerobot.utils.random_utils import set_seed
@@ -148,30 +171,73 @@ def _run_policy(loaded: _Loaded, steps: int, env: OpenedEnv, a: EvalArgs, device
     env_pre, env_post = env_processors(env, policy.config)
     state = env.observation.get("observation.state")
     keep = state is not None and len(state) == 2 and state[1] == 2
+    driver = RTCDriver(policy, rtc, a.inference_delay) if rtc is not None else None
     outcomes, rewards, lengths, chunk_ms, trajectory = [], [], [], [], []
-    for i in range(a.episodes):
-        probe = _Probe(env_pre, keep_states=keep and i == 0)
-        policy._get_action_chunk = probe.timed(type(policy)._get_action_chunk.__get__(policy), device == "cuda")
-        set_seed(a.seed + i)  # the same torch (and numpy) seed per episode for every policy
-        render = a.videos_dir is not None and i < a.videos
-        bars = contextlib.nullcontext() if a.progress else contextlib.redirect_stderr(io.StringIO())
-        try:
-            with torch.no_grad(), bars:
-                info = eval_policy(env.vec, policy, probe, env_post, pre, post, n_episodes=1, start_seed=a.seed + i,
-                                   max_episodes_rendered=1 if render else 0,
-                                   videos_dir=Path(a.videos_dir) / label / f"episode_{i}" if render else None)
-        finally:
-            del policy._get_action_chunk
-        require_success_key(env)  # (after the probe step and the first episode, at the latest)
-        episode = info["per_episode"][0]
-        outcomes.append(bool(episode["success"]))
-        rewards.append(float(episode["sum_reward"]))
-        lengths.append(probe.steps)
-        chunk_ms.extend(probe.chunk_ms)
-        trajectory = trajectory or probe.states
+    actions, boundaries, prefix_errors = [], [], []
+    with driver.installed() if driver else contextlib.nullcontext():
+        for i in range(a.episodes):
+            probe = _Probe(env_pre, env_post, keep_states=keep and i == 0)
+            policy._get_action_chunk = probe.timed(type(policy)._get_action_chunk.__get__(policy), device == "cuda")
+            set_seed(a.seed + i)  # the same torch (and numpy) seed per episode for every policy
+            render = a.videos_dir is not None and i < a.videos
+            bars = contextlib.nullcontext() if a.progress else contextlib.redirect_stderr(io.StringIO())
+            try:
+                with torch.no_grad(), bars:
+                    info = eval_policy(env.vec, policy, probe, probe.post, pre, post, n_episodes=1,
+                                       start_seed=a.seed + i, max_episodes_rendered=1 if render else 0,
+                                       videos_dir=Path(a.videos_dir) / label / f"episode_{i}" if render else None)
+            finally:
+                del policy._get_action_chunk
+            require_success_key(env)  # (after the probe step and the first episode, at the latest)
+            episode = info["per_episode"][0]
+            outcomes.append(bool(episode["success"]))
+            rewards.append(float(episode["sum_reward"]))
+            lengths.append(probe.steps)
+            chunk_ms.extend(probe.chunk_ms)
+            actions.append(probe.actions)
+            boundaries.append(driver.boundaries if driver else probe.chunk_steps)
+            prefix_errors.extend(c.prefix_error for c in (driver.chunks if driver else []) if c.prefix_error is not None)
+            trajectory = trajectory or probe.states
     result = {"role": loaded.role, "checkpoint": loaded.name, "weights_sha256": loaded.weights_sha256, "num_steps": steps,
-              **summarize(outcomes, rewards, lengths, chunk_ms), "outcomes": outcomes, "rewards": rewards, "lengths": lengths}
+              "inference": {"type": "sync"} if rtc is None else {"type": "rtc", "inference_delay": a.inference_delay, **settings_of(rtc)},
+              **summarize(outcomes, rewards, lengths, chunk_ms), **chunk_jumps(actions, boundaries, prefix_errors),
+              "outcomes": outcomes, "rewards": rewards, "lengths": lengths}
     return result, trajectory
+
+
+def _rows(a: EvalArgs, loaded: _Loaded, steps: list[int], given) -> list[tuple]:
+    """(checkpoint, steps, RTC settings or None, label) of each row of one checkpoint."""
+    if given is None:
+        return [(loaded, k, None, f"{loaded.role}@{k}") for k in steps]
+    out = []
+    chunk = loaded.policy.config.chunk_size
+    for k in steps:
+        settings = [given]
+        best = {**settings_of(given), **recommended(k, chunk)}
+        if a.rtc_recommended and best != settings_of(given):
+            settings.append(with_settings(given, best))
+        for rtc in settings:
+            s = settings_of(rtc)
+            if s["execution_horizon"] > chunk:
+                raise UserError(f"--inference.rtc.execution_horizon {s['execution_horizon']} exceeds the {loaded.role}'s "
+                                f"chunk ({chunk} actions), which LeRobot's RTC engine fails on; pass {chunk} or less")
+            out.append((loaded, k, rtc, f"{loaded.role}@{k} rtc w{s['max_guidance_weight']:g} h{s['execution_horizon']}"))
+    return out
+
+
+def _given_rtc(a: EvalArgs):
+    """LeRobot's RTC settings with the given ``--inference.*`` options (None for sync); the queue
+    threshold defaults to the delay."""
+    if a.inference not in INFERENCE_TYPES:
+        raise UserError(f"--inference must be one of {', '.join(INFERENCE_TYPES)}, got {a.inference!r}")
+    if a.inference == "sync":
+        if a.inference_args:
+            raise UserError(f"{a.inference_args[0].split('=')[0]} applies to --inference rtc only")
+        return None
+    given = parse_inference(a.inference_args)
+    if not any(x.startswith("--inference.queue_threshold") for x in a.inference_args):
+        given = replace(given, queue_threshold=a.inference_delay)
+    return given
 
 
 def evaluate_closed_loop(args: EvalArgs | None = None, **kwargs) -> ClosedLoopResults:
@@ -198,19 +264,20 @@ def evaluate_closed_loop(args: EvalArgs | None = None, **kwargs) -> ClosedLoopRe
         for loaded in filter(None, (student, teacher)):
             _check_n_action_steps(loaded, a.n_action_steps)
         rename = policy_rename_map(env, (student or teacher).policy.config, a.rename_map, what=(student or teacher).role)
+        rtc = _given_rtc(a)
         runs = []
         if student:
-            runs += [(student, k) for k in _step_list(a.student_steps, [student.policy.config.num_steps])]
+            runs += _rows(a, student, _step_list(a.student_steps, [student.policy.config.num_steps]), rtc)
         if teacher:
             own = teacher.policy.config.num_steps
-            runs += [(teacher, k) for k in _step_list(a.teacher_steps, [own] + ([student.policy.config.num_steps] if student else []))]
+            runs += _rows(a, teacher, _step_list(a.teacher_steps, [own] + ([student.policy.config.num_steps] if student else [])), rtc)
         policies, trajectories = {}, {}
-        for loaded, k in runs:
-            label = f"{loaded.role}@{k}"
-            policies[label], trajectories[label] = _run_policy(loaded, k, env, a, device, rename, label)
+        for loaded, k, settings, label in runs:
+            policies[label], trajectories[label] = _run_policy(loaded, k, env, a, device, rename, label, settings)
     finally:
         env.vec.close()
     settings = {"episodes": a.episodes, "seed": a.seed, "device": device, "rename_map": rename, "n_action_steps": a.n_action_steps,
+                "inference": a.inference, "inference_delay": a.inference_delay if a.inference == "rtc" else None,
                 "command": a.command, "paired": "episode i: env seed and torch seed = seed + i"}
     env_info = {"id": env.label, "kind": "env-id" if env.env_cfg is None else "env-type",
                 "options": list(a.env.env_args), "max_steps": env.max_steps, "scene": env.scene}

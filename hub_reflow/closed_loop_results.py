@@ -101,16 +101,30 @@ class ClosedLoopResults:
         n = len(self.seeds)
         seeds = f"{self.seeds[0]}..{self.seeds[-1]}" if n > 1 else str(self.seeds[0])
         lines = [f"env: {self.env['id']}  episodes: {n} (paired: env and torch seeds {seeds})",
-                 f"{'policy':<14}{'success':>16}  {'95% CI':<15}{'reward':>8}{'length':>8}{'chunk ms':>10}"]
+                 f"{'policy':<26}{'success':>16}  {'95% CI':<15}{'reward':>8}{'length':>8}{'chunk ms':>10}"]
         for label, p in self.policies.items():
             lo, hi = p["success_ci95"]
-            lines.append(f"{label:<14}{p['successes']:>6}/{p['episodes']:<3} {100 * p['success_rate']:5.1f}%  "
+            lines.append(f"{label:<26}{p['successes']:>6}/{p['episodes']:<3} {100 * p['success_rate']:5.1f}%  "
                          f"[{100 * lo:4.1f}, {100 * hi:5.1f}]  {p['mean_reward']:>7.2f} {p['mean_length']:>7.1f} "
                          f"{p['chunk_latency_ms']['median']:>9.1f}")
         for c in self.comparisons():
             lines.append(f"paired {c['first']} vs {c['second']}: only {c['first']} succeeds {c['only_first_succeeds']}, "
                          f"only {c['second']} {c['only_second_succeeds']}, exact McNemar p = {c['mcnemar_p']:.3g}")
         return lines
+
+    def handover_table(self) -> list[str]:
+        """How chunks hand over, per row (text lines): the jump |a_t - a_{t-1}| (mean over action
+        dimensions, the env's units) where a new chunk takes over and within chunks (mean, 95th
+        percentile), and under RTC the new chunks' error on the committed actions (normalised units)."""
+        lines = [f"{'policy':<26}{'jump at handover':>20}{'jump within chunk':>20}{'committed error':>18}",
+                 f"{'':<26}{'mean':>10}{'p95':>10}{'mean':>10}{'p95':>10}{'mean':>9}{'p95':>9}"]
+        for label, p in self.policies.items():
+            if "boundary_jump" not in p:
+                continue
+            b, w, e = p["boundary_jump"], p["within_jump"], p["prefix_error"]
+            err = f"{e['mean']:>9.4f}{e['p95']:>9.4f}" if e["n"] else f"{'-':>9}{'-':>9}"
+            lines.append(f"{label:<26}{b['mean']:>10.4f}{b['p95']:>10.4f}{w['mean']:>10.4f}{w['p95']:>10.4f}{err}")
+        return lines if len(lines) > 2 else []
 
     def markdown_table(self) -> str:
         """The success table for the model card and the README."""

@@ -55,3 +55,26 @@ def summarize(outcomes: list[bool], rewards: list[float], lengths: list[int], ch
             "success_ci95": [lo, hi], "mean_reward": mean(rewards), "mean_length": mean(lengths),
             "chunk_latency_ms": {"mean": mean(chunk_ms), "median": ordered[len(ordered) // 2] if ordered else float("nan"),
                                  "chunks": len(chunk_ms)}}
+
+
+def _spread(values: list[float]) -> dict:
+    ordered = sorted(values)
+    if not ordered:
+        return {"mean": float("nan"), "p95": float("nan"), "n": 0}
+    return {"mean": sum(ordered) / len(ordered), "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
+            "n": len(ordered)}
+
+
+def chunk_jumps(actions: list[list[list[float]]], boundaries: list[list[int]], prefix_errors: list[float]) -> dict:
+    """How smoothly chunks hand over: per episode, the executed actions ``actions[e][t]`` and the steps
+    where a new chunk took over ``boundaries[e]``; the jump at step t >= 1 is mean_i |a_t[i] - a_{t-1}[i]|.
+    ``boundary_jump``: at the steps where a new chunk took over (not the episode's first);
+    ``within_jump``: at the others; ``prefix_error``: mean and 95th percentile of the RTC chunks' error
+    on the committed actions (``rtc.ChunkRecord``)."""
+    at, within = [], []
+    for acts, starts in zip(actions, boundaries):
+        starts = set(starts)
+        for t in range(1, len(acts)):
+            jump = sum(abs(x - y) for x, y in zip(acts[t], acts[t - 1])) / len(acts[t])
+            (at if t in starts else within).append(jump)
+    return {"boundary_jump": _spread(at), "within_jump": _spread(within), "prefix_error": _spread(prefix_errors)}

@@ -13,25 +13,33 @@ from pathlib import Path
 from .closed_loop import MAX_EPISODES, EvalArgs, evaluate_closed_loop, record
 from .envs import TINY_ENV, EnvChoice
 from .errors import UserError
+from .rtc_driver import INFERENCE_PREFIX, INFERENCE_TYPES
 from .validation import MAX_SEED, check_output_folder, int_in
 
 ENV_PREFIX = "--env."
 
 
-def split_env_args(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(argv without LeRobot's ``--env.<field>`` options, those options as ``--env.<field>=value``)."""
-    rest, env = [], []
+def split_prefixed(argv: list[str], prefix: str) -> tuple[list[str], list[str]]:
+    """(argv without LeRobot-style ``<prefix><field>`` options, those options as ``<prefix><field>=value``)."""
+    rest, taken = [], []
     i = 0
     while i < len(argv):
         arg = argv[i]
-        if arg.startswith(ENV_PREFIX) and len(arg) > len(ENV_PREFIX):
+        if arg.startswith(prefix) and len(arg) > len(prefix):
             if "=" not in arg and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
                 arg, i = f"{arg}={argv[i + 1]}", i + 1
-            env.append(arg)
+            taken.append(arg)
         else:
             rest.append(arg)
         i += 1
-    return rest, env
+    return rest, taken
+
+
+def split_env_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(argv without LeRobot's ``--env.<field>`` and ``--inference.<field>`` options, those options)."""
+    rest, env = split_prefixed(argv, ENV_PREFIX)
+    rest, inference = split_prefixed(rest, INFERENCE_PREFIX)
+    return rest, env + inference
 
 
 def _steps(text: str) -> tuple[int, ...]:
@@ -76,6 +84,15 @@ def add_eval(sub) -> None:
     p.add_argument("--teacher-steps", type=_steps, default=(), help="Euler step counts of the teacher (default: its own and the student's)")
     p.add_argument("--n-action-steps", type=int_in(1), default=None, metavar="N", help="actions executed per chunk before the "
                    "policy looks again, for every row (default: each checkpoint's own n_action_steps, as lerobot-train wrote it)")
+    p.add_argument("--inference", choices=INFERENCE_TYPES, default="sync",
+                   help="how chunks are executed: sync, one after the other (lerobot-eval); rtc, LeRobot's real-time chunking "
+                   "(lerobot-rollout --inference.type=rtc) with an inference latency of --inference-delay control steps; "
+                   "LeRobot's --inference.rtc.<field> and --inference.queue_threshold options change its settings (docs/deploy.md)")
+    p.add_argument("--inference-delay", type=int_in(0), default=3, metavar="D",
+                   help="with --inference rtc: control steps one chunk takes to compute; the actions executed meanwhile are "
+                   "the committed ones (default: 3)")
+    p.add_argument("--no-rtc-recommended", dest="rtc_recommended", action="store_false",
+                   help="with --inference rtc: do not add rows at the recommended RTC settings of each step count")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto", help="where the policies run")
     p.add_argument("--rename-map", type=_json_object, default={},
                    help="JSON object: env observation key -> policy feature (as lerobot-eval's --rename_map)")
@@ -96,6 +113,8 @@ def _command(a) -> str:
     if a.env_id:
         parts += ["--env-id", a.env_id]
     parts += a.env_args
+    if a.inference != "sync":
+        parts += ["--inference", a.inference, "--inference-delay", str(a.inference_delay), *a.inference_args]
     for flag, value in (("--episodes", a.episodes), ("--seed", a.seed), ("--max-steps", a.max_steps),
                         ("--n-action-steps", a.n_action_steps), ("--device", a.device)):
         if value is not None:
@@ -110,6 +129,8 @@ def _command(a) -> str:
 
 
 def cmd_eval(a) -> int:
+    a.inference_args = tuple(x for x in a.env_args if x.startswith(INFERENCE_PREFIX))
+    a.env_args = [x for x in a.env_args if not x.startswith(INFERENCE_PREFIX)]
     if a.env_id and a.env_args:
         raise UserError("pass either --env-id or LeRobot's --env.type options, not both")
     if a.env_args and not any(x.startswith("--env.type=") for x in a.env_args):
@@ -122,9 +143,9 @@ def cmd_eval(a) -> int:
         student=a.checkpoint, teacher=a.teacher, env=EnvChoice(a.env_id, tuple(a.env_args), a.env_kwargs, a.max_steps),
         episodes=a.episodes, seed=a.seed, student_steps=a.student_steps, teacher_steps=a.teacher_steps,
         n_action_steps=a.n_action_steps, revision=a.revision, teacher_revision=a.teacher_revision, device=a.device,
-        rename_map=a.rename_map,
-        videos=a.videos, videos_dir=a.videos_dir if a.videos else None, command=_command(a), progress=a.verbose))
-    for line in results.table():
+        rename_map=a.rename_map, inference=a.inference, inference_delay=a.inference_delay, inference_args=a.inference_args,
+        rtc_recommended=a.rtc_recommended, videos=a.videos, videos_dir=a.videos_dir if a.videos else None, command=_command(a), progress=a.verbose))
+    for line in results.table() + results.handover_table():
         print(line)
     if a.json is not None:
         results.write(a.json)

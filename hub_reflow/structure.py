@@ -10,6 +10,7 @@ from .checkpoint import LINEAGE_NAME, WEIGHTS_NAME
 from .inspection import Facts, renamed_backbone
 from .keys import group_counts, group_of, nbytes
 from .report import FAIL, INFO, PASS, SKIP, WARN, Check
+from .rtc import LEROBOT_EXECUTION_HORIZON, LEROBOT_MAX_GUIDANCE_WEIGHT, recommended, rtc_flags, rtc_problems
 
 # Fields a student may differ in from its teacher on purpose (step count; what push_to_hub sets).
 ALLOWED_CONFIG_DIFF = ("num_steps", "repo_id", "push_to_hub", "private", "tags", "license")
@@ -253,10 +254,31 @@ def check_lineage(f: Facts) -> Check:
     return Check("lineage", PASS, f"the given teacher is the one it was trained from ({where}, sha256 {recorded.weights_sha256[:12]})")
 
 
+def check_rtc(f: Facts) -> Check | None:
+    """Real-time chunking (docs/deploy.md): the settings this step count needs under LeRobot's RTC, and a
+    warning when the config carries RTC settings that overshoot the committed actions at its step count."""
+    c = f.config
+    steps, chunk = (c.raw or {}).get("num_steps"), (c.raw or {}).get("chunk_size")
+    if c.error is not None or not isinstance(steps, int) or not isinstance(chunk, int) or steps < 1 or chunk < 1:
+        return None
+    flags = " ".join(rtc_flags(recommended(steps, chunk)))
+    own = c.raw.get("rtc_config")
+    if isinstance(own, dict) and own.get("enabled", True):
+        problems = rtc_problems(float(own.get("max_guidance_weight", LEROBOT_MAX_GUIDANCE_WEIGHT)),
+                                int(own.get("execution_horizon", LEROBOT_EXECUTION_HORIZON)), steps, chunk)
+        if problems:
+            return Check("rtc", WARN, f"the config's rtc_config: {'; '.join(problems)}; under RTC deploy with {flags}",
+                         {"rtc_config": own, "problems": problems, "flags": flags})
+    defaults = rtc_problems(LEROBOT_MAX_GUIDANCE_WEIGHT, LEROBOT_EXECUTION_HORIZON, steps, chunk)
+    why = f" (LeRobot's defaults: {'; '.join(defaults)})" if defaults else " (LeRobot's defaults)"
+    return Check("rtc", INFO, f"under LeRobot's real-time chunking deploy with {flags}{why}", {"flags": flags, "defaults": defaults})
+
+
 # In report order. Each returns a Check, or None where it does not apply.
 STRUCTURE_CHECKS = (
     check_config, check_config_diff, check_weights_teacher, check_weights_keys, check_weights_dtypes, weights_size,
     check_weights_finite, check_weights_vlm, weights_expert, check_processors_files, check_processors_stats, check_lineage,
+    check_rtc,
 )
 
 

@@ -36,9 +36,10 @@ SIDE_X = 0.6  # how far to the side the expert goes round the post
 CLIMB = 0.3  # the expert's upward action while it moves out to the side
 
 
-def expert_action(side: float, pos: np.ndarray) -> np.ndarray:
-    """The scripted expert: out to ``x = side * SIDE_X`` while climbing slowly, then straight up."""
-    vx = float(np.clip(4.0 * (side * SIDE_X - pos[0]), -1.0, 1.0))
+def expert_action(side: float, pos: np.ndarray, lateral: float = 1.0) -> np.ndarray:
+    """The scripted expert: out to ``x = side * SIDE_X`` (at most ``lateral`` sideways) while climbing
+    slowly, then straight up."""
+    vx = float(np.clip(4.0 * (side * SIDE_X - pos[0]), -lateral, lateral))
     vy = CLIMB if abs(pos[0]) < 0.5 and pos[1] < POST[1] else 1.0
     return np.array([vx, vy], dtype=np.float32)
 
@@ -61,9 +62,14 @@ class GoAroundEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
 
-    def __init__(self, render_mode: str | None = "rgb_array", obs_type: str = "pixels_agent_pos"):
+    def __init__(self, render_mode: str | None = "rgb_array", obs_type: str = "pixels_agent_pos", hidden_side: bool = False,
+                 lateral: float = 1.0):
         self.render_mode = render_mode
         self.obs_type = obs_type
+        # hidden_side: the camera and the state show |x| (the world mirrored onto the right), so no observation
+        # tells which side the robot is on: only the actions it has committed to carry the side.
+        self.hidden_side = hidden_side
+        self.lateral = lateral  # the scripted expert's sideways speed limit (expert_episode)
         self.task_description = TASK
         self.task = TASK
         self.plot_scene = {"circles": [[float(POST[0]), float(POST[1]), POST_RADIUS]], "goal_y": GOAL_Y}  # hub-reflow eval's picture
@@ -75,7 +81,8 @@ class GoAroundEnv(gym.Env):
         self.pos = np.zeros(2, dtype=np.float32)
 
     def _obs(self) -> dict:
-        return {"pixels": {"cam": render(self.pos)}, "agent_pos": self.pos.copy()}
+        seen = np.array([abs(self.pos[0]), self.pos[1]], dtype=np.float32) if self.hidden_side else self.pos.copy()
+        return {"pixels": {"cam": render(seen)}, "agent_pos": seen}
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
@@ -91,15 +98,15 @@ class GoAroundEnv(gym.Env):
         return self._obs(), 1.0 if success else 0.0, success or collided, False, info
 
     def render(self):
-        return render(self.pos)
+        return render(self.pos)  # (the true position: videos show the side)
 
 
 def expert_episode(env: GoAroundEnv, side: float, seed: int) -> tuple[list[dict], bool]:
     """Roll the scripted expert out in ``env``: the frames (observation and action) and success."""
     obs, _ = env.reset(seed=seed)
     frames = []
-    for _ in range(MAX_STEPS):
-        action = expert_action(side, obs["agent_pos"])
+    for _ in range(env.spec.max_episode_steps if env.spec else MAX_STEPS):
+        action = expert_action(side, env.pos, env.lateral)
         frames.append({"image": obs["pixels"]["cam"], "state": obs["agent_pos"], "action": action})
         obs, _, terminated, _, info = env.step(action)
         if terminated:
@@ -109,9 +116,17 @@ def expert_episode(env: GoAroundEnv, side: float, seed: int) -> tuple[list[dict]
 
 if ENV_ID not in gym.registry:
     gym.register(id=ENV_ID, entry_point=GoAroundEnv, max_episode_steps=MAX_STEPS, disable_env_checker=True)
+# The committed-side world: the side never shows and the expert moves sideways slowly, so the side is
+# still open after several chunks; a policy that re-draws it at a chunk boundary turns into the post.
+HIDDEN_ENV_ID = "hub_reflow/GoAroundHidden-v0"
+HIDDEN_MAX_STEPS = 60
+if HIDDEN_ENV_ID not in gym.registry:
+    gym.register(id=HIDDEN_ENV_ID, entry_point=GoAroundEnv, max_episode_steps=HIDDEN_MAX_STEPS, disable_env_checker=True,
+                 kwargs={"hidden_side": True, "lateral": 0.25})
 
 
-def record_expert_dataset(root, *, repo_id: str, features: dict, camera_key: str, num_pairs: int = 16, fps: int = 10):
+def record_expert_dataset(root, *, repo_id: str, features: dict, camera_key: str, num_pairs: int = 16, fps: int = 10,
+                          env_id: str = ENV_ID):
     """Roll the scripted expert out in the env into a LeRobotDataset (no videos) at ``root``.
 
     Episodes come in pairs from the same start (env seed ``pair``): ``2 pair`` goes right, ``2 pair + 1``
@@ -122,7 +137,8 @@ def record_expert_dataset(root, *, repo_id: str, features: dict, camera_key: str
     datasets.disable_progress_bars()
     dataset = LeRobotDataset.create(repo_id=repo_id, fps=fps, features=features, root=root, robot_type="tiny_point",
                                     use_videos=False)
-    env = GoAroundEnv()
+    env = gym.make(env_id, disable_env_checker=True).unwrapped
+    env.spec = gym.spec(env_id)
     for pair in range(num_pairs):
         for side in (1.0, -1.0):
             frames, success = expert_episode(env, side, seed=pair)

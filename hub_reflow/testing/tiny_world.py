@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 # The backbone lives in its own module; its names are re-exported here for the tests and benchmarks.
-from .post_world import record_expert_dataset
+from .post_world import ENV_ID, HIDDEN_ENV_ID, record_expert_dataset
 from .tiny_backbone import (  # noqa: F401
     EXTRA_SPECIAL_TOKENS,
     IMAGE_SIZE,
@@ -132,6 +132,7 @@ class WorldSpec:
     chunk_size: int = 8
     max_dim: int = 8  # max_state_dim = max_action_dim of the policy
     closed_loop: bool = False  # the dataset is the scripted expert of post_world's env (its shapes only)
+    env_id: str = ENV_ID  # which of post_world's envs a closed-loop world records
 
     def features(self) -> dict:
         feats = {cam: {"dtype": "image", "shape": (IMAGE_SIZE, IMAGE_SIZE, 3), "names": ["height", "width", "channels"]}
@@ -164,6 +165,9 @@ def _names(base: str, prefix: str, n: int) -> list[str]:
 # shapes, a dataset recorded in its gymnasium env) serves the closed-loop tests, the demo and
 # benchmarks/closed_loop.py; a second offline one has other cameras and dimensions (benchmarks).
 CLOSED_LOOP_WORLD = WorldSpec("closed-loop", TINY_REPO_ID, closed_loop=True)
+# The committed-side world (post_world.HIDDEN_ENV_ID, benchmarks/rtc.py): no observation shows the side, so
+# only the actions a policy has committed to keep it; 10-action chunks (LeRobot's RTC defaults apply).
+HIDDEN_SIDE_WORLD = WorldSpec("hidden-side", TINY_REPO_ID, closed_loop=True, chunk_size=10, env_id=HIDDEN_ENV_ID)
 TINY_WORLD = WorldSpec("tiny", TINY_REPO_ID)
 TWO_CAMERA_WORLD = WorldSpec("two-camera", "hub-reflow-testing/tiny-go-around-2cam",
                              cameras=("observation.images.top", "observation.images.side"),
@@ -211,7 +215,7 @@ def make_tiny_dataset(
     spec = spec or WorldSpec("tiny", repo_id, cameras=(camera_key,))
     if spec.closed_loop:
         return record_expert_dataset(root, repo_id=spec.repo_id, features=spec.features(), camera_key=spec.cameras[0],
-                                     num_pairs=num_episodes // 2, fps=fps)
+                                     num_pairs=num_episodes // 2, fps=fps, env_id=spec.env_id)
     datasets.disable_progress_bars()  # one bar per episode otherwise
     rng = np.random.default_rng(seed)
     dataset = LeRobotDataset.create(

@@ -17,10 +17,10 @@ PACKAGE = ROOT / "hub_reflow"
 LAYERS = [
     # 0: errors, pure maths and rules, small file utilities, the report's types, plots, quiet output
     {"errors", "flow", "files", "keys", "report", "precision", "sr_adamw", "plots", "logs", "closed_loop_stats", "eval_plots",
-     "testing", "testing.hub_server.protocol"},
+     "rtc", "testing", "testing.hub_server.protocol", "testing.config_gym_robot"},
     # 1: the device rule, the console, the run config, the SmolVLA adapter, Hub I/O, safe reads, NaN guards
-    {"devices", "console", "config", "smolvla", "hub_io", "safeio", "finite", "runlock", "envs",
-     "testing.hub_server.storage", "testing.hub_server.auth", "testing.hub_server.routes"},
+    {"devices", "console", "config", "smolvla", "hub_io", "safeio", "finite", "runlock", "envs", "rtc_driver",
+     "testing.gym_robot", "testing.hub_server.storage", "testing.hub_server.auth", "testing.hub_server.routes"},
     # 2: checkpoints, datasets, command-line values and folders, the teacher's fast sampling path
     {"checkpoint", "data", "validation", "fastpath", "closed_loop_results", "testing.hub_server.routes_repos",
      "testing.hub_server.routes_uploads"},
