@@ -140,3 +140,40 @@ def test_the_driver_refuses_what_lerobots_engine_cannot_run():
         RTCDriver(_Chunks(chunk=8), _rtc(delay=8, threshold=8), delay=8)
     with pytest.raises(UserError, match="queue_threshold 2 is below the inference delay 3"):
         RTCDriver(_Chunks(chunk=8), _rtc(delay=3, threshold=2), delay=3)
+
+
+def _with_rtc(folder, rtc: dict | None):
+    import json
+
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["rtc_config"] = rtc
+    (folder / "config.json").write_text(json.dumps(cfg, indent=4))
+
+
+@pytest.mark.parametrize("saved, status", [(None, "info"), ({"max_guidance_weight": 1.0, "execution_horizon": 8}, "info"),
+                                           ({"max_guidance_weight": 10.0, "execution_horizon": 10}, "warn")])
+def test_verify_names_the_rtc_flags_and_warns_on_settings_that_overshoot(tmp_path, saved, status):
+    import shutil
+
+    from synthetic import make_student, make_teacher
+
+    from hub_reflow.checkpoint import resolve_checkpoint
+    from hub_reflow.verify import structure_checks
+
+    teacher = make_teacher(tmp_path / "teacher")
+    if saved is not None:  # a teacher saved with RTC settings passes them on to its student
+        from lerobot.policies.rtc.configuration_rtc import RTCConfig
+
+        full = {**{k: getattr(RTCConfig(), k) for k in ("enabled", "max_guidance_weight", "execution_horizon", "debug",
+                                                        "debug_maxlen")}, "prefix_attention_schedule": "LINEAR", **saved}
+        _with_rtc(teacher, full)
+    student = make_student(teacher, tmp_path / "student")
+    t = resolve_checkpoint(str(teacher))
+    checks = {c.name: c for c in structure_checks(student, t.path, t.ref)}
+    flags = "--inference.type=rtc --inference.rtc.max_guidance_weight=1 --inference.rtc.execution_horizon=8"
+    assert checks["rtc"].status == status and checks["rtc"].details["flags"] == flags
+    assert checks["config.diff"].status == "pass"  # the teacher's own RTC settings are no difference
+    if status == "warn":
+        assert checks["rtc"].summary.startswith("the config's rtc_config: max_guidance_weight 10 overshoots the committed "
+                                                "actions at 1 Euler step (9x the error past them); use 1;")
+    shutil.rmtree(tmp_path)
