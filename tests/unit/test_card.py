@@ -93,3 +93,26 @@ def test_chunk_plot_names_the_datasets_action_dims(tmp_path):
         folder.mkdir()
         assert draw_card_images(lineage, folder) == drawn
         assert sorted(p.name for p in folder.iterdir()) == sorted(drawn)
+
+
+def test_card_gives_the_rtc_flags_of_the_checkpoints_step_count(tmp_path):
+    """The "How to use" section's lerobot-rollout line carries the guidance for the checkpoint's num_steps
+    (hub_reflow/rtc.py), and says why LeRobot's defaults do not fit where they do not."""
+    from synthetic import make_teacher
+
+    from hub_reflow.card import render_card
+    from hub_reflow.checkpoint import CheckpointRef, Lineage, read_policy_config
+    from hub_reflow.config import ReflowConfig
+
+    lineage = Lineage(teacher=CheckpointRef(None, None, None, "0" * 64), reflow=ReflowConfig(steps=400).to_dict(),
+                      training={"step": 400})
+    config = read_policy_config(make_teacher(tmp_path / "teacher"))  # 8-action chunks
+    config.num_steps = 1
+    card = str(render_card(lineage, config, repo_id="you/student"))
+    assert ("lerobot-rollout --policy.path=you/student --robot.type=... --inference.type=rtc "
+            "--inference.rtc.max_guidance_weight=1 --inference.rtc.execution_horizon=8\n") in card
+    assert "max_guidance_weight 10 overshoots the committed actions at 1 Euler step (9x the error past them)" in card
+    config.num_steps, config.chunk_size = 10, 50
+    card = str(render_card(lineage, config, repo_id="you/student"))
+    assert "lerobot-rollout --policy.path=you/student --robot.type=... --inference.type=rtc\n" in card
+    assert "overshoots" not in card
