@@ -38,7 +38,7 @@ def parse(argv=None):
     p.add_argument("--stride", type=int, default=1, help="every this many-th frame of them")
     p.add_argument("--noises", type=int, default=4, help="noise draws per frame (the same for every step count)")
     p.add_argument("--seed", type=int, default=12345)
-    p.add_argument("--out", type=Path, default=RESULTS / "euler_floor.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "euler_floor" / "euler_floor.json")
     a = p.parse_args(argv)
     if min(a.exact, a.holdout, a.stride, a.noises, *a.steps) < 1:
         raise OptionError(PROG, "--steps, --exact, --holdout, --stride and --noises must be >= 1")

@@ -186,7 +186,7 @@ def parse_args(argv=None):
                    help="also a second reflow round (default: on, off in --smoke)")
     p.add_argument("--seed", type=int, default=12345, help="the shared evaluation noise")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu: the tiny model is overhead-bound)")
-    p.add_argument("--out", type=Path, default=RESULTS / "fidelity.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "fidelity" / "fidelity.json")
     p.add_argument("--no-png", action="store_true")
     a = p.parse_args(argv)
     a.teacher_train_steps = a.teacher_train_steps or (20 if a.smoke else 1000)

@@ -71,7 +71,7 @@ def parse(argv):
                    help="base learning rate of hub-reflow train's students (default: train's own); the reference keeps the teacher's")
     p.add_argument("--lr-scale", type=float_in(0), default=None, help="ours' peak rate over the base (default: train's own, 3)")
     p.add_argument("--smoke", action="store_true", help="20-step teachers, 4 steps every 2, 1 seed, 2 episodes")
-    p.add_argument("--out", type=Path, default=RESULTS / "fidelity_curve.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "fidelity_curve" / "fidelity_curve.json")
     a = p.parse_args(argv)
     a.worlds = a.worlds.split(",")
     if a.smoke:

@@ -264,7 +264,7 @@ def parse_args(argv=None):
                    help="statistic of the repeats reported (min: best of, for a machine shared with other work)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--workdir", type=Path, default=Path("outputs/bench"), help="where the backbone folder is written once")
-    p.add_argument("--out", type=Path, default=RESULTS / "latency.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "latency" / "latency.json")
     p.add_argument("--no-png", action="store_true")
     p.add_argument("--compile", action="store_true", help="also time LeRobot's compiled path (compile_model)")
     p.add_argument("--compile-mode", default="reduce-overhead",
