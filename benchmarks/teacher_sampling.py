@@ -60,7 +60,7 @@ def main(argv=None) -> int:
 
     from hub_reflow.fastpath import TeacherSampler
     from hub_reflow.smolvla import policy_inputs, sample_chunk
-    from latency import make_batch, policy_config, write_real_size_backbone
+    from real_size import make_batch, policy_config, write_real_size_backbone
 
     t_start = time.perf_counter()
     if a.smoke:
