@@ -91,8 +91,8 @@ def citations(root: Path) -> tuple[dict[str, list[str]], list[str]]:
                 found += [m.group(1) for m in short.finditer(line)]
             for path in found:
                 path = path.rstrip(".,-/")
-                if not path or (results / path).is_dir():
-                    continue  # a folder is named, not a file cited
+                if not path or path == INDEX_NAME or (results / path).is_dir():
+                    continue  # the index itself, or a folder: named, not a file cited
                 if any(c in path for c in "*{},"):
                     globs.append(f"{name}:{n}: {path}")
                     continue
