@@ -3,7 +3,7 @@ fidelity ratio use), relative to its 1-step answer: the floor of a student train
 (``hub-reflow train --teacher-steps N``), measured against teacher@10.
 
 A student that reproduced its N-step targets exactly would have the MSE ratio
-MSE(teacher@N, teacher@10) / MSE(teacher@1, teacher@10) against teacher@10 (docs/fidelity.md#4):
+MSE(teacher@N, teacher@10) / MSE(teacher@1, teacher@10) against teacher@10 (docs/fidelity.md#4-offline-fidelity-is-not-closed-loop-success):
 0 for N = 10, and above 0 for every other N however well it trains. The same frames (every
 ``--stride``-th of the dataset's last ``--holdout`` episodes) and the same noise draws serve every N;
 chunks in real units through LeRobot's own ``predict_action_chunk``. Also MSE(teacher@N,
