@@ -28,7 +28,7 @@ Metrics on the held-out episodes, with shared noise (``--noises`` draws per fram
   draw. ``S_euler``: t on the sampler's own grid (0 for one step). ``S_fine``: t on 1, 0.9, ..., 0.1
   along the sampled path (Euler states joined by segments).
 
-    python benchmarks/fidelity.py                     # both worlds, all modes (about 20 min on 2 CPU cores)
+    python benchmarks/fidelity.py                     # both worlds, all modes (the longest run)
     python benchmarks/fidelity.py --worlds tiny --modes grid
     python benchmarks/fidelity.py --smoke             # a few steps of everything (CI)
 

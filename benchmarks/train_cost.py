@@ -21,8 +21,9 @@ step under an operator counter, and with ``--profile`` ``--profile-steps`` steps
 - ``reflow_cached``: the same with the pair precomputed (as ``hub-reflow train --pairs`` does: the
   teacher stays loaded, for the final evaluation, but is not run). The pair is made with LeRobot's
   eager sampling: ``train --pairs`` reads its pairs from a file and never captures a CUDA graph in
-  the training process, and a process that has captured one paid ~1.6x per host operation in the
-  first H200 run (issue 18; ``--capture-effect`` measures that on LeRobot's normal step).
+  the training process, and a process that has captured one paid more per host operation in the
+  first H200 run (issue 18; docs/results.md#gpu-runs; ``--capture-effect`` measures that on LeRobot's
+  normal step).
 - ``reflow_online_eager`` (on CUDA, or with ``--variants``): online pairs with LeRobot's eager
   ``sample_actions`` (``--no-cuda-graphs``).
 - ``reflow_cached_sr``, ``reflow_cached_bf16`` (with ``--variants``; first batch size only: memory

@@ -148,7 +148,8 @@ def capture_effect(step: _Step, policy, pre, raw: dict, teacher_steps: int, cuda
     """LeRobot's normal step, timed in one process before and after the process captures a CUDA
     graph of teacher sampling (``fastpath``), in four states: before; after the capture's warm-up
     alone (side stream, host constants, sync debug mode); after the capture; after the graph is
-    freed. Issue 18: the steps of processes that had captured a graph cost ~1.6x per host operation."""
+    freed. Issue 18: the steps of processes that had captured a graph cost more per host operation
+    (docs/results.md#gpu-runs)."""
     import copy
     import gc
 
@@ -305,7 +306,7 @@ def run_variant(variant: str, spec: dict) -> list[dict]:
         # Only the online step samples through CUDA graphs. ``hub-reflow train --pairs`` reads its pairs
         # from a file and never samples the teacher in the training process; the cached row makes its
         # one pair eagerly so, as there, no graph is captured in its process (issue 18: a captured graph
-        # made every host operation of the cached step ~1.6x dearer; see capture_effect).
+        # made every host operation of the cached step dearer; see capture_effect).
         rcfg = ReflowConfig(teacher_steps=spec["teacher_steps"], batch_size=max(spec["batch_sizes"]), steps=1000,
                             cuda_graphs=variant in ("reflow_online", SHARED), update=UPDATE_ROWS.get(variant, "fp32-masters"),
                             noises_per_frame=spec.get("noises_per_frame", 1) if variant == SHARED else 1)
@@ -347,7 +348,7 @@ def run_variant(variant: str, spec: dict) -> list[dict]:
             "repeats": len(times),
             "peak_rss_mb": peak_kb / 1024,
             # What the variant itself added on top of the interpreter with torch + LeRobot imported
-            # (which alone is ~0.8 GB and would hide a tiny model's differences).
+            # (which alone dwarfs a tiny model and would hide its differences).
             "peak_rss_above_imports_mb": (peak_kb - rss_imports_kb) / 1024,
             "rss_after_imports_mb": rss_imports_kb / 1024,
             "rss_before_steps_mb": rss_before_steps_kb / 1024,
