@@ -7,7 +7,7 @@ other one (so the smaller step counts are snapshots of the same run, under its l
 schedule, not runs of their own); step 0 is the untrained copy, which is the teacher's weights at 1
 step. Every checkpoint drives ``--episodes`` paired episodes through ``hub-reflow eval``'s
 ``evaluate_closed_loop`` (LeRobot's ``eval_policy``; episode i: env and torch seed i), and so do
-teacher@10 and the teacher at the students' step count (the lines). JSON and PNG under benchmarks/results/.
+teacher@10 and the teacher at the students' step count (the lines). JSON and PNG under benchmarks/results/closed_loop/.
 Options pass `--student-steps`, `--noises-per-frame`, `--frame-sampling`, `--lr`, `--lr-scale` and `--teacher-steps`
 to the students' training; a --workdir run made with other settings is refused, not reused.
 
@@ -63,7 +63,7 @@ def parse(argv):
     p.add_argument("--teacher", type=Path, default=None, help="a closed-loop tiny-world teacher (with --dataset-root)")
     p.add_argument("--dataset-root", type=Path, default=None)
     p.add_argument("--smoke", action="store_true", help="2 seeds x 0,4 steps, 3 episodes, a 20-step teacher")
-    p.add_argument("--out", type=Path, default=RESULTS / "closed_loop.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "closed_loop" / "closed_loop.json")
     a = p.parse_args(argv)
     if min(a.episodes, a.batch_size, a.student_steps, *(v for v in (a.noises_per_frame, a.teacher_steps) if v is not None)) < 1:
         raise OptionError(PROG, "--episodes, --batch-size, --student-steps, --noises-per-frame and --teacher-steps must be "

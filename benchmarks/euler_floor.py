@@ -3,7 +3,7 @@ fidelity ratio use), relative to its 1-step answer: the floor of a student train
 (``hub-reflow train --teacher-steps N``), measured against teacher@10.
 
 A student that reproduced its N-step targets exactly would have the MSE ratio
-MSE(teacher@N, teacher@10) / MSE(teacher@1, teacher@10) against teacher@10 (docs/fidelity.md#4):
+MSE(teacher@N, teacher@10) / MSE(teacher@1, teacher@10) against teacher@10 (docs/fidelity.md#4-offline-fidelity-is-not-closed-loop-success):
 0 for N = 10, and above 0 for every other N however well it trains. The same frames (every
 ``--stride``-th of the dataset's last ``--holdout`` episodes) and the same noise draws serve every N;
 chunks in real units through LeRobot's own ``predict_action_chunk``. Also MSE(teacher@N,
@@ -38,7 +38,7 @@ def parse(argv=None):
     p.add_argument("--stride", type=int, default=1, help="every this many-th frame of them")
     p.add_argument("--noises", type=int, default=4, help="noise draws per frame (the same for every step count)")
     p.add_argument("--seed", type=int, default=12345)
-    p.add_argument("--out", type=Path, default=RESULTS / "euler_floor.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "euler_floor" / "euler_floor.json")
     a = p.parse_args(argv)
     if min(a.exact, a.holdout, a.stride, a.noises, *a.steps) < 1:
         raise OptionError(PROG, "--steps, --exact, --holdout, --stride and --noises must be >= 1")

@@ -71,7 +71,7 @@ def parse(argv):
                    help="base learning rate of hub-reflow train's students (default: train's own); the reference keeps the teacher's")
     p.add_argument("--lr-scale", type=float_in(0), default=None, help="ours' peak rate over the base (default: train's own, 3)")
     p.add_argument("--smoke", action="store_true", help="20-step teachers, 4 steps every 2, 1 seed, 2 episodes")
-    p.add_argument("--out", type=Path, default=RESULTS / "fidelity_curve.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "fidelity_curve" / "fidelity_curve.json")
     a = p.parse_args(argv)
     a.worlds = a.worlds.split(",")
     if a.smoke:
@@ -105,7 +105,7 @@ def train_ours(a, teacher: Path, dataset_root: Path, spec, out: Path, seed: int)
     from hub_reflow.config import ReflowConfig
     from hub_reflow.train import TrainArgs, train
 
-    from fidelity import HOLDOUT
+    from fidelity_metrics import HOLDOUT
 
     rcfg = ReflowConfig(steps=a.ours_steps, batch_size=a.batch_size, seed=seed, holdout_episodes=HOLDOUT, lr=a.lr,
                         lr_scale=a.lr_scale, noises_per_frame=a.noises_per_frame, frame_sampling=a.frame_sampling)
@@ -125,7 +125,7 @@ def train_reference(a, teacher: Path, dataset_root: Path, spec, out: Path, seed:
     """The reference loop with the same steps, batch, time sampling and seed, at the teacher's learning rate."""
     from hub_reflow.config import ReflowConfig
 
-    from fidelity import HOLDOUT
+    from fidelity_metrics import HOLDOUT
     from reference_loop import bare_loop
 
     if not (out / "reference_loop.done").exists():
@@ -140,7 +140,7 @@ def evaluate_world(a, name: str) -> dict:
     from lerobot.policies.factory import make_pre_post_processors
     from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 
-    from fidelity import held_out, mode_metrics
+    from fidelity_metrics import held_out, mode_metrics
 
     from hub_reflow.closed_loop import EvalArgs, evaluate_closed_loop
     from hub_reflow.envs import TINY_ENV, EnvChoice

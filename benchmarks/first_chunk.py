@@ -10,7 +10,7 @@ teacher's: a student that always picks one side succeeds in closed loop but has 
 share going to the same side as teacher@10 for the same noise, and the mean squared action error
 against teacher@10 for the same noise (the offline fidelity measure); with ``--episodes N``, also the closed-loop
 success over N paired episodes (``hub-reflow eval``'s ``evaluate_closed_loop``, env and torch seed
-i for episode i). JSON under benchmarks/results/.
+i for episode i). JSON under benchmarks/results/first_chunk/.
 
     python benchmarks/first_chunk.py TEACHER STUDENT@1 [STUDENT2@1 ...]   # checkpoint folders, @ Euler steps
 """
@@ -35,7 +35,7 @@ def parse(argv):
     p.add_argument("--env-seed", type=int, default=0, help="env seed of the start position")
     p.add_argument("--ambiguous", type=float, default=0.2, help="|dx| below this: an undecided first chunk")
     p.add_argument("--episodes", type=int, default=0, help="also run N paired closed-loop episodes per policy")
-    p.add_argument("--out", type=Path, default=RESULTS / "first_chunk.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "first_chunk" / "first_chunk.json")
     a = p.parse_args(argv)
     if a.noises < 2 or a.episodes < 0:
         raise OptionError(PROG, "--noises must be at least 2 and --episodes at least 0")

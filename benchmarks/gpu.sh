@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# All of hub-reflow's GPU measurements in one run, sized for a GPU lent for a few minutes (under 8
-# minutes on one H200, --budget seconds in all): JSON under benchmarks/results/ (or --out), the
-# tables printed at the end.
+# All of hub-reflow's GPU measurements in one run, sized for a GPU lent for a few minutes (--budget
+# seconds in all): JSON under benchmarks/results/gpu/latest/ (or --out; rename the folder after the
+# machine and date, e.g. gpu/h200_<date>/, and cite its files in docs/results.md), the tables printed
+# at the end.
 #
 #   bash benchmarks/gpu.sh                 # on the GPU machine, from the repository root
 #   bash benchmarks/gpu.sh --smoke         # dry run on any machine (CPU): tiny sizes, a few minutes
@@ -36,7 +37,7 @@
 #   - hub-reflow itself: `pip install --no-deps -e .`, or nothing (this script puts the repository
 #     on PYTHONPATH).
 #
-# Options: --smoke, --out DIR (default benchmarks/results; --smoke: outputs/gpu-smoke),
+# Options: --smoke, --out DIR (default benchmarks/results/gpu/latest; --smoke: outputs/gpu-smoke),
 # --workdir DIR (default outputs/gpu), --budget SECONDS (default 440: the whole run; --smoke: 300),
 # --teacher T --dataset D --dataset-root R (train_cost.py on that teacher instead of building one).
 # PYTHON (default python) names the interpreter.
@@ -64,7 +65,7 @@ done
 if [ "$SMOKE" = 1 ]; then  # the compile is only tried for a few seconds (Inductor takes minutes on a CPU)
   OUT="${OUT:-$ROOT/outputs/gpu-smoke}"; WORKDIR="${WORKDIR:-$ROOT/outputs/gpu-smoke/work}"; BUDGET="${BUDGET:-300}"
 else
-  OUT="${OUT:-$ROOT/benchmarks/results}"; WORKDIR="${WORKDIR:-$ROOT/outputs/gpu}"; BUDGET="${BUDGET:-440}"
+  OUT="${OUT:-$ROOT/benchmarks/results/gpu/latest}"; WORKDIR="${WORKDIR:-$ROOT/outputs/gpu}"; BUDGET="${BUDGET:-440}"
 fi
 mkdir -p "$OUT" "$WORKDIR"
 OUT="$(cd "$OUT" && pwd)"; WORKDIR="$(cd "$WORKDIR" && pwd)"
@@ -104,8 +105,8 @@ else
   LAT=(--cameras 1 --layouts lerobot --repeats 10 --warmup 2 --fast --fast-steps 1,2 --compile-steps 1)
 fi
 
-# Reserves: what the later steps need at least (sampling ~40 s, latency's eager and fast rows ~60 s,
-# the student's compile ~70 s on an H200).
+# Reserves: what the later steps need at least (the teacher sampling, latency's eager and fast rows, the
+# student's compile; sized from the H200 runs in docs/results.md#gpu-runs).
 t0=$SECONDS; step train_cost "$(left 190)" "$PY" benchmarks/train_cost.py "${TC[@]}" "${TEACHER_ARGS[@]}" \
   --workdir "$WORKDIR" --json "$OUT/train_cost$SUFFIX.json"
 LIMIT=$(left 130); [ "$LIMIT" -gt 60 ] && LIMIT=60

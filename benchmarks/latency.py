@@ -51,118 +51,25 @@ from common import (  # noqa: E402
     hardware,
     hardware_line,
     markdown,
-    stat_ms,
     quiet_imports,
-    sync,
     setup_device,
+    stat_ms,
     time_call,
     write_json,
+)
+from latency_paths import compiled_child, compiled_table, fast_table, measure_compiled, measure_fast  # noqa: E402
+from real_size import (  # noqa: E402, F401 (importable from latency as before)
+    ACTION_DIM,
+    SMOLVLA_BASE,
+    STATE_DIM,
+    TASK,
+    make_batch,
+    policy_config,
+    write_real_size_backbone,
 )
 
 PROG = "latency.py"
 STEPS = (1, 2, 4, 10)
-TASK = "pick up the red cube and place it in the box"
-STATE_DIM = ACTION_DIM = 6  # an SO-100 arm
-
-# SmolVLM2-500M-Video-Instruct's published configuration (HuggingFaceTB/SmolVLM2-500M-Video-Instruct
-# config.json): the fields the model's shapes and compute depend on.
-SMOLVLM2_500M_TEXT = {
-    "model_type": "llama",
-    "hidden_size": 960,
-    "intermediate_size": 2560,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 15,
-    "num_key_value_heads": 5,
-    "head_dim": 64,
-    "hidden_act": "silu",
-    "vocab_size": 49280,
-    "max_position_embeddings": 8192,
-    "rope_theta": 100000.0,
-    "rms_norm_eps": 1e-5,
-    "attention_bias": False,
-    "mlp_bias": False,
-    "tie_word_embeddings": False,
-    "bos_token_id": 1,
-    "eos_token_id": 2,
-    "pad_token_id": 2,
-}
-SMOLVLM2_500M_VISION = {
-    "model_type": "smolvlm_vision",
-    "hidden_size": 768,
-    "intermediate_size": 3072,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "image_size": 512,
-    "patch_size": 16,
-}
-SMOLVLM2_500M_SCALE_FACTOR = 4
-# smolvla_base's policy settings (lerobot/smolvla_base config.json; also SmolVLAConfig's defaults).
-SMOLVLA_BASE = {
-    "chunk_size": 50,
-    "n_action_steps": 50,
-    "max_state_dim": 32,
-    "max_action_dim": 32,
-    "resize_imgs_with_padding": (512, 512),
-    "num_vlm_layers": 16,
-    "expert_width_multiplier": 0.75,
-    "attention_mode": "cross_attn",
-    "self_attn_every_n_layers": 2,
-    "tokenizer_max_length": 48,
-}
-
-
-def write_real_size_backbone(folder: Path, seed: int = 0) -> Path:
-    """A SmolVLM2-500M-Video-Instruct-shaped backbone folder with random bf16 weights."""
-    import torch
-    from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
-
-    from hub_reflow.testing.tiny_backbone import EXTRA_SPECIAL_TOKENS, SPECIAL_TOKENS, smolvlm_processor
-
-    if (folder / "model.safetensors").exists():
-        return folder
-    tmp = folder.with_name(folder.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    vocab_size = SMOLVLM2_500M_TEXT["vocab_size"]
-    # Word-level vocabulary of the published size: special tokens, the task's words, fillers. Only
-    # the embedding table's size has to match; the token ids carry no meaning with random weights.
-    size = SMOLVLM2_500M_VISION["image_size"]
-    tokens_per_image = (size // SMOLVLM2_500M_VISION["patch_size"]) ** 2 // SMOLVLM2_500M_SCALE_FACTOR**2
-    processor, vocab = smolvlm_processor([*TASK.split(), "\n"], image_size=size, image_seq_len=tokens_per_image,
-                                         model_max_length=8192, vocab_size=vocab_size)
-    text = {**SMOLVLM2_500M_TEXT, "pad_token_id": vocab[SPECIAL_TOKENS["pad_token"]]}
-    config = SmolVLMConfig(
-        vision_config=dict(SMOLVLM2_500M_VISION), text_config=text, scale_factor=SMOLVLM2_500M_SCALE_FACTOR,
-        image_token_id=vocab[EXTRA_SPECIAL_TOKENS["image_token"]], pad_token_id=text["pad_token_id"],
-        vocab_size=vocab_size, tie_word_embeddings=False,
-    )
-    torch.manual_seed(seed)
-    model = SmolVLMForConditionalGeneration(config).to(torch.bfloat16)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    tmp.rename(folder)
-    return folder
-
-
-def policy_config(backbone: Path, *, smoke: bool, cameras: int, layout: str, device: torch.device):
-    from lerobot.configs.types import FeatureType, PolicyFeature
-    from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
-
-    if smoke:
-        from hub_reflow.testing.tiny_world import IMAGE_SIZE
-
-        size = IMAGE_SIZE
-        arch = {"chunk_size": 8, "n_action_steps": 8, "max_state_dim": 8, "max_action_dim": 8,
-                "resize_imgs_with_padding": (size, size), "num_vlm_layers": 2, "tokenizer_max_length": 16}
-    else:
-        size = SMOLVLA_BASE["resize_imgs_with_padding"][0]
-        arch = dict(SMOLVLA_BASE)
-    inputs = {f"observation.images.cam{i}": PolicyFeature(FeatureType.VISUAL, (3, size, size)) for i in range(cameras)}
-    inputs["observation.state"] = PolicyFeature(FeatureType.STATE, (STATE_DIM,))
-    return SmolVLAConfig(
-        vlm_model_name=str(backbone), load_vlm_weights=layout == "lerobot", device=device.type,
-        input_features=inputs, output_features={"action": PolicyFeature(FeatureType.ACTION, (ACTION_DIM,))},
-        **arch,
-    )
 
 
 def dtype_layout(policy) -> dict:
@@ -176,25 +83,6 @@ def dtype_layout(policy) -> dict:
         out[group][key] = out[group].get(key, 0) + p.numel()
     return out
 
-
-def make_batch(policy, cameras: int, device: torch.device, seed: int = 0, batch_size: int = 1) -> dict:
-    """Preprocessed observations (what LeRobot's preprocessor hands the policy); one by default."""
-    import torch
-
-    from lerobot.utils.constants import OBS_LANGUAGE_ATTENTION_MASK, OBS_LANGUAGE_TOKENS
-
-    g = torch.Generator().manual_seed(seed)
-    batch = {}
-    for key, feat in list(policy.config.image_features.items())[:cameras]:
-        batch[key] = torch.rand(batch_size, *feat.shape, generator=g).to(device)
-    batch["observation.state"] = torch.randn(batch_size, STATE_DIM, generator=g).to(device)
-    tok = policy.model.vlm_with_expert.processor.tokenizer(
-        [TASK + "\n"] * batch_size, padding="longest", truncation=True, max_length=policy.config.tokenizer_max_length,
-        return_tensors="pt",
-    )
-    batch[OBS_LANGUAGE_TOKENS] = tok["input_ids"].to(device)
-    batch[OBS_LANGUAGE_ATTENTION_MASK] = tok["attention_mask"].bool().to(device)
-    return batch
 
 
 def prefix_fn(policy, batch: dict):
@@ -264,7 +152,7 @@ def parse_args(argv=None):
                    help="statistic of the repeats reported (min: best of, for a machine shared with other work)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--workdir", type=Path, default=Path("outputs/bench"), help="where the backbone folder is written once")
-    p.add_argument("--out", type=Path, default=RESULTS / "latency.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "latency" / "latency.json")
     p.add_argument("--no-png", action="store_true")
     p.add_argument("--compile", action="store_true", help="also time LeRobot's compiled path (compile_model)")
     p.add_argument("--compile-mode", default="reduce-overhead",
@@ -392,133 +280,6 @@ def main(argv=None) -> int:
         print()
         print(compiled_table(compiled_rows))
     return 0
-
-
-# ---- the compiled path ----------------------------------------------------------------------------------
-
-
-def compiled_child(spec: dict) -> dict:
-    """One compiled measurement, in its own process: build the policy with compile_model=True
-    (LeRobot wraps sample_actions in torch.compile) and time predict_action_chunk."""
-    import torch
-    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
-
-    from hub_reflow.compiled import time_chunks
-
-    device = setup_device(spec["device"], PROG)
-    torch.manual_seed(0)
-    cfg = policy_config(Path(spec["backbone"]), smoke=spec["smoke"], cameras=spec["cameras"], layout=spec["layout"],
-                        device=device)
-    cfg.compile_model, cfg.compile_mode, cfg.num_steps = True, spec["mode"], spec["steps"]
-    t0 = time.perf_counter()
-    policy = SmolVLAPolicy(cfg).to(device).eval()
-    load_s = time.perf_counter() - t0
-    batch = make_batch(policy, spec["cameras"], device)
-    noise = torch.randn(1, cfg.chunk_size, cfg.max_action_dim, generator=torch.Generator().manual_seed(1)).to(device)
-    with torch.inference_mode():
-        r = time_chunks(policy, batch, noise, device, warmup=spec["warmup"], repeats=spec["repeats"])
-    times = [t / 1000 for t in r["raw_ms"]]
-    return {"load_s": load_s, "first_call_s": r["first_call_s"], "warmup_s": r["warmup_s"],
-            "steady_ms": stat_ms(times, spec["stat"]), "raw_s": times}
-
-
-def measure_compiled(a, backbone: Path, layout: str, cams: int, k: int, device, rows: list[dict], timeout: float) -> dict:
-    import subprocess
-
-    spec = {"backbone": str(Path(backbone).resolve()), "smoke": a.smoke, "cameras": cams, "layout": layout,
-            "device": device.type, "mode": a.compile_mode, "steps": k, "repeats": a.repeats,
-            # reduce-overhead records its CUDA graphs on the second call: at least 3 discarded calls
-            "warmup": max(a.warmup, 3),
-            "stat": a.stat}
-    eager = next((r["total_ms"] for r in rows if (r["layout"], r["cameras"], r["steps"]) == (layout, cams, k)), None)
-    row = {"name": f"{layout} {cams}cam @{k} compiled", "layout": layout, "cameras": cams, "steps": k,
-           "compile_mode": a.compile_mode, "timeout_s": timeout, "eager_ms": eager}
-    t0 = time.perf_counter()
-    # Its own process group: a compile that runs out of time is stopped with its compile workers.
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--compile-child", json.dumps(spec)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ,
-                            start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        import signal
-
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        row.update(status="timeout", wall_s=time.perf_counter() - t0, steady_ms=None, first_call_s=None,
-                   speedup_vs_eager=None)
-        return row
-    line = next((ln for ln in stdout.splitlines() if ln.startswith("RESULT ")), None)
-    if proc.returncode != 0 or line is None:
-        err = (stderr.strip().splitlines() or ["no output"])[-1][:300]
-        row.update(status=f"error: {err}", wall_s=time.perf_counter() - t0, steady_ms=None, first_call_s=None,
-                   speedup_vs_eager=None)
-        return row
-    got = json.loads(line[len("RESULT "):])
-    row.update(status="ok", wall_s=time.perf_counter() - t0, **got,
-               speedup_vs_eager=eager / got["steady_ms"] if eager else None)
-    return row
-
-
-def compiled_table(rows: list[dict] | None) -> str:
-    rows = rows or []
-    return markdown(
-        ["layout", "cameras", "Euler steps", "compiled chunk (ms)", "eager chunk (ms)", "speed-up vs eager",
-         "first call (compile, s)", "status"],
-        [[r["layout"], str(r["cameras"]), str(r["steps"]), fmt(r["steady_ms"]), fmt(r["eager_ms"]),
-          fmt(r["speedup_vs_eager"], 2), fmt(r["first_call_s"]),
-          r["status"] if r["status"] != "timeout" else f"not finished in {r['timeout_s']:.0f} s"] for r in rows],
-        align="lrrrrrrl",
-    )
-
-
-def measure_fast(policy, layout: str, cams: int, device, steps: list[int], repeats: int, warmup: int, stat: str,
-                 rows: list[dict]) -> list[dict]:
-    """``hub_reflow.fast_inference(policy).predict_action_chunk`` per step count: the first call
-    (capture, on CUDA) apart, then the steady latency; its chunk against LeRobot's eager one for
-    the same observation and noise."""
-    import torch
-
-    from hub_reflow.inference import fast_inference
-    from hub_reflow.smolvla import num_steps
-
-    cfg = policy.config
-    batch = make_batch(policy, cams, device)
-    noise = torch.randn(1, cfg.chunk_size, cfg.max_action_dim, generator=torch.Generator().manual_seed(1)).to(device)
-    out = []
-    for k in steps:
-        fast = fast_inference(policy)
-        with num_steps(policy, k), torch.no_grad():
-            eager = policy.predict_action_chunk(dict(batch), noise=noise)
-            sync(device)
-            t0 = time.perf_counter()
-            first = fast.predict_action_chunk(dict(batch), noise=noise)
-            sync(device)
-            first_s = time.perf_counter() - t0
-            times = time_call(lambda: fast.predict_action_chunk(dict(batch), noise=noise), device,
-                              warmup=warmup, repeats=repeats)
-            again = fast.predict_action_chunk(dict(batch), noise=noise)
-        eager_ms = next((r["total_ms"] for r in rows if (r["layout"], r["cameras"], r["steps"]) == (layout, cams, k)), None)
-        ms = stat_ms(times, stat)
-        out.append({"name": f"{layout} {cams}cam @{k} fast", "layout": layout, "cameras": cams, "steps": k,
-                    "fast_ms": ms, "eager_ms": eager_ms, "speedup_vs_eager": eager_ms / ms if eager_ms else None,
-                    "first_call_s": first_s, "capture_s": fast.stats["capture_s"], "mode": fast.mode,
-                    "stats": dict(fast.stats),
-                    "max_abs_diff_vs_eager": float((first.float() - eager.float()).abs().max()),
-                    "replay_equal_first": bool(torch.equal(first, again)), "raw_s": times})
-        del fast
-    return out
-
-
-def fast_table(rows: list[dict] | None) -> str:
-    return markdown(
-        ["layout", "cameras", "Euler steps", "fast chunk (ms)", "eager chunk (ms)", "speed-up vs eager",
-         "first call (s)", "capture (s)", "max abs diff vs eager", "mode"],
-        [[r["layout"], str(r["cameras"]), str(r["steps"]), fmt(r["fast_ms"]), fmt(r["eager_ms"]),
-          fmt(r["speedup_vs_eager"], 2), fmt(r["first_call_s"], 2), fmt(r["capture_s"], 2),
-          f"{r['max_abs_diff_vs_eager']:.3g}", r["mode"]] for r in rows or []],
-        align="lrrrrrrrrl",
-    )
 
 
 def _write(a, device, load_at_start, rows, layouts, cfg, t_start, *, partial: bool, compiled_rows=None, fast_rows=None):

@@ -38,7 +38,7 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--workdir", type=Path, default=Path("outputs/bench"), help="where latency.py writes its backbone folder")
-    p.add_argument("--out", type=Path, default=RESULTS / "teacher_sampling.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "teacher_sampling" / "teacher_sampling.json")
     a = p.parse_args(argv)
     try:
         a.batch_sizes = [int(b) for b in a.batch_sizes.split(",")]
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
 
     from hub_reflow.fastpath import TeacherSampler
     from hub_reflow.smolvla import policy_inputs, sample_chunk
-    from latency import make_batch, policy_config, write_real_size_backbone
+    from real_size import make_batch, policy_config, write_real_size_backbone
 
     t_start = time.perf_counter()
     if a.smoke:

@@ -21,8 +21,9 @@ step under an operator counter, and with ``--profile`` ``--profile-steps`` steps
 - ``reflow_cached``: the same with the pair precomputed (as ``hub-reflow train --pairs`` does: the
   teacher stays loaded, for the final evaluation, but is not run). The pair is made with LeRobot's
   eager sampling: ``train --pairs`` reads its pairs from a file and never captures a CUDA graph in
-  the training process, and a process that has captured one paid ~1.6x per host operation in the
-  first H200 run (issue 18; ``--capture-effect`` measures that on LeRobot's normal step).
+  the training process, and a process that has captured one paid more per host operation in the
+  first H200 run (issue 18; docs/results.md#gpu-runs; ``--capture-effect`` measures that on LeRobot's
+  normal step).
 - ``reflow_online_eager`` (on CUDA, or with ``--variants``): online pairs with LeRobot's eager
   ``sample_actions`` (``--no-cuda-graphs``).
 - ``reflow_cached_sr``, ``reflow_cached_bf16`` (with ``--variants``; first batch size only: memory
@@ -61,25 +62,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import resource
 import shlex
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-ROWS = ("normal", "reflow_online", "reflow_cached")
-EAGER_ONLINE = "reflow_online_eager"
-# The cached step with the other weight updates (ReflowConfig.update; memory rows, first batch size only).
-UPDATE_ROWS = {"reflow_cached": "fp32-masters", "reflow_cached_sr": "bf16-sr", "reflow_cached_bf16": "bf16"}
-SHARED = "reflow_shared"
-VARIANTS = (*ROWS, EAGER_ONLINE, "reflow_cached_sr", "reflow_cached_bf16", SHARED)
-PHASES = ("preprocess", "forward", "backward", "optimizer")
+from common import RESULTS  # noqa: E402
+from train_cost_report import (  # noqa: E402, F401 (gpu.sh reads the tables from train_cost)
+    add_host_cost,
+    evaluate_targets,
+    host_cost_markdown,
+    markdown,
+    ops_markdown,
+    profile_markdown,
+    shared_markdown,
+    shared_vs_separate,
+)
+from train_cost_step import EAGER_ONLINE, PHASES, ROWS, SHARED, UPDATE_ROWS, VARIANTS, run_interleaved, run_variant  # noqa: E402, F401 (importable from train_cost as before)
+
 PROG = "train_cost.py"
 
 
@@ -108,7 +111,7 @@ def _parse(argv=None):
     p.add_argument("--noises-per-frame", type=int, default=1, metavar="M",
                    help=f"M > 1 adds the {SHARED} row: M noises per observation, the prefix once per observation")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    p.add_argument("--json", type=Path, default=None, help="default outputs/benchmarks/train_cost[_smoke].json")
+    p.add_argument("--json", type=Path, default=None, help="default benchmarks/results/train_cost/train_cost.json (--smoke: outputs/benchmarks/train_cost_smoke.json)")
     p.add_argument("--interleaved", type=int, default=0, metavar="ROUNDS",
                    help="also profile the normal and cached steps in one process, alternating, ROUNDS rounds of "
                    "--profile-steps steps each: the per-op host cost ratio under the same load and process state")
@@ -138,380 +141,6 @@ def _parse(argv=None):
     return a
 
 
-# ---- the child: one variant --------------------------------------------------------------------------
-
-
-def _bytes(module) -> int:
-    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
-
-
-def _rss_now_kb() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
-
-
-class _Step:
-    """One training step in phases: ``preprocess`` (the policy's preprocessor on the raw batch),
-    ``forward`` (loss), ``backward``, ``optimizer`` (clip, step, zero_grad)."""
-
-    def __init__(self, pre, raw, loss_fn, trainable, optimizer, clip, master=None):
-        self.pre, self.raw, self.loss_fn = pre, raw, loss_fn
-        self.trainable, self.optimizer, self.clip = trainable, optimizer, clip
-        self.master = master  # hub-reflow's fp32 master weights (reflow rows), as hub-reflow train steps
-        self.batch = self.loss = None
-
-    def preprocess(self):
-        self.batch = self.pre(dict(self.raw))
-
-    def forward(self):
-        self.loss = self.loss_fn(self.batch)
-
-    def backward(self):
-        self.loss.backward()
-
-    def optimizer_step(self):
-        import torch
-
-        if self.master is not None:
-            self.master.grads_to_masters()
-        if self.clip:
-            torch.nn.utils.clip_grad_norm_(self.trainable, self.clip)
-        self.optimizer.step()
-        if self.master is not None:
-            self.master.masters_to_params()
-        self.optimizer.zero_grad(set_to_none=True)
-
-    def phases(self):
-        return (("preprocess", self.preprocess), ("forward", self.forward), ("backward", self.backward),
-                ("optimizer", self.optimizer_step))
-
-    def __call__(self):
-        for _, fn in self.phases():
-            fn()
-        return self.loss
-
-
-def _count_ops(step: _Step) -> dict:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from common import op_counter
-
-    phases, names, flops = {}, {}, {}
-    for name, fn in step.phases():
-        with FlopCounterMode(display=False) as f, op_counter() as c:
-            fn()
-        phases[name] = sum(c.counts.values())
-        flops[name] = f.get_total_flops()
-        for k, v in c.counts.items():
-            names[k] = names.get(k, 0) + v
-    return {"flops_per_step": sum(flops.values()), "flops_by_phase": flops,
-            "aten_ops_per_step": sum(phases.values()), "aten_ops_by_phase": phases,
-            "item_calls_per_step": names.get("aten::_local_scalar_dense", 0), "aten_ops_by_name": names}
-
-
-def _profile(step: _Step, device: str, steps: int) -> dict:
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    from common import host_ops, profile_summary
-
-    cuda = device == "cuda"
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=acts) as prof:
-        for _ in range(steps):
-            step()
-        if cuda:
-            torch.cuda.synchronize()
-    try:
-        out = profile_summary(prof, steps)
-        out["host_ops"] = host_ops(prof, steps)
-    except Exception as e:  # a profiler API difference must not lose the run's other numbers
-        out = {"error": f"{type(e).__name__}: {e}"}
-    # Wall time per phase with the device synchronised between phases (where the time goes).
-    per_phase = {name: [] for name in PHASES}
-    for _ in range(steps):
-        for name, fn in step.phases():
-            if cuda:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fn()
-            if cuda:
-                torch.cuda.synchronize()
-            per_phase[name].append(time.perf_counter() - t0)
-    out["phase_ms"] = {k: 1000 * statistics.median(v) for k, v in per_phase.items()}
-    return out
-
-
-def _timed_ms(step: _Step, cuda: bool, n: int) -> tuple[float, float]:
-    """Median wall and process-CPU milliseconds of ``n`` steps."""
-    import torch
-
-    wall, cpu = [], []
-    for _ in range(n):
-        t0, c0 = time.perf_counter(), time.process_time()
-        step()
-        if cuda:
-            torch.cuda.synchronize()
-        wall.append(1000 * (time.perf_counter() - t0))
-        cpu.append(1000 * (time.process_time() - c0))
-    return statistics.median(wall), statistics.median(cpu)
-
-
-def _idle_cpu() -> dict:
-    """OS threads of this process, and the CPU time it burns while the main thread sleeps 0.3 s (a
-    spinning background thread shows here)."""
-    c0 = time.process_time()
-    time.sleep(0.3)
-    return {"threads": len(os.listdir("/proc/self/task")), "cpu_s_while_asleep": time.process_time() - c0}
-
-
-def capture_effect(step: _Step, policy, pre, raw: dict, teacher_steps: int, cuda: bool, n: int) -> dict:
-    """LeRobot's normal step, timed in one process before and after the process captures a CUDA
-    graph of teacher sampling (``fastpath``), in four states: before; after the capture's warm-up
-    alone (side stream, host constants, sync debug mode); after the capture; after the graph is
-    freed. Issue 18: the steps of processes that had captured a graph cost ~1.6x per host operation."""
-    import copy
-    import gc
-
-    import torch
-
-    from hub_reflow.fastpath import TeacherSampler
-    from hub_reflow.smolvla import noise_shape, policy_inputs
-
-    out = {"captured": False, "idle_before": _idle_cpu()}
-    out["before"] = _timed_ms(step, cuda, n)
-    teacher = copy.deepcopy(policy).eval().requires_grad_(False)
-    sampler = TeacherSampler(teacher, teacher_steps)
-    with torch.no_grad():
-        inputs = policy_inputs(teacher, pre(dict(raw)))
-        noise = torch.randn(noise_shape(teacher, inputs.batch_size), device=inputs.state.device)
-        if cuda:
-            sampler.warm_up_only(inputs, noise)
-    out["after_warm_up"] = _timed_ms(step, cuda, n)
-    with torch.no_grad():
-        sampler(inputs, noise)
-    out["captured"] = sampler.stats["captures"] > 0
-    out["idle_after_capture"] = _idle_cpu()
-    out["after_capture"] = _timed_ms(step, cuda, n)
-    del sampler, teacher
-    gc.collect()
-    if cuda:
-        torch.cuda.empty_cache()
-    out["after_free"] = _timed_ms(step, cuda, n)
-    return out
-
-
-def _raw_batch(ds, b: int) -> dict:
-    import torch
-
-    idx = [(i * 7919) % len(ds) for i in range(b)]  # a fixed spread of frames
-    frames = [ds[i] for i in idx]
-    raw = {k: torch.stack([f[k] for f in frames]) for k in frames[0] if isinstance(frames[0][k], torch.Tensor)}
-    raw["task"] = [f["task"] for f in frames]
-    return raw
-
-
-def normal_step(policy, cfg, pre, raw: dict) -> _Step:
-    """LeRobot's fine-tune step: its forward and its optimizer preset, built as lerobot-train builds it."""
-    opt_cfg = cfg.get_optimizer_preset()
-    optimizer = opt_cfg.build(policy.get_optim_params())  # what lerobot-train's make_optimizer does
-    return _Step(pre, raw, lambda batch: policy.forward(batch)[0],
-                 [p for p in policy.parameters() if p.requires_grad], optimizer, opt_cfg.grad_clip_norm)
-
-
-def reflow_step(rp, cfg, pre, raw: dict, variant: str) -> _Step:
-    """hub-reflow train's step: online pairs, or (the ``UPDATE_ROWS``) one cached pair made up front;
-    fp32 masters of bf16 weights unless the config's update says otherwise."""
-    import torch
-
-    from hub_reflow.precision import MasterWeights
-    from hub_reflow.smolvla import policy_inputs
-    from hub_reflow.train_utils import make_optimizer
-
-    master = MasterWeights(rp.trainable_parameters(), enabled=rp.reflow_config.update == "fp32-masters")
-    optimizer, _, clip, _ = make_optimizer(master.params, cfg, rp.reflow_config)
-    if variant in UPDATE_ROWS:
-        with torch.no_grad():
-            noise, target = rp.make_pairs(policy_inputs(rp.student, pre(dict(raw))))
-
-        def loss_fn(batch, noise=noise, target=target):
-            return rp(batch, noise=noise, target=target)[0]
-    else:
-        def loss_fn(batch):
-            return rp(batch)[0]
-    return _Step(pre, raw, loss_fn, master.params, optimizer, clip, master)
-
-
-def _setup(spec: dict):
-    """The teacher checkpoint, its config, its preprocessor on the device, the dataset."""
-    from lerobot.datasets.factory import resolve_delta_timestamps
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
-    from lerobot.policies.factory import make_pre_post_processors
-
-    from hub_reflow.checkpoint import read_policy_config, resolve_checkpoint
-
-    resolved = resolve_checkpoint(spec["teacher"], what="teacher")
-    cfg = read_policy_config(resolved.path)
-    pre, _ = make_pre_post_processors(cfg, pretrained_path=str(resolved.path),
-                                      preprocessor_overrides={"device_processor": {"device": spec["device"]}})
-    meta = LeRobotDatasetMetadata(spec["dataset"], root=spec["dataset_root"])
-    ds = LeRobotDataset(spec["dataset"], root=spec["dataset_root"], delta_timestamps=resolve_delta_timestamps(cfg, meta))
-    return resolved, cfg, pre, ds
-
-
-def run_interleaved(spec: dict) -> dict:
-    """LeRobot's normal step and the cached reflow step in one process (no CUDA graph captured in
-    it), profiled in alternating rounds at the first batch size: the per-op host cost ratio with
-    the machine's load and the process's state the same for both (``--interleaved ROUNDS``)."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    from common import host_cost_ratio, host_ops
-
-    from hub_reflow.checkpoint import load_smolvla
-    from hub_reflow.config import ReflowConfig
-    from hub_reflow.policy import ReflowPolicy
-
-    device, cuda, n = spec["device"], spec["device"] == "cuda", spec["profile_steps"]
-    torch.manual_seed(0)
-    resolved, cfg, pre, ds = _setup(spec)
-    policy = load_smolvla(resolved.path, device=device).train()
-    rp = ReflowPolicy.from_teacher(resolved, ReflowConfig(teacher_steps=spec["teacher_steps"], cuda_graphs=False),
-                                   device=device).train()
-    raw = _raw_batch(ds, spec["batch_sizes"][0])
-    steps = {"normal": normal_step(policy, cfg, pre, raw), "reflow_cached": reflow_step(rp, cfg, pre, raw, "reflow_cached")}
-    for step in steps.values():
-        for _ in range(spec["warmup"] + 1):
-            step()
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    ops: dict = {k: {} for k in steps}
-    cpu: dict = {k: [] for k in steps}
-    for r in range(spec["interleaved"]):
-        for name in (list(steps) if r % 2 == 0 else list(steps)[::-1]):
-            c0 = time.process_time()
-            with profile(activities=acts) as prof:
-                for _ in range(n):
-                    steps[name]()
-                if cuda:
-                    torch.cuda.synchronize()
-            cpu[name].append(1000 * (time.process_time() - c0) / n)
-            for op, (calls, us) in host_ops(prof, n).items():
-                acc = ops[name].setdefault(op, [0.0, 0.0])
-                acc[0] += calls / spec["interleaved"]
-                acc[1] += us / spec["interleaved"]
-    return {"batch_size": spec["batch_sizes"][0], "rounds": spec["interleaved"], "steps_per_round": n,
-            "host_cost_vs_normal": host_cost_ratio(ops["reflow_cached"], ops["normal"]),
-            "median_profiled_cpu_ms": {k: statistics.median(v) for k, v in cpu.items()}}
-
-
-def run_variant(variant: str, spec: dict) -> list[dict]:
-    import torch
-
-    from hub_reflow.checkpoint import load_smolvla
-    from hub_reflow.config import ReflowConfig
-    from hub_reflow.policy import ReflowPolicy
-
-    device = spec["device"]
-    cuda = device == "cuda"
-    torch.manual_seed(0)
-    rss_imports_kb = _rss_now_kb()
-    resolved, cfg, pre, ds = _setup(spec)
-
-    teacher_bytes, rp, policy = None, None, None
-    if variant == "normal":
-        policy = load_smolvla(resolved.path, device=device)
-        policy.train()
-        model_bytes = _bytes(policy)
-    else:
-        # Only the online step samples through CUDA graphs. ``hub-reflow train --pairs`` reads its pairs
-        # from a file and never samples the teacher in the training process; the cached row makes its
-        # one pair eagerly so, as there, no graph is captured in its process (issue 18: a captured graph
-        # made every host operation of the cached step ~1.6x dearer; see capture_effect).
-        rcfg = ReflowConfig(teacher_steps=spec["teacher_steps"], batch_size=max(spec["batch_sizes"]), steps=1000,
-                            cuda_graphs=variant in ("reflow_online", SHARED), update=UPDATE_ROWS.get(variant, "fp32-masters"),
-                            noises_per_frame=spec.get("noises_per_frame", 1) if variant == SHARED else 1)
-        rp = ReflowPolicy.from_teacher(resolved, rcfg, device=device)
-        rp.train()
-        model_bytes, teacher_bytes = _bytes(rp.student), _bytes(rp.teacher)
-
-    def one(b: int) -> dict:
-        raw = _raw_batch(ds, b)
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        step = normal_step(policy, cfg, pre, raw) if variant == "normal" else reflow_step(rp, cfg, pre, raw, variant)
-
-        times, cpu_times = [], []
-        rss_before_steps_kb = _rss_now_kb()
-        for i in range(spec["warmup"] + spec["repeats"]):
-            t0, c0 = time.perf_counter(), time.process_time()
-            loss = step()
-            if cuda:
-                torch.cuda.synchronize()
-            if i >= spec["warmup"]:
-                times.append(time.perf_counter() - t0)
-                cpu_times.append(time.process_time() - c0)
-            assert math.isfinite(float(loss)), "non-finite loss"
-        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
-        cuda_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
-        row = {
-            "name": variant,
-            "batch_size": b,
-            "update": None if variant == "normal" else rp.reflow_config.update,
-            "noises_per_frame": rp.reflow_config.noises_per_frame if rp is not None else 1,
-            "median_step_ms": 1000 * statistics.median(times),
-            "min_step_ms": 1000 * min(times),
-            "max_step_ms": 1000 * max(times),
-            # CPU time of the process (all its threads) per step: less sensitive than wall time to
-            # other work on a shared machine. On CUDA a synchronising host spins: CPU time then
-            # includes the wait for the GPU, so CPU == wall does not by itself mean launch-bound.
-            "median_cpu_ms": 1000 * statistics.median(cpu_times),
-            "repeats": len(times),
-            "peak_rss_mb": peak_kb / 1024,
-            # What the variant itself added on top of the interpreter with torch + LeRobot imported
-            # (which alone is ~0.8 GB and would hide a tiny model's differences).
-            "peak_rss_above_imports_mb": (peak_kb - rss_imports_kb) / 1024,
-            "rss_after_imports_mb": rss_imports_kb / 1024,
-            "rss_before_steps_mb": rss_before_steps_kb / 1024,
-            "trained_model_weights_mb": model_bytes / 2**20,
-            "teacher_weights_mb": teacher_bytes / 2**20 if teacher_bytes is not None else 0.0,
-            "cuda_peak_allocated_mb": cuda_peak,
-            "final_loss": float(loss),
-        }
-        row.update(_count_ops(step))
-        if cuda:
-            from common import count_cuda_syncs
-
-            before = torch.cuda.memory_stats()
-            row["cuda_syncs_per_step"] = count_cuda_syncs(step)
-            torch.cuda.synchronize()
-            after = torch.cuda.memory_stats()
-            # cudaMalloc calls (new allocator segments) and allocator retries (frees + re-mallocs
-            # under memory pressure) in that one steady-state step: 0 when the cache serves it.
-            row["cuda_mallocs_per_step"] = after.get("segment.all.allocated", 0) - before.get("segment.all.allocated", 0)
-            row["cuda_alloc_retries_per_step"] = after.get("num_alloc_retries", 0) - before.get("num_alloc_retries", 0)
-        else:
-            row["cuda_syncs_per_step"] = row["cuda_mallocs_per_step"] = row["cuda_alloc_retries_per_step"] = None
-        if rp is not None and variant not in UPDATE_ROWS:
-            row["teacher_sampling"] = rp.teacher_sampling
-            row["teacher_sampler_stats"] = dict(rp.teacher_sampler.stats)
-        if spec.get("profile"):
-            row["profile"] = _profile(step, device, spec["profile_steps"])
-        if variant == "normal" and spec.get("capture_effect") and b == spec["batch_sizes"][0]:
-            row["capture_effect"] = capture_effect(step, policy, pre, raw, spec["teacher_steps"], cuda,
-                                                   max(spec["repeats"], 3))
-        return row
-
-    rows = []
-    for b in spec["batch_sizes"][:1] if variant in UPDATE_ROWS and variant != "reflow_cached" else spec["batch_sizes"]:
-        try:
-            rows.append(one(b))
-        except Exception as e:  # e.g. out of memory at the larger batch: keep the other rows
-            rows.append({"name": variant, "batch_size": b, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"})
-        if cuda:
-            torch.cuda.empty_cache()
-    return rows
-
-
 # ---- worlds -------------------------------------------------------------------------------------------
 
 
@@ -535,46 +164,9 @@ def _tiny_world(a) -> tuple[str, str, Path]:
     return str(teacher), TINY_REPO_ID, dataset_root
 
 
-def real_size_teacher(workdir: Path, dataset_root: Path, repo_id: str) -> Path:
-    """A ``pretrained_model/`` folder with the smolvla_base architecture and random weights for the
-    dataset's features: built by LeRobot (``SmolVLAPolicy`` from the backbone folder, processors
-    from the dataset's statistics) and saved by LeRobot, once."""
-    import torch
-    from lerobot.configs.types import FeatureType
-    from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
-    from lerobot.policies.factory import make_pre_post_processors
-    from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
-    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
-    from lerobot.utils.feature_utils import dataset_to_policy_features
-
-    from latency import SMOLVLA_BASE, write_real_size_backbone
-
-    folder = workdir / "real-size-teacher"
-    if (folder / "model.safetensors").exists():
-        return folder
-    print(f"writing the real-size backbone and teacher under {workdir} (once, ~2 GB)", file=sys.stderr, flush=True)
-    backbone = write_real_size_backbone(workdir / "smolvlm2-500m-shape").resolve()
-    meta = LeRobotDatasetMetadata(repo_id, root=dataset_root)
-    feats = dataset_to_policy_features(meta.features)
-    cfg = SmolVLAConfig(
-        vlm_model_name=str(backbone), load_vlm_weights=True, device="cpu",
-        input_features={k: f for k, f in feats.items() if f.type is not FeatureType.ACTION},
-        output_features={k: f for k, f in feats.items() if f.type is FeatureType.ACTION},
-        **SMOLVLA_BASE,
-    )
-    torch.manual_seed(0)
-    policy = SmolVLAPolicy(cfg)
-    pre, post = make_pre_post_processors(cfg, dataset_stats=meta.stats)
-    tmp = folder.with_name(folder.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    policy.save_pretrained(tmp)
-    pre.save_pretrained(tmp)
-    post.save_pretrained(tmp)
-    tmp.rename(folder)
-    return folder
-
-
 def _real_size_world(a) -> tuple[str, str, Path]:
+    from real_size import real_size_teacher
+
     from hub_reflow.testing.tiny_world import TINY_REPO_ID, make_tiny_dataset
 
     dataset_root = a.workdir / "tiny-dataset"
@@ -601,173 +193,6 @@ def _hardware(device: str) -> dict:
     if device == "cuda":
         out["gpu"] = torch.cuda.get_device_name(0)
         out["cuda"] = torch.version.cuda
-    return out
-
-
-def _fmt(x, digits=1) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
-
-
-def markdown(rows: list[dict]) -> str:
-    """Time and memory, one line per row; ratios against the normal step at the same batch size."""
-    normal = {r["batch_size"]: r for r in rows if r["name"] == "normal"}
-    lines = ["| step | batch | median wall ms | vs normal | median CPU ms | CPU vs normal | peak RSS MB | peak RSS above imports MB | trained weights MB | teacher weights MB | CUDA peak MB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        n = normal[r["batch_size"]]
-        lines.append(f"| {r['name']} | {r['batch_size']} | {r['median_step_ms']:.1f} | {r['median_step_ms'] / n['median_step_ms']:.2f} | "
-                     f"{r['median_cpu_ms']:.1f} | {r['median_cpu_ms'] / n['median_cpu_ms']:.2f} | "
-                     f"{r['peak_rss_mb']:.0f} | {r['peak_rss_above_imports_mb']:.1f} | {r['trained_model_weights_mb']:.1f} | "
-                     f"{r['teacher_weights_mb']:.1f} | {_fmt(r['cuda_peak_allocated_mb'], 0)} |")
-    return "\n".join(lines)
-
-
-def ops_markdown(rows: list[dict]) -> str:
-    """Operator counts per step (hardware-free), and launches per step where profiled on CUDA."""
-    normal = {r["batch_size"]: r for r in rows if r["name"] == "normal"}
-    lines = ["| step | batch | aten ops / step | vs normal | preprocess | forward | backward | optimizer | item() / step | CUDA syncs / step | cudaMalloc / step | kernel launches / step | graph launches / step |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        n, ph, prof = normal[r["batch_size"]], r["aten_ops_by_phase"], r.get("profile") or {}
-        lines.append(f"| {r['name']} | {r['batch_size']} | {r['aten_ops_per_step']} | {r['aten_ops_per_step'] / n['aten_ops_per_step']:.2f} | "
-                     + " | ".join(str(ph[k]) for k in PHASES)
-                     + f" | {r['item_calls_per_step']} | {_fmt(r['cuda_syncs_per_step'], 0)} | {_fmt(r['cuda_mallocs_per_step'], 0)} | "
-                     f"{_fmt(prof.get('kernel_launches_per_step'), 0)} | {_fmt(prof.get('graph_launches_per_step'), 0)} |")
-    return "\n".join(lines)
-
-
-def profile_markdown(rows: list[dict], top: int = 8) -> str:
-    out = []
-    for r in rows:
-        prof = r.get("profile")
-        if not prof:
-            continue
-        ph = prof.get("phase_ms", {})
-        out.append(f"#### {r['name']}, batch {r['batch_size']}: phases (device synchronised between them) "
-                   + ", ".join(f"{k} {v:.1f} ms" for k, v in ph.items()))
-        if "error" in prof:
-            out.append(f"profiler summary failed: {prof['error']}")
-            continue
-        for key, label, col in (("top_cpu", "self CPU", "self_cpu_ms_per_step"), ("top_device", "self CUDA", "self_device_ms_per_step")):
-            if prof.get(key):
-                out.append(f"top ops by {label} time (ms per step, calls per step): "
-                           + "; ".join(f"{e['op']} {e[col]:.2f} ({e['calls_per_step']:.0f})" for e in prof[key][:top]))
-    return "\n".join(out)
-
-
-def shared_vs_separate(rows: list[dict]) -> list[dict]:
-    """Per batch size: one shared-prefix step with M noises per observation against M separate
-    online steps of the same batch (the same (observation, noise) rows): ratios below 1 are savings."""
-    online = {r["batch_size"]: r for r in rows if r["name"] == "reflow_online"}
-    out = []
-    for r in rows:
-        if r["name"] != SHARED or r["batch_size"] not in online:
-            continue
-        m, o = r["noises_per_frame"], online[r["batch_size"]]
-        out.append({"batch_size": r["batch_size"], "noises_per_frame": m,
-                    **{f"{k}_ratio": r[k] / (m * o[k]) for k in ("median_step_ms", "median_cpu_ms", "flops_per_step", "aten_ops_per_step")},
-                    "flops_ratio_by_phase": {k: (r["flops_by_phase"][k] / (m * o["flops_by_phase"][k]) if o["flops_by_phase"][k] else None)
-                                             for k in PHASES}})
-    return out
-
-
-def shared_markdown(rows: list[dict]) -> str:
-    lines = ["| batch | M | shared step / M online steps: wall | CPU time | FLOPs | aten ops | FLOPs forward | FLOPs backward |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for c in shared_vs_separate(rows):
-        ph = c["flops_ratio_by_phase"]
-        lines.append(f"| {c['batch_size']} | {c['noises_per_frame']} | {c['median_step_ms_ratio']:.2f} | {c['median_cpu_ms_ratio']:.2f} | "
-                     f"{c['flops_per_step_ratio']:.2f} | {c['aten_ops_per_step_ratio']:.2f} | {_fmt(ph['forward'], 2)} | {_fmt(ph['backward'], 2)} |")
-    return "\n".join(lines)
-
-
-def add_host_cost(rows: list[dict]) -> None:
-    """Per profiled row, ``host_cost_vs_normal``: the normal step's aten operators priced at this
-    row's host cost per call, over the normal step's own cost (``common.host_cost_ratio``)."""
-    from common import host_cost_ratio
-
-    normal = {r["batch_size"]: r for r in rows if r["name"] == "normal"}
-    for r in rows:
-        ops, ref = (r.get("profile") or {}).get("host_ops"), (normal[r["batch_size"]].get("profile") or {}).get("host_ops")
-        if ops and ref:
-            r["host_cost_vs_normal"] = host_cost_ratio(ops, ref)
-
-
-def host_cost_markdown(rows: list[dict]) -> str:
-    """Host cost per operator call against the normal step's, the same operators (--profile)."""
-    rows = [r for r in rows if r.get("host_cost_vs_normal")]
-    if not rows:
-        return ""
-    names = list(dict.fromkeys(k for r in rows for k in r["host_cost_vs_normal"]["by_op"]))
-    lines = ["| step | batch | per-op host cost vs normal | shared aten ops | " + " | ".join(names) + " |",
-             "|---|---:|---:|---:|" + "---:|" * len(names)]
-    for r in rows:
-        h = r["host_cost_vs_normal"]
-        lines.append(f"| {r['name']} | {r['batch_size']} | {_fmt(h['ratio'], 3)} | {h['ops']} | "
-                     + " | ".join(_fmt(h["by_op"].get(k), 2) for k in names) + " |")
-    ce = next((r["capture_effect"] for r in rows if r.get("capture_effect")), None)
-    if ce:
-        lines.append("")
-        lines.append("normal step (wall ms, CPU ms) in one process, before and after it captured a teacher-sampling "
-                     f"CUDA graph (captured: {ce['captured']}): "
-                     + "; ".join(f"{k.replace('_', ' ')} {ce[k][0]:.1f}, {ce[k][1]:.1f}"
-                                 for k in ("before", "after_warm_up", "after_capture", "after_free"))
-                     + "; OS threads and CPU s burnt during a 0.3 s sleep, before: {threads}, {cpu_s_while_asleep:.3f}; "
-                       .format(**ce["idle_before"])
-                     + "after the capture: {threads}, {cpu_s_while_asleep:.3f}".format(**ce["idle_after_capture"]))
-    return "\n".join(lines)
-
-
-def evaluate_targets(rows: list[dict], device: str, interleaved: dict | None = None) -> dict:
-    """The issue's targets at the first batch size: memory, cached-step time, per-op host cost (from
-    the interleaved measurement when there is one) and operator count, online-step time."""
-    b = rows[0]["batch_size"]
-    by = {r["name"]: r for r in rows if r["batch_size"] == b}
-    n = by["normal"]
-    key = "cuda_peak_allocated_mb" if device == "cuda" else "peak_rss_above_imports_mb"
-    out = {}
-    reflow = [r for name, r in by.items() if name != "normal"]
-    if reflow:
-        teacher_mb = reflow[0]["teacher_weights_mb"]
-        budget = n[key] + teacher_mb
-        out["memory"] = {"target": f"reflow peak memory ({key}) <= normal fine-tune's + teacher's weights",
-                         "met": all(r[key] <= budget for r in reflow),
-                         "met_by": [r["name"] for r in reflow if r[key] <= budget],
-                         "detail": "; ".join(f"{r['name']} {r[key]:.1f} MB" for r in reflow)
-                                   + f"; budget {n[key]:.1f} + {teacher_mb:.1f} = {budget:.1f} MB (batch {b})"}
-    if "reflow_cached" in by:
-        ca = by["reflow_cached"]
-        ratio = ca["median_step_ms"] / n["median_step_ms"]
-        out["cached_time"] = {"target": "cached-pair step time within 10% of a normal step",
-                              "met": ratio <= 1.10,
-                              "detail": f"{ca['median_step_ms']:.1f} ms vs {n['median_step_ms']:.1f} ms = {ratio:.2f}x; "
-                                        f"CPU time {ca['median_cpu_ms'] / n['median_cpu_ms']:.2f}x (batch {b})"}
-        where = "one process, alternating rounds" if interleaved else "separate processes"
-        h = (interleaved or {}).get("host_cost_vs_normal") or ca.get("host_cost_vs_normal") or {}
-        if h.get("ratio") is not None:
-            out["cached_host_cost"] = {"target": "cached-pair step per-op host cost <= 1.05x a normal step's",
-                                       "met": h["ratio"] <= 1.05,
-                                       "detail": f"{h['ratio']:.3f}x over {h['ops']} shared aten ops ({where}); "
-                                                 + ", ".join(f"{k} {v:.2f}x" for k, v in h["by_op"].items())
-                                                 + f" (batch {b})"}
-        ops = ca["aten_ops_per_step"] / n["aten_ops_per_step"]
-        out["cached_ops"] = {"target": "cached-pair step aten op count <= 1.02x a normal step's",
-                             "met": ops <= 1.02,
-                             "detail": f"{ca['aten_ops_per_step']} vs {n['aten_ops_per_step']} = {ops:.3f}x (batch {b})"}
-    if "reflow_online" in by:
-        on = by["reflow_online"]
-        ratio = on["median_step_ms"] / n["median_step_ms"]
-        out["online_time"] = {"target": "online-pair step time <= 2.0x a normal step",
-                              "met": ratio <= 2.0,
-                              "detail": f"{on['median_step_ms']:.1f} ms vs {n['median_step_ms']:.1f} ms = {ratio:.2f}x; "
-                                        f"teacher sampling: {on.get('teacher_sampling')} (batch {b})"}
-    for c in shared_vs_separate(rows)[:1]:
-        m = c["noises_per_frame"]
-        out["shared_prefix"] = {"target": f"one shared-prefix step with {m} noises per observation costs less than {m} separate online steps",
-                                "met": c["flops_per_step_ratio"] < 1 and c["median_cpu_ms_ratio"] < 1,
-                                "detail": f"FLOPs {c['flops_per_step_ratio']:.2f}x, CPU time {c['median_cpu_ms_ratio']:.2f}x, "
-                                          f"wall {c['median_step_ms_ratio']:.2f}x, aten ops {c['aten_ops_per_step_ratio']:.2f}x "
-                                          f"(batch {c['batch_size']})"}
     return out
 
 
@@ -814,7 +239,7 @@ def main(argv=None) -> int:
             "device": device, "profile": a.profile, "profile_steps": a.profile_steps, "capture_effect": a.capture_effect,
             "interleaved": a.interleaved, "noises_per_frame": a.noises_per_frame}
     rows, errors, interleaved = [], [], {}
-    path = a.json or Path("outputs/benchmarks") / ("train_cost_smoke.json" if a.smoke else "train_cost.json")
+    path = a.json or (Path("outputs/benchmarks/train_cost_smoke.json") if a.smoke else RESULTS / "train_cost" / "train_cost.json")
 
     def write(partial: bool) -> tuple[list[dict], dict]:
         """The JSON, rewritten after each variant (a run stopped part-way keeps what it measured)."""

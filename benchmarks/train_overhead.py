@@ -50,7 +50,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--num-workers", default="0",
                    help="comma-separated --num-workers values, one hub-reflow train run each (default 0)")
-    p.add_argument("--out", type=Path, default=None, help="JSON (default benchmarks/results/train_overhead[_WORLD][_smoke].json)")
+    p.add_argument("--out", type=Path, default=None, help="JSON (default benchmarks/results/train_overhead/train_overhead[_WORLD][_smoke].json)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)  # JSON arguments of the bare loop
     a = p.parse_args(argv)
     if a.child:
@@ -70,7 +70,7 @@ def parse_args(argv=None):
     if min(a.num_workers) < 0:
         raise OptionError(PROG, "--num-workers values must be >= 0")
     world = "" if a.world == "tiny" else f"_{a.world}"
-    a.out = a.out or RESULTS / f"train_overhead{world}{'_smoke' if a.smoke else ''}.json"
+    a.out = a.out or RESULTS / "train_overhead" / f"train_overhead{world}{'_smoke' if a.smoke else ''}.json"
     return a
 
 

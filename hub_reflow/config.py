@@ -39,8 +39,8 @@ class ReflowConfig:
     student_inputs: str = "on-policy"
     # Noise draws paired with each observation of a batch (docs/reflow.md#many-noises-per-observation):
     # a step trains on batch_size * noises_per_frame (observation, noise) rows, with the VLM prefix
-    # computed once per observation for the teacher's sampling and the student's loss alike. 2: a
-    # closer student for 1.0-1.3x the wall time of 1 on the CPU (measured, docs/reflow.md); cached
+    # computed once per observation for the teacher's sampling and the student's loss alike. 2: the
+    # closer student per second of training (docs/reflow.md#many-noises-per-observation); cached
     # pairs hold one noise per frame, so `train --pairs` runs with 1.
     noises_per_frame: int = 2
     # The teacher answers the batches of consecutive steps together, up to this many (observation,
@@ -69,8 +69,8 @@ class ReflowConfig:
     # Scheduler: LeRobot's cosine-with-warmup preset; warmup steps (None: 5% of the run).
     warmup_steps: int | None = None
     # Training loop. 2000 steps (docs/fidelity.md#4-offline-fidelity-is-not-closed-loop-success): a
-    # 1-step student keeps improving past 1000 (closed loop 83.0% at 1000 over six seeds, 84.2% at 2000
-    # over nine, against its teacher's 86.0%); one length for every K, so students of 1 and 2 steps
+    # 1-step student's closed-loop success keeps improving past 1000 (the figures:
+    # docs/results.md#closed-loop-success); one length for every K, so students of 1 and 2 steps
     # compare at equal length.
     steps: int = 2000
     batch_size: int = 8

@@ -39,7 +39,7 @@ def default_num_workers(device: str, num_processes: int = 1) -> int:
     """Data loader workers per process when ``--num-workers`` is not given: on CUDA,
     ``lerobot-train``'s default of 4, at most one per core left after the training processes' own
     (the machine's cores shared by ``num_processes``); on the CPU none, since a worker takes a core
-    from the training process's threads (README, `--num-workers`)."""
+    from the training process's threads (docs/cli.md#train, `--num-workers`)."""
     if device != "cuda":
         return 0
     return max(0, min(4, usable_cores() // max(num_processes, 1) - 1))

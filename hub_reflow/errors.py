@@ -1,6 +1,6 @@
 """Errors that are the user's to fix: the CLI prints them as one line and exits non-zero.
 
-Exit codes (README, "Exit codes"): 0 ok, 1 a check failed, 2 bad input, 130 interrupted."""
+Exit codes (docs/cli.md#errors-exit-codes-and-output): 0 ok, 1 a check failed, 2 bad input, 130 interrupted."""
 
 EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 

@@ -107,8 +107,8 @@ def compare(
 # noise) must be at most MAX_RATIO times the error of the teacher itself run at the student's step
 # count: what a user gets for free by setting ``num_steps`` on the teacher. 0.5 in RMSE is a quarter
 # of the squared error: a student that is not clearly better than that is not worth its name, and
-# an untrained copy (exactly 1.0) or a damaged expert (> 1) is far from it, while a student trained
-# on its grid reaches 0.1-0.35 on the worlds we measured. The student must also stay within the
+# an untrained copy (exactly 1.0) or a damaged expert (> 1) is far from it, while trained students
+# are well below it (docs/fidelity.md#3-the-fidelity-rule). The student must also stay within the
 # teacher's own spread (the teacher against itself with other noise): further than that it acts
 # unlike any sample of the teacher. FLOOR: when the teacher at the student's step count is already
 # within FLOOR x the dataset's action standard deviation (RMS over action dims) of itself at its own

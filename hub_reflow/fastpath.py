@@ -1,9 +1,9 @@
 """Teacher sampling on a static-shape fast path: LeRobot's own ``sample_actions``, captured as a CUDA
 graph once per input shape and replayed (the teacher is frozen, its shapes are fixed per batch size).
 
-At batch sizes used in training an action-expert step costs ~16 ms on an H100 for ~200 MB of
-weights: the time goes to launching a few thousand small kernels from Python, not to arithmetic. A
-CUDA graph launches the whole recorded sequence at once.
+At the batch sizes of training an action-expert step's time goes to launching a few thousand small
+kernels from Python, not to arithmetic. A CUDA graph launches the whole recorded sequence at once
+(the timings: docs/results.md#teacher-sampling; the design: docs/inference.md).
 
 The split:
 

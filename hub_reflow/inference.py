@@ -1,11 +1,11 @@
 """A deployment fast path for a loaded student: ``fast_inference(policy)``.
 
 A robot calls ``predict_action_chunk`` (or ``select_action``) once per observation at batch size 1.
-Eagerly a 1-step SmolVLA chunk launches some two thousand small kernels from Python (about 48 ms on
-an H200, half of it the prefix); LeRobot's ``compile_model`` needs about a minute of Inductor
-compilation first. Here the whole chunk (image preparation, the vision encoder, the prefix's VLM
-pass that fills the KV cache, the Euler loop, the unpadding) is recorded as one CUDA graph per input
-shape with ``torch.cuda.graphs`` (no Inductor: the capture takes seconds) and replayed.
+Eagerly a 1-step SmolVLA chunk launches some two thousand small kernels from Python; LeRobot's
+``compile_model`` first compiles with Inductor. Here the whole chunk (image preparation, the vision
+encoder, the prefix's VLM pass that fills the KV cache, the Euler loop, the unpadding) is recorded as
+one CUDA graph per input shape with ``torch.cuda.graphs`` (no Inductor) and replayed. The timings of
+the three paths: docs/results.md#gpu-runs; the design: docs/inference.md.
 
 What makes the chunk capturable, without changing LeRobot, transformers or the checkpoint:
 

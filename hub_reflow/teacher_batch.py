@@ -2,8 +2,8 @@
 
 A reflow step's teacher sampling (10 Euler steps of the action expert over the prefix KV cache) is a
 chain of small operations at a typical batch of 8: on the CPU and on a GPU that batch leaves the
-device mostly idle, so one call for 32 rows costs little more than one for 8 (tiny world, 2-core CPU:
-35 ms for 8 rows, 37 ms for 32). ``next_group`` therefore loads the batches of the next
+device mostly idle, so one call for 32 rows costs little more than one for 8 (the timings:
+docs/reflow.md#teacher-batches). ``next_group`` therefore loads the batches of the next
 ``group_length`` steps, draws each step's noise from that step's own generator (what a run without
 grouping draws), has the teacher answer all their rows in one call, and hands back one ``Prepared``
 per step; the student then trains on them one step at a time, exactly as before. The teacher's

@@ -24,8 +24,8 @@ os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 HOLDOUT = 4
 # Long enough for the teacher to learn both modes of the tiny task (see tiny_world.py). lerobot-train
 # reads a batch of 32 in ~0.2 s here (LeRobot's dataset reader: 90% of a teacher step), so the two
-# teachers were half the suite's first five minutes at 1000 steps each. Measured 2026-12-03: the
-# 600-step teacher's bf16 student scores 0.039 in test_fidelity's ratio (0.053 with 1000 steps);
+# teachers were half the suite's first five minutes at 1000 steps each. The 600-step teacher's bf16
+# student scores 0.039 in test_fidelity's ratio (0.053 with 1000 steps);
 # the 500-step closed-loop teacher gets round the post in 26/30 (1000 steps: 29/30), at 1 step in
 # 10/30, its 500-step student in 24/30 (test_closed_loop asks for 23).
 TEACHER_STEPS = 600
@@ -178,11 +178,10 @@ def make(name: str, where: Path):
             # teacher: 0.039); batch 32 halves that and costs 90 s more.
             # closed-loop: at batch 16 it drove round the post in 83% of 30 paired episodes against the
             # teacher's 97% (test_closed_loop asks for 10 points); batch 32 gets 87%, with one noise per
-            # frame (two, the default since 2026-12-03: 83%, one episode short; benchmarks/closed_loop.py,
-            # 200 episodes at batch 8, puts two a point above one: 72.5% against 71.3% after 1600 steps).
-            # Those figures had frames drawn uniformly; with frames drawn by spread (the default since
-            # the same day) 500 steps get 27/30 against the 1000-step teacher's 29/30, as 1000 steps do
-            # (measured 2026-12-03), for half the build. bf16 at 600 steps (1000-step teacher): ratio
+            # frame (two, the training default: 83%, one episode short here; what the default gives over
+            # 200 episodes: docs/results.md#closed-loop-success). Those figures had frames drawn
+            # uniformly; with frames drawn by spread 500 steps get 27/30 against the 1000-step teacher's
+            # 29/30, as 1000 steps do, for half the build. bf16 at 600 steps (1000-step teacher): ratio
             # 0.081 against 0.053 at 1000: too near the 0.1 for 20 s less.
             args, env = _loader_worker()
             if name == "bf16":
@@ -302,7 +301,7 @@ def _cached_student(world, teacher: Path, out: Path, steps: int, *extra: str, en
 
 def _loader_worker() -> tuple[tuple[str, ...], dict]:
     """One data loader worker and one core fewer for torch's threads: on the CI's 2 cores a long
-    CPU run is a quarter faster so (README, `--num-workers`); the data order is the same."""
+    CPU run is a quarter faster so (docs/cli.md#train, `--num-workers`); the data order is the same."""
     from hub_reflow.devices import usable_cores
 
     cores = usable_cores()
