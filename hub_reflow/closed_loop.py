@@ -254,6 +254,7 @@ def evaluate_closed_loop(args: EvalArgs | None = None, **kwargs) -> ClosedLoopRe
     if not a.env.env_id and not a.env.env_args:
         raise UserError("no environment: pass --env-id ID or --env.type TYPE (LeRobot's env options)")
     device = resolve_device(a.device)
+    rtc = _given_rtc(a)
     env = open_env(a.env)  # first: a bad env is reported before minutes of loading
     try:
         student = _load(a.student, a.revision, "student", device) if a.student else None
@@ -264,7 +265,6 @@ def evaluate_closed_loop(args: EvalArgs | None = None, **kwargs) -> ClosedLoopRe
         for loaded in filter(None, (student, teacher)):
             _check_n_action_steps(loaded, a.n_action_steps)
         rename = policy_rename_map(env, (student or teacher).policy.config, a.rename_map, what=(student or teacher).role)
-        rtc = _given_rtc(a)
         runs = []
         if student:
             runs += _rows(a, student, _step_list(a.student_steps, [student.policy.config.num_steps]), rtc)

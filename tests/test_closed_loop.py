@@ -209,6 +209,14 @@ BAD = [
     ("both env kinds", ["--env-id", "gym_hubtest/SeedParity-v0", "--env.type", "pusht"], "not both"),
     ("n-action-steps above the chunk", ["--env-id", "gym_hubtest/SeedParity-v0", "--n-action-steps", "9"],
      "--n-action-steps 9: the student's chunks hold 8 actions (chunk_size); pass 1 to 8"),
+    ("rtc option without rtc", ["--env-id", "gym_hubtest/SeedParity-v0", "--inference.rtc.max_guidance_weight=1"],
+     "--inference.rtc.max_guidance_weight applies to --inference rtc only"),
+    ("bad rtc option", ["--env-id", "gym_hubtest/SeedParity-v0", "--inference", "rtc", "--inference.rtc.max_guidance_weight=-1"],
+     "--inference options: max_guidance_weight must be positive"),
+    ("rtc horizon above the chunk", ["--env-id", "gym_hubtest/SeedParity-v0", "--inference", "rtc"],
+     "--inference.rtc.execution_horizon 10 exceeds the student's chunk (8 actions), which LeRobot's RTC engine fails on; pass 8 or less"),
+    ("rtc delay not below the chunk", ["--env-id", "gym_hubtest/SeedParity-v0", "--inference", "rtc", "--inference-delay", "8",
+                                       "--inference.rtc.execution_horizon=8"], "--inference-delay 8: the policy's chunks hold 8 actions"),
 ]
 
 
