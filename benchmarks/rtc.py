@@ -3,7 +3,8 @@ each chunk computed while the previous one runs (``hub-reflow eval --inference r
 ``RTCProcessor`` guidance and ``ActionQueue``, an inference latency of exactly ``--delays`` control steps),
 on a closed-loop tiny world; paired episodes (episode i: env and torch seed i) for every row.
 
-Rows per delay: the teacher at 10 steps with LeRobot's RTC settings; each student at its step count
+Rows per delay: the teacher at 10 steps with LeRobot's RTC settings (``lerobot-rollout``'s defaults,
+``queue_threshold`` 30 unless ``--queue-threshold``); each student at its step count
 with LeRobot's settings and with the recommended ones (``max_guidance_weight`` = its step count,
 hub_reflow/rtc.py); and every policy without RTC (sync: one chunk after the other). LeRobot's
 ``execution_horizon`` (10) is cut to the chunk on a world of shorter chunks (its RTC engine fails on a
@@ -51,6 +52,9 @@ def parse(argv):
     p.add_argument("--world", choices=("closed-loop", "hidden-side"), default="closed-loop")
     p.add_argument("--delays", type=_ints, default=[2, 3, 4], help="inference delays in control steps")
     p.add_argument("--episodes", type=int, default=200, help="paired episodes per row")
+    p.add_argument("--queue-threshold", type=int, default=None,
+                   help="LeRobot's --inference.queue_threshold: a chunk is asked for when the queue holds this many actions "
+                   "or fewer (default: LeRobot's, 30: for chunks this short, as soon as the previous chunk took over)")
     p.add_argument("--student-steps", type=_ints, default=[1], help="Euler steps of the students (one default run each)")
     p.add_argument("--train-steps", type=int, default=None, help="hub-reflow train --steps (default: its own)")
     p.add_argument("--seed", type=int, default=1000, help="the students' training seed")
@@ -60,13 +64,14 @@ def parse(argv):
     p.add_argument("--smoke", action="store_true", help="delay 3, 3 episodes, a 20-step teacher, 4-step students")
     p.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/rtc/rtc_<world>.json")
     a = p.parse_args(argv)
-    if min(a.episodes, *a.student_steps) < 1 or (a.train_steps is not None and a.train_steps < 1):
+    if min(a.episodes, *a.student_steps, a.queue_threshold if a.queue_threshold is not None else 1) < 1 or (a.train_steps is not None and a.train_steps < 1):
         raise OptionError(PROG, "--episodes, --student-steps and --train-steps must be at least 1")
     if (a.teacher is None) != (a.dataset_root is None):
         raise OptionError(PROG, "--teacher and --dataset-root go together")
     if a.smoke:
         a.delays, a.episodes, a.teacher_train_steps, a.train_steps = [3], 3, 20, 4
-    a.out = a.out or RESULTS / "rtc" / f"rtc_{a.world}{'_smoke' if a.smoke else ''}.json"
+    threshold = "" if a.queue_threshold is None else f"_threshold{a.queue_threshold}"
+    a.out = a.out or RESULTS / "rtc" / f"rtc_{a.world}{threshold}{'_smoke' if a.smoke else ''}.json"
     return a
 
 
@@ -108,6 +113,7 @@ def bench(a) -> int:
         students[k] = out / "checkpoints" / "last" / "pretrained_model"
     horizon = min(LEROBOT_EXECUTION_HORIZON, spec.chunk_size)
     lerobot = [f"--inference.rtc.execution_horizon={horizon}"] if horizon != LEROBOT_EXECUTION_HORIZON else []
+    queue = [f"--inference.queue_threshold={a.queue_threshold}"] if a.queue_threshold is not None else []
 
     def run(student=None, **kw) -> dict:
         r = evaluate_closed_loop(EvalArgs(student=str(student) if student else None, teacher=None if student else str(teacher),
@@ -118,7 +124,7 @@ def bench(a) -> int:
     for k, path in students.items():
         rows["sync"] |= run(path)
     for d in a.delays:
-        rtc = dict(inference="rtc", inference_delay=d, inference_args=tuple(lerobot))
+        rtc = dict(inference="rtc", inference_delay=d, inference_args=tuple(lerobot + queue))
         rows[f"delay {d}"] = run(**rtc)
         for k, path in students.items():
             rows[f"delay {d}"] |= run(path, **rtc)
@@ -134,7 +140,7 @@ def bench(a) -> int:
         "settings": {"world": a.world, "env": env.env_id, "chunk_size": spec.chunk_size, "delays": a.delays,
                      "episodes": a.episodes, "student_steps": a.student_steps, "train_steps": a.train_steps,
                      "seed": a.seed, "teacher_train_steps": a.teacher_train_steps, "smoke": a.smoke,
-                     "lerobot_rtc_flags": lerobot, "queue_threshold": "the delay (each chunk asked for with that many actions left)"},
+                     "lerobot_rtc_flags": lerobot, "queue_flags": queue},
         "rows": rows,
         "total_minutes": (time.time() - t0) / 60,
     }

@@ -13,7 +13,7 @@ import io
 import os
 import platform
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -54,9 +54,8 @@ class EvalArgs:
     progress: bool = False  # LeRobot's progress bars (stderr) per episode
     # How chunks are executed (docs/deploy.md): "sync", one chunk after the other (LeRobot's eval and
     # sync backend); "rtc", LeRobot's real-time chunking with an inference latency of inference_delay
-    # control steps (rtc.RTCDriver), with LeRobot's RTC settings changed by inference_args
-    # (``--inference.rtc.<field>=...``, ``--inference.queue_threshold=...``; default threshold: the delay,
-    # so each chunk is asked for as the current one has inference_delay actions left).
+    # control steps (rtc_driver.RTCDriver), with LeRobot's RTC settings changed by inference_args
+    # (``--inference.rtc.<field>=...``, ``--inference.queue_threshold=...``; LeRobot's defaults otherwise).
     inference: str = "sync"
     inference_delay: int = 3
     inference_args: tuple[str, ...] = ()
@@ -226,18 +225,15 @@ def _rows(a: EvalArgs, loaded: _Loaded, steps: list[int], given) -> list[tuple]:
 
 
 def _given_rtc(a: EvalArgs):
-    """LeRobot's RTC settings with the given ``--inference.*`` options (None for sync); the queue
-    threshold defaults to the delay."""
+    """LeRobot's RTC settings (``lerobot-rollout``'s defaults) with the given ``--inference.*`` options
+    (None for sync)."""
     if a.inference not in INFERENCE_TYPES:
         raise UserError(f"--inference must be one of {', '.join(INFERENCE_TYPES)}, got {a.inference!r}")
     if a.inference == "sync":
         if a.inference_args:
             raise UserError(f"{a.inference_args[0].split('=')[0]} applies to --inference rtc only")
         return None
-    given = parse_inference(a.inference_args)
-    if not any(x.startswith("--inference.queue_threshold") for x in a.inference_args):
-        given = replace(given, queue_threshold=a.inference_delay)
-    return given
+    return parse_inference(a.inference_args)
 
 
 def evaluate_closed_loop(args: EvalArgs | None = None, **kwargs) -> ClosedLoopResults:

@@ -38,7 +38,7 @@ def test_eval_under_rtc_shows_the_overshoot_and_the_recommended_weight_keeps_the
     default, ours, teacher = "student@1 rtc w10 h8", "student@1 rtc w1 h8", "teacher@10 rtc w10 h8"
     assert list(data["policies"]) == [default, ours, teacher]  # the recommended row where it differs, none for 10 steps
     assert data["settings"]["inference"] == "rtc" and data["settings"]["inference_delay"] == 3
-    assert data["policies"][ours]["inference"] == {"type": "rtc", "inference_delay": 3, "queue_threshold": 3,
+    assert data["policies"][ours]["inference"] == {"type": "rtc", "inference_delay": 3, "queue_threshold": 30,
                                                    "max_guidance_weight": 1.0, "execution_horizon": 8,
                                                    "prefix_attention_schedule": "LINEAR"}
     rows = data["policies"]
