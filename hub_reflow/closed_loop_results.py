@@ -45,6 +45,16 @@ class ClosedLoopResults:
         """The label of the teacher at its own step count (the first teacher row)."""
         return self._first("teacher")
 
+    @property
+    def student_success_rate(self) -> float | None:
+        """The success rate of the student at its own step count (None: no student row)."""
+        return self.policies[self.student]["success_rate"] if self.student else None
+
+    @property
+    def teacher_success_rate(self) -> float | None:
+        """The success rate of the teacher at its own step count (None: no teacher row)."""
+        return self.policies[self.teacher]["success_rate"] if self.teacher else None
+
     def comparisons(self) -> list[dict]:
         """Paired comparisons: every student row against every teacher row (without a student, the
         teacher at its own steps against its other rows)."""
@@ -68,8 +78,8 @@ class ClosedLoopResults:
             "success_rates": self.success_rates,
             "student": student,
             "teacher": teacher,
-            "student_success_rate": self.policies[student]["success_rate"] if student else None,
-            "teacher_success_rate": self.policies[teacher]["success_rate"] if teacher else None,
+            "student_success_rate": self.student_success_rate,
+            "teacher_success_rate": self.teacher_success_rate,
             "policies": self.policies,
             "comparisons": self.comparisons(),
             "episodes": episodes,
@@ -96,8 +106,8 @@ class ClosedLoopResults:
     def to_json(self) -> str:
         return dumps(self.to_dict(), indent=2)
 
-    def table(self) -> list[str]:
-        """The comparison as text lines (stdout)."""
+    def table(self) -> str:
+        """The comparison as text, one line per row and per paired comparison (``print(results.table())``)."""
         n = len(self.seeds)
         seeds = f"{self.seeds[0]}..{self.seeds[-1]}" if n > 1 else str(self.seeds[0])
         lines = [f"env: {self.env['id']}  episodes: {n} (paired: env and torch seeds {seeds})",
@@ -110,7 +120,7 @@ class ClosedLoopResults:
         for c in self.comparisons():
             lines.append(f"paired {c['first']} vs {c['second']}: only {c['first']} succeeds {c['only_first_succeeds']}, "
                          f"only {c['second']} {c['only_second_succeeds']}, exact McNemar p = {c['mcnemar_p']:.3g}")
-        return lines
+        return "\n".join(lines)
 
     def markdown_table(self) -> str:
         """The success table for the model card and the README."""

@@ -119,7 +119,7 @@ def run_demo(workdir: Path, *, teacher_train_steps: int = 1000, reflow_steps: in
                                            command=f"hub-reflow eval STUDENT_FOLDER --teacher TEACHER_FOLDER --env-id {TINY_ENV} "
                                                    f"--episodes {episodes} --record"))
     closed.write(Path(student_dir) / EVAL_NAME)  # the pushed card shows it
-    for line in closed.table():
+    for line in closed.table().splitlines():
         print("  " + line)
     print("[7/7] push to a local Hub, pull back with plain LeRobot in a fresh process")
     commit_url, pulled = push_and_pull(workdir, world, student_dir)

@@ -124,8 +124,7 @@ def cmd_eval(a) -> int:
         n_action_steps=a.n_action_steps, revision=a.revision, teacher_revision=a.teacher_revision, device=a.device,
         rename_map=a.rename_map,
         videos=a.videos, videos_dir=a.videos_dir if a.videos else None, command=_command(a), progress=a.verbose))
-    for line in results.table():
-        print(line)
+    print(results.table())
     if a.json is not None:
         results.write(a.json)
         print(f"wrote {a.json}")

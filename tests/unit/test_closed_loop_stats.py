@@ -94,3 +94,22 @@ def test_the_card_section_from_a_recorded_evaluation(tmp_path):
     assert "Command: `hub-reflow eval STUDENT_FOLDER --env-id gym_x/Reach-v0`" in card
     assert "![closed-loop paths of each policy from the same start](closed_loop_trajectories.png)" in card
     assert "Closed-loop evaluation" not in str(render_card(lineage, cfg, repo_id="you/student"))
+
+
+def test_results_read_as_users_print_them():
+    """``table()`` is the text to print (one string, a line per row and comparison); the student's
+    and the teacher's rates are attributes, as in the JSON."""
+    results = _results()
+    table = results.table()
+    assert isinstance(table, str)
+    lines = table.splitlines()
+    assert lines[0] == "env: gym_x/Reach-v0  episodes: 4 (paired: env and torch seeds 3..6)"
+    assert [ln.split()[0] for ln in lines[2:5]] == ["student@1", "teacher@10", "teacher@1"]
+    assert lines[5].startswith("paired student@1 vs teacher@10: only student@1 succeeds 0, only teacher@10 1")
+    assert len(lines) == 7
+    assert (results.student_success_rate, results.teacher_success_rate) == (0.75, 1.0)
+    data = results.to_dict()
+    assert (data["student_success_rate"], data["teacher_success_rate"]) == (0.75, 1.0)
+    no_student = type(results)(env=results.env, settings=results.settings, seeds=results.seeds,
+                               policies={k: v for k, v in results.policies.items() if v["role"] == "teacher"})
+    assert no_student.student_success_rate is None and no_student.teacher_success_rate == 1.0
