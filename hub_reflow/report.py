@@ -7,6 +7,11 @@ from dataclasses import asdict, dataclass, field
 PASS, FAIL, SKIP, INFO, WARN = "pass", "fail", "skip", "info", "warn"  # WARN: fine here, not to publish
 
 
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun`` in the number English needs: ``1 key``, ``2 keys``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 @dataclass
 class Check:
     name: str
