@@ -222,7 +222,6 @@ def pull_checkpoint(
         _check_pulled(stage, f"nothing was written to {local_dir}")
         (stage / PULL_RECORD).parent.mkdir(parents=True, exist_ok=True)
         (stage / PULL_RECORD).write_text(json.dumps({"repo_id": repo_id, "commit": sha}))
-        stage.chmod(0o755)  # atomic_dir's temporary folder is private; a downloaded checkpoint is not
     return local_dir
 
 

@@ -130,7 +130,6 @@ def make_pairs(args: PairsArgs) -> Path:
         }
         (tmp / PAIRS_META_NAME).write_text(dumps(meta, indent=2, sort_keys=True))
         pairs_card(meta).save(tmp / "README.md")
-        tmp.chmod(0o755)  # atomic_dir's temporary folder is private; a dataset folder is not
     return out
 
 

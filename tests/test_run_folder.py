@@ -6,6 +6,7 @@ recorded run bit-exactly; every run ends with its fidelity verdict line."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -53,6 +54,10 @@ def test_second_train_on_a_folder_in_use_is_refused_and_resume_alone_continues(w
     assert "setup: peak learning rate 0.001 (--lr), warm-up over the first 1 of 6 steps" in stderr  # what the optimizer got
     steps = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert steps == ["000002", "000004", "000006", "last"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for folder in (out, out / "checkpoints", *(out / "checkpoints" / step for step in steps[:-1])):
+        assert folder.stat().st_mode & 0o777 == 0o777 & ~umask, folder  # as lerobot-train makes them
     for step in steps[:-1]:
         lineage = json.loads((out / "checkpoints" / step / "pretrained_model" / "reflow_lineage.json").read_text())
         assert lineage["reflow"]["seed"] == 1000 and lineage["training"]["step"] == int(step)

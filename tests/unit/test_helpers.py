@@ -262,3 +262,21 @@ def test_help_states_each_default_once():
     eval_help = " ".join(sub.choices["eval"].format_help().split())
     assert "Euler step counts of the student (default: its own)" in eval_help
     assert "--env-kwargs ENV_KWARGS JSON object of extra gym.make arguments (--env-id) --max-steps" in eval_help
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_atomic_dir_makes_the_folder_as_mkdir_would(tmp_path, umask):
+    """A checkpoint step folder (and a pull, pairs or canonicalize output) follows the umask, as the
+    folders lerobot-train makes do (0o755 under the usual 0o022), not mkdtemp's private 0o700."""
+    import os
+
+    old = os.umask(umask)
+    try:
+        with atomic_dir(tmp_path / "step") as tmp:
+            (tmp / "inner").mkdir()
+        (tmp_path / "by-mkdir").mkdir()
+    finally:
+        os.umask(old)
+    mode = (tmp_path / "step").stat().st_mode & 0o777
+    assert mode == 0o777 & ~umask == (tmp_path / "by-mkdir").stat().st_mode & 0o777
+    assert (tmp_path / "step" / "inner").stat().st_mode & 0o777 == mode
