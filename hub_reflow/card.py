@@ -9,7 +9,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from .checkpoint import Lineage
 from .evaluate import fidelity_verdict
-from .plots import CHUNKS, LOSS_CURVE
+from .plots import CHUNKS, LOSS_CURVE, example_frame
 
 TAGS = ["lerobot", "smolvla", "reflow", "rectified-flow", "robotics"]
 
@@ -64,7 +64,10 @@ def human_setting(name: str, value, reflow: dict, policy_config) -> str:
     return human(value)
 
 
-IMAGES = [(LOSS_CURVE, "reflow training loss"), (CHUNKS, "teacher and student action chunks on a held-out frame")]
+def image_captions(lineage: Lineage) -> list[tuple[str, str]]:
+    """The card's images and their captions (the chunks' frame as the measurement recorded it)."""
+    frame = example_frame(lineage.evaluation.get("frames_from"))
+    return [(LOSS_CURVE, "reflow training loss"), (CHUNKS, f"teacher and student action chunks on {frame}")]
 
 
 # What a card may claim a checkpoint is (docs/canonical.md#lineage), from its lineage alone.
@@ -135,6 +138,6 @@ def render_card(lineage: Lineage, policy_config, repo_id: str | None = None, lic
         chunk_size=policy_config.chunk_size,
         n_action_steps=policy_config.n_action_steps,
         holdout=holdout if holdout[1] > holdout[0] else None,
-        images=[(name, caption) for name, caption in IMAGES if name in image_names],
+        images=[(name, caption) for name, caption in image_captions(lineage) if name in image_names],
         closed_loop=closed_loop,
     )

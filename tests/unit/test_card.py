@@ -82,9 +82,9 @@ def test_chunk_plot_names_the_datasets_action_dims(tmp_path):
 
     chunks = {"teacher @10": [[0.0, 1.0, 2.0]] * 4, "student @1": [[0.1, 0.9, 2.1]] * 4}
     cases = [
-        ({"loss_curve": [[10, 0.5], [20, 0.25]]}, {"example_chunks": chunks, "action_names": names},
-         {LOSS_CURVE: ["reflow training loss"], CHUNKS: names}),
-        ({}, {"example_chunks": chunks}, {CHUNKS: generic}),  # a lineage from before names were recorded
+        ({"loss_curve": [[10, 0.5], [20, 0.25]]}, {"example_chunks": chunks, "action_names": names, "frames_from": "held-out episodes"},
+         {LOSS_CURVE: ["reflow training loss"], CHUNKS: ["a held-out frame, shared noise", *names]}),
+        ({}, {"example_chunks": chunks}, {CHUNKS: ["one frame, shared noise", *generic]}),  # from before names were recorded
     ]
     for i, (training, evaluation, drawn) in enumerate(cases):
         lineage = Lineage(teacher=CheckpointRef(None, None, None, "0" * 64), reflow={}, training=training,
@@ -93,3 +93,30 @@ def test_chunk_plot_names_the_datasets_action_dims(tmp_path):
         folder.mkdir()
         assert draw_card_images(lineage, folder) == drawn
         assert sorted(p.name for p in folder.iterdir()) == sorted(drawn)
+
+
+def test_the_example_frame_is_named_as_it_was_measured(tmp_path):
+    """No episode held out: the card's caption and the picture's title say a training frame, never
+    "held-out frame" (the lineage's evaluation.frames_from is what the final measurement used)."""
+    from synthetic import make_teacher
+
+    from hub_reflow.card import render_card
+    from hub_reflow.checkpoint import CheckpointRef, Lineage, read_policy_config
+    from hub_reflow.plots import CHUNKS, draw_card_images
+
+    chunks = {"teacher @10": [[0.0, 1.0]] * 4, "student @1": [[0.1, 0.9]] * 4}
+    cfg = read_policy_config(make_teacher(tmp_path / "teacher"))
+    for frames_from, frame in (("training episode 0 (no episode was held out)", "a training frame (no episode was held out)"),
+                               ("held-out episodes", "a held-out frame")):
+        lineage = Lineage(teacher=CheckpointRef(None, None, None, "0" * 64), reflow={"student_steps": 1},
+                          training={"step": 5}, evaluation={
+                              "example_chunks": chunks, "frames_from": frames_from, "frames": 16, "hardware": "CPU",
+                              "rows": [{"name": "teacher @10", "steps": 10, "rmse": 0.0, "latency_ms": 10.0},
+                                       {"name": "student @1", "steps": 1, "rmse": 0.01, "latency_ms": 2.0}],
+                              "latency_ratio": 0.2})
+        folder = tmp_path / frame.split()[1]
+        folder.mkdir()
+        assert draw_card_images(lineage, folder)[CHUNKS][0] == f"{frame}, shared noise"
+        card = str(render_card(lineage, cfg, repo_id="you/student"))
+        assert f"![teacher and student action chunks on {frame}](teacher_vs_student.png)" in card
+        assert ("held-out" in card) == (frame == "a held-out frame")
