@@ -11,6 +11,7 @@ from .checkpoint import LINEAGE_NAME, Lineage
 from .config import RECORDED_BEFORE, ReflowConfig, default_lr_scale
 from .console import fail
 from .run_checks import check_train_output, read_run_record
+from .runlock import refuse_if_held
 
 
 def given_or_recorded(p: argparse.ArgumentParser) -> None:
@@ -36,6 +37,7 @@ class Unset:
 def train_settings(a) -> argparse.Namespace:
     """The options given, then (with --resume) the run's recorded ones, then the defaults."""
     given = {k: v for k, v in vars(a).items() if k in TRAIN_DEFAULTS and not isinstance(v, Unset)}
+    refuse_if_held(given["output_dir"])  # a folder another run holds: that, before what its checkpoints say
     if given.get("resume"):
         check_train_output(given["output_dir"], resume=True)  # a run to resume: before reading its record
     recorded = read_run_record(given["output_dir"]) if given.get("resume") else None

@@ -89,3 +89,25 @@ def test_second_train_on_a_folder_in_use_is_refused_and_resume_alone_continues(w
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines()[-1] == ("hub-reflow: error: --resume: --steps differs from the run's: it was "
                                                        "6, now 8; resume with the run's own settings, or start a new --output-dir")
+
+
+def test_resume_on_a_folder_another_run_holds_names_the_lock(tmp_path):
+    """The lock is checked first: ``--resume`` on a folder whose lock another process holds says so
+    (not "no checkpoint ...; start without --resume", which would then hit the lock)."""
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+                               "from hub_reflow.runlock import run_lock\nwith run_lock(Path(sys.argv[1])):\n"
+                               "    print('held', flush=True)\n    time.sleep(600)\n", str(out)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for extra in (["--resume"], ["--resume", "--steps", "4"], []):
+            r = run_main("train", "--output-dir", str(out), "--teacher", "t/t", "--dataset", "d/d", *extra)
+            assert r.returncode == 2 and "Traceback" not in r.stderr
+            lines = r.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith(
+                f"hub-reflow: error: --output-dir {out}: another hub-reflow train is running on this folder (pid {holder.pid} on "), lines
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # the holder's; nothing else was made
