@@ -196,7 +196,9 @@ def resume(run: Run) -> None:
                         f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); start a new --output-dir") from None
     if run.master.active:  # the fp32 masters, not the rounded weights of pretrained_model/
         run.master.load_state_dict(safeio.load_file(ckpt / TRAINING_STATE_DIR / MASTER_FILE, "--resume"))
-    run.policy.lineage.training = {**run.saved.training, "optimizer": run.policy.lineage.training["optimizer"]}
+    run.policy.lineage.training = {**run.saved.training, "optimizer": run.policy.lineage.training["optimizer"],
+                                   "resumes": run.saved.training.get("resumes", 0) + 1}
+    run.timer.carry(run.saved.training.get("time_s"))  # time_s: every process of the run, up to its checkpoints
     run.sampler_state = compute_sampler_state(
         run.step, len(run.sampler), load_training_batch_size(ckpt) or run.rcfg.batch_size,
         load_training_num_processes(ckpt) or run.accelerator.num_processes,

@@ -178,7 +178,8 @@ def divergence_hint(lr: float, warmup: int, pairs) -> str:
 class PhaseTimer:
     """Wall seconds per phase of a run (host time: on CUDA a phase that only launches kernels
     looks cheap and the wait shows up at the next sync). Recorded in the lineage as
-    ``training.time_s`` so users and ``benchmarks/train_overhead.py`` can see where the time goes."""
+    ``training.time_s`` so users and ``benchmarks/train_overhead.py`` can see where the time goes; a
+    resumed run adds its own to the recorded phases (``carry``)."""
 
     def __init__(self):
         self._totals: dict[str, float] = {}
@@ -200,6 +201,13 @@ class PhaseTimer:
 
     def totals(self) -> dict[str, float]:
         return {k: round(v, 3) for k, v in self._totals.items()}
+
+    def carry(self, earlier: dict | None) -> None:
+        """Add the phases of the run's earlier processes (a resumed run's ``training.time_s``, up to
+        the checkpoint it resumed from): a run's time is that of all its processes."""
+        for name, seconds in (earlier or {}).items():
+            if isinstance(seconds, (int, float)):
+                self._totals[name] = self._totals.get(name, 0.0) + seconds
 
 
 def step_seed(seed: int, process: int, step: int) -> int:
