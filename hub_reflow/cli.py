@@ -258,8 +258,7 @@ def _print_report(report, as_json: bool) -> int:
         print(f"teacher:    {report.teacher or '(none: structure against the architecture of its config)'}")
         for line in report.lines():
             print(line)
-        failed = sorted(report.failed_names())
-        print("verdict: " + ("PASS" if report.passed else f"FAIL ({', '.join(failed)})"))
+        print(f"verdict: {report.verdict()}")
     return 0 if report.passed else 1
 
 

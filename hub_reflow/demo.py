@@ -111,7 +111,7 @@ def run_demo(workdir: Path, *, teacher_train_steps: int = 1000, reflow_steps: in
                     frames=frames)
     for line in report.lines():
         print("  " + line)
-    print("  verdict: " + ("PASS" if report.passed else f"FAIL ({', '.join(sorted(report.failed_names()))})"))
+    print(f"  verdict: {report.verdict()}")
     print(f"[6/7] closed loop: student@1, teacher@10 and teacher@1 drive {episodes} paired episodes of the tiny world "
           f"(hub-reflow eval --env-id {TINY_ENV} --record)")
     closed = evaluate_closed_loop(EvalArgs(student=str(student_dir), teacher=str(world.teacher), env=EnvChoice(env_id=TINY_ENV),

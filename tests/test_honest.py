@@ -116,7 +116,7 @@ def test_canonicalize_output_is_pushable_with_an_honest_card(server, world, stud
     (src / LINEAGE_NAME).unlink()  # a student made elsewhere: no record of its training
     dst = tmp_path / "dst"
     r = run_main("canonicalize", str(src), str(dst), "--teacher", str(world.teacher_fp32), "--no-speed")
-    assert r.returncode == 0 and r.stdout.rstrip().endswith("verdict: PASS")
+    assert r.returncode == 0 and r.stdout.rstrip().splitlines()[-1].startswith("verdict: PASS (structure only; fidelity and speed not measured: pass --dataset)")
     lineage = json.loads((dst / LINEAGE_NAME).read_text())
     assert lineage["training"] == {"record": "unknown", "written_by": "hub-reflow canonicalize"}
     assert lineage["teacher"]["weights_sha256"] == json.loads((student_fp32 / LINEAGE_NAME).read_text())["teacher"]["weights_sha256"]
@@ -125,3 +125,24 @@ def test_canonicalize_output_is_pushable_with_an_honest_card(server, world, stud
     run_cli("push", str(dst), "--repo-id", "user/canonicalized", env=env(server, tmp_path_factory.mktemp("hf")))
     assert server.commit_count("user/canonicalized") == 1
     assert "**Its training record is\nunknown**" in card(server, "user/canonicalized")
+
+
+def test_verify_without_a_dataset_says_what_it_did_not_measure(student_fp32, tmp_path):
+    """A verify that measured no fidelity does not end in a bare PASS: it names what it measured and
+    what not (and how to), and shows the verdict the student's own training run recorded."""
+    from hub_reflow.card import recorded_verdict
+
+    failing = shutil.copytree(student_fp32, tmp_path / "failing")
+    lineage = json.loads((failing / LINEAGE_NAME).read_text())
+    lineage["evaluation"]["student_rmse"] = 10 * lineage["evaluation"]["teacher_spread_rmse"] + 1.0
+    (failing / LINEAGE_NAME).write_text(json.dumps(lineage))
+    reason = recorded_verdict(lineage["evaluation"]).reason
+    r = run_main("verify", str(failing))
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.rstrip().splitlines()
+    assert lines[-1] == ("verdict: PASS (structure only; fidelity and speed not measured: pass --dataset); the training "
+                         f"run's own measurement: fidelity FAIL ({reason})")
+    assert any(line.startswith("INFO  fidelity.recorded") and "recorded by the training run, not measured here: FAIL" in line
+               for line in lines)
+    report = json.loads(run_main("verify", str(failing), "--json").stdout)
+    assert report["passed"] is True and report["measured"] == ["structure"] and report["verdict"] == lines[-1][len("verdict: "):]

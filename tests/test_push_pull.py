@@ -264,7 +264,7 @@ def test_teacher_from_the_hub_is_recorded_at_its_commit(server, hf_home, world, 
     assert f"checkpoint: user/hub-teacher-student@{pushed_sha}" in result.stdout
     assert f"teacher taken from the lineage: {teacher_repo}@{sha}" in result.stdout
     assert "PASS  weights.vlm" in result.stdout and "PASS  lineage" in result.stdout
-    assert result.stdout.rstrip().endswith("verdict: PASS")
+    assert result.stdout.rstrip().splitlines()[-1].startswith("verdict: PASS (structure only; fidelity and speed not measured: pass --dataset)")
 
 
 def test_demo_push_and_pull_with_plain_lerobot_elsewhere(world, student_fp32, tmp_path):

@@ -205,7 +205,7 @@ def test_offline_commands_read_the_warm_cache(server, hf_home, online, world, tm
     assert pulled.returncode == 0 and Path(pulled.stdout.strip().splitlines()[-1]) == tmp_path / "pulled"
     assert json.loads((tmp_path / "pulled" / ".cache" / "hub-reflow" / "pull.json").read_text())["commit"] == server.head(PUBLIC)
     assert verified.returncode == 0 and f"checkpoint: {PUBLIC}@{server.head(PUBLIC)}" in verified.stdout
-    assert verified.stdout.rstrip().endswith("verdict: PASS")
+    assert verified.stdout.rstrip().splitlines()[-1].startswith("verdict: PASS (structure only; fidelity and speed not measured: pass --dataset)")
     assert trained.returncode == 0, trained.stderr[-3000:]
     lineage = json.loads((out / "checkpoints" / "last" / "pretrained_model" / "reflow_lineage.json").read_text())
     assert lineage["teacher"]["repo_id"] == TEACHER and lineage["teacher"]["commit"] == server.head(TEACHER)
