@@ -127,7 +127,9 @@ def render_card(lineage: Lineage, policy_config, repo_id: str | None = None, lic
         dataset_name=lineage.dataset.get("repo_id", "n/a"),
         dataset_commit=lineage.dataset.get("commit"),
         reflow_settings=sorted((k, human_setting(k, v, reflow, policy_config)) for k, v in reflow.items()),
-        training=sorted((k, human(v)) for k, v in lineage.training.items() if not isinstance(v, (list, dict))),
+        training=sorted((k, human(v)) for k, v in lineage.training.items() if not isinstance(v, (list, dict))) + [
+            (f"extended at step {e.get('from_step')}", f"--steps {e.get('steps_before')} -> {e.get('steps')}: {e.get('schedule')}")
+            for e in lineage.training.get("extensions") or [] if isinstance(e, dict)],
         versions=sorted(lineage.versions.items()),
         teacher_base_model=lineage.teacher_card.get("base_model"),
         evaluation=lineage.evaluation,

@@ -74,7 +74,7 @@ def _add_train(sub) -> None:
                    help="data loader worker processes (default: on CUDA LeRobot's 4, at most the spare cores; 0 on the CPU)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from checkpoints/last, with "
                    "the run's own recorded settings (an option given must equal the run's, except --save-freq, "
-                   "--log-freq, --num-workers, --device, --no-progress, --no-cuda-graphs, --teacher-batch)")
+                   "--log-freq, --num-workers, --device, --no-progress, --no-cuda-graphs, --teacher-batch; a larger --steps extends it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--pairs", default=None, help="train on cached teacher pairs (hub-reflow pairs): folder or Hub dataset repo id")
     p.add_argument("--pairs-revision", default=None, help="branch, tag or commit of a Hub pairs repo")
@@ -111,7 +111,7 @@ def _cmd_train(a) -> int:
         progress=not a.no_progress, pairs=a.pairs, pairs_revision=a.pairs_revision, record=a.record, vlm_repo_id=a.vlm_repo_id))
     if os.environ.get("RANK", "0") == "0":  # once, under torchrun / accelerate launch
         print(f"student checkpoint: {out}")
-        print(final_verdict(out))
+        print(final_verdict(out, a))
     return 0  # a finished run is not an error, whatever its verdict: the line says what to try
 
 

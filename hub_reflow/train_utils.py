@@ -160,6 +160,23 @@ def evaluate_student(policy, args, ds_info: dict, preprocessor, postprocessor) -
                    scale=action_scale(ds.meta.stats), action_names=(ds.meta.features.get("action") or {}).get("names"))
 
 
+def extend_schedule(optimizer, scheduler, step: int, steps_before: int, rcfg: ReflowConfig) -> dict:
+    """A run resumed with a larger ``--steps``: the scheduler is LeRobot's cosine with warm-up built for
+    the new length (``make_optimizer``), as ``lerobot-train --resume --steps N`` builds it; from
+    ``step`` on the learning rate follows it (set here for the next step, not left at the value the
+    old schedule had reached). Returns the lineage's record of the extension."""
+    before = optimizer.param_groups[0]["lr"]
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    after = optimizer.param_groups[0]["lr"]
+    warmup = rcfg.warmup_steps if rcfg.warmup_steps is not None else max(1, rcfg.steps // 20)
+    return {"from_step": step, "steps_before": steps_before, "steps": rcfg.steps, "lr_before": before, "lr_after": after,
+            "schedule": f"LeRobot's cosine schedule with warm-up refitted to {rcfg.steps} steps (warm-up {warmup}), as "
+                        f"lerobot-train --resume --steps refits it: from step {step} the learning rate follows it "
+                        f"({after:.3g}; the {steps_before}-step schedule had reached {before:.3g})"}
+
+
 def read_lineage(ckpt: Path) -> Lineage:
     """The lineage of a checkpoint to resume from (``checkpoints/<step>/``)."""
     try:

@@ -61,6 +61,10 @@ def test_card_shows_human_values(tmp_path):
     assert "| warmup_steps | 5% of the run (20) |" in card
     assert "| freeze_vlm | yes |" in card and "| final_loss | 0.06513 |" in card
     assert "None" not in card.split("## Reflow settings", 1)[1]
+    extended = Lineage(teacher=lineage.teacher, reflow=reflow, training={**lineage.training, "extensions": [
+        {"from_step": 400, "steps_before": 400, "steps": 800, "schedule": "refitted to 800 steps"}]})
+    card = str(render_card(extended, read_policy_config(teacher), repo_id="you/student"))
+    assert "| extended at step 400 | --steps 400 -> 800: refitted to 800 steps |" in card
     two_step = Lineage(teacher=lineage.teacher, training=lineage.training,
                        reflow={**ReflowConfig(student_steps=2, steps=400).to_dict(), "warmup_steps": None})
     card = str(render_card(two_step, read_policy_config(teacher), repo_id="you/student"))
