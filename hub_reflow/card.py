@@ -8,6 +8,7 @@ from importlib.resources import files
 from huggingface_hub import ModelCard, ModelCardData
 
 from .checkpoint import Lineage
+from .data import dataset_label
 from .evaluate import fidelity_verdict
 from .plots import CHUNKS, LOSS_CURVE, example_frame
 
@@ -124,7 +125,11 @@ def render_card(lineage: Lineage, policy_config, repo_id: str | None = None, lic
         teacher_sha256=ref.weights_sha256,
         student_steps=reflow.get("student_steps", policy_config.num_steps),
         teacher_steps=reflow.get("teacher_steps", lineage.teacher_num_steps),
-        dataset_name=lineage.dataset.get("repo_id", "n/a"),
+        dataset_name=dataset_label(lineage.dataset),
+        dataset_repo=lineage.dataset.get("repo_id"),  # linked only when it is one (data.load_dataset checked it)
+        dataset_local=bool(lineage.dataset.get("local_name")),
+        dataset_arg=lineage.dataset.get("repo_id") or (f"{lineage.dataset['local_name']} --dataset-root DATASET_FOLDER"
+                                                       if lineage.dataset.get("local_name") else "DATASET"),
         dataset_commit=lineage.dataset.get("commit"),
         reflow_settings=sorted((k, human_setting(k, v, reflow, policy_config)) for k, v in reflow.items()),
         training=sorted((k, human(v)) for k, v in lineage.training.items() if not isinstance(v, (list, dict))) + [

@@ -267,7 +267,10 @@ CASES = [
     Case("train --teacher missing", lambda c: c.train("--teacher", str(c.tmp / "nope")), 2, "does not exist"),
     Case("train --teacher is a file", lambda c: c.train("--teacher", str(c.file)), 2, "is a file", kept=("file",)),
     Case("train --pairs is a file", lambda c: c.train("--pairs", str(c.file)), 2, "--pairs", kept=("file",)),
-    Case("card of a folder without lineage", lambda c: ["card", str(c.teacher)], 2, "has no reflow_lineage.json"),
+    Case("card of a plain lerobot-train checkpoint says lineage unknown", lambda c: ["card", str(c.teacher)], 0, None,
+         after=lambda c, out, err: "whose **lineage is unknown**" in out and "| teacher | unknown |" in out
+         and "A **reflow student** of" not in out and "](https://huggingface.co/datasets/" not in out),
+    Case("card of a folder that is no checkpoint", lambda c: ["card", str(c.full)], 2, "no config.json in", kept=("full",)),
     Case("verify missing checkpoint", lambda c: ["verify", str(c.tmp / "nope")], 2, "does not exist"),
     Case("push a folder that is not a checkpoint", lambda c: ["push", str(c.full), "--repo-id", "user/x"], 2, "no config.json in",
          kept=("full",)),
@@ -345,6 +348,10 @@ CASES = [
          "NaN/Inf in 1 tensor (", how="hub"),
     Case("push --force of a failing checkpoint warns", lambda c: ["push", str(c.nan_student()), "--repo-id", "user/forced", "--force"], 0,
          "push --force: pushing a checkpoint that fails the weights check", how="hub", hub_changes=True),
+    Case("push --force of a plain lerobot-train checkpoint says what it means", lambda c: ["push", str(c.teacher), "--repo-id",
+         "user/plain", "--force"], 0, "push --force: pushing a checkpoint that fails the lineage check: reflow_lineage.json "
+         "is missing (the model card is drawn from it); its card says its lineage is unknown", how="hub", hub_changes=True,
+         after=lambda c, out, err: "may not load" not in err and "lineage is unknown" in c.hub.read_file("user/plain", "README.md").decode()),
     Case("pull a repo that fails the checks, --local-dir", lambda c: ["pull", "user/broken", "--local-dir", str(c.dst)], 2,
          "nothing was written to", how="hub"),
     Case("pull a repo that fails the checks, HF cache", lambda c: ["pull", "user/broken"], 2,

@@ -33,9 +33,11 @@ def test_model_card_md_example_matches_the_template_sections():
     example = doc.split("<!-- example start -->", 1)[1].split("<!-- example end -->", 1)[0]
     template = (ROOT / "templates" / "model_card.md").read_text()
     assert _sections(example) == _sections(template)
-    # A local teacher (the demo's): no base_model; that case is tested against the local Hub.
-    for field in ("library_name: lerobot", "pipeline_tag: robotics", "- reflow", "datasets:"):
+    # A local teacher (the demo's): no base_model; that case is tested against the local Hub. The demo's
+    # dataset is a local folder that does not name itself: no datasets metadata, no link.
+    for field in ("library_name: lerobot", "pipeline_tag: robotics", "- reflow"):
         assert field in example
+    assert "datasets:" not in example and "huggingface.co/datasets" not in example
 
 
 def test_card_shows_human_values(tmp_path):
