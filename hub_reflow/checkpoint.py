@@ -50,6 +50,23 @@ class ResolvedCheckpoint:
     ref: CheckpointRef
 
 
+# One rule for a SmolVLA checkpoint without a lineage file, wherever a reflow student is asked for
+# (``ReflowPolicy.from_pretrained``, ``hub-reflow pull``): refused, with what to do instead.
+PLAIN = f"a plain SmolVLA checkpoint, not a reflow student (no {LINEAGE_NAME})"
+PLAIN_FIX = ("load it with SmolVLAPolicy.from_pretrained, or train a student from it with hub-reflow train --teacher "
+             "(ReflowPolicy.from_teacher in Python)")
+
+
+def is_plain_smolvla(folder: Path) -> bool:
+    """A SmolVLA checkpoint (config type smolvla, weights) with no lineage file."""
+    if (folder / LINEAGE_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
+        return False
+    try:
+        return json.loads((folder / CONFIG_NAME).read_text()).get("type") == "smolvla"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _find_pretrained_dir(folder: Path) -> Path | None:
     """Accept a ``pretrained_model/`` folder, a ``checkpoints/<step>/`` folder or a run folder."""
     for candidate in (folder, folder / "pretrained_model", folder / "checkpoints" / "last" / "pretrained_model"):

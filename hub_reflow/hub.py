@@ -15,9 +15,12 @@ from .card_eval import closed_loop_context, draw_closed_loop_images, read_closed
 from .checkpoint import (
     CONFIG_NAME,
     LINEAGE_NAME,
+    PLAIN,
+    PLAIN_FIX,
     WEIGHTS_NAME,
     CheckpointRef,
     Lineage,
+    is_plain_smolvla,
     read_policy_config,
     resolve_checkpoint,
 )
@@ -264,14 +267,8 @@ def _pull_snapshot(repo_id: str, revision: str | None, **kwargs) -> tuple[Path, 
 
 
 def _check_pulled(folder: Path, left: str) -> None:
-    if not (folder / LINEAGE_NAME).is_file() and (folder / WEIGHTS_NAME).is_file():
-        try:
-            kind = json.loads((folder / CONFIG_NAME).read_text()).get("type")
-        except (OSError, ValueError, AttributeError):
-            kind = None
-        if kind == "smolvla":
-            raise UserError(f"pull: a plain SmolVLA checkpoint, not a reflow student (no {LINEAGE_NAME}); {left}; load "
-                            "it with SmolVLAPolicy.from_pretrained, or train a student from it with --teacher")
+    if is_plain_smolvla(folder):  # the rule ReflowPolicy.from_pretrained follows too
+        raise UserError(f"pull: {PLAIN}; {left}; {PLAIN_FIX}")
     try:
         check_checkpoint(folder, what="pull")
     except UserError as e:

@@ -46,11 +46,21 @@ def env(server, hf_home) -> dict:
             "HF_TOKEN": WRITE}
 
 
-def test_untrained_copy_and_teacher_are_refused_then_forced_with_an_honest_card(server, world, monkeypatch):
+def test_untrained_copy_and_teacher_are_refused_then_forced_with_an_honest_card(server, world, monkeypatch, tmp_path):
     from hub_reflow.policy import ReflowPolicy
 
     copy = ReflowPolicy.from_teacher(world.teacher_fp32)
-    teacher = ReflowPolicy.from_pretrained(world.teacher_fp32)
+    # A plain lerobot-train checkpoint is no reflow student: from_pretrained refuses it (as pull does),
+    # and makes up no lineage (teacher = itself).
+    with pytest.raises(UserError) as err:
+        ReflowPolicy.from_pretrained(world.teacher_fp32)
+    assert str(err.value) == (f"checkpoint: {world.teacher_fp32} is a plain SmolVLA checkpoint, not a reflow student (no "
+                              "reflow_lineage.json); load it with SmolVLAPolicy.from_pretrained, or train a student from it "
+                              "with hub-reflow train --teacher (ReflowPolicy.from_teacher in Python)")
+    # The teacher saved through from_teacher (an untrained copy with its lineage) loads, and is refused by push.
+    saved = tmp_path / "copy"
+    copy.save_pretrained(saved)
+    teacher = ReflowPolicy.from_pretrained(saved)
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     for policy, repo in ((copy, "user/untrained-copy"), (teacher, "user/teacher-as-student")):
