@@ -19,7 +19,7 @@ from pathlib import Path
 from .errors import UserError
 from .files import package_versions, sha256_file
 from .finite import require_finite_weights
-from .hub_io import is_repo_id, snapshot
+from .hub_io import backbone_error, is_repo_id, snapshot
 from .safeio import check_folder, dumps
 
 logger = logging.getLogger(__name__)
@@ -194,6 +194,11 @@ def load_smolvla(folder: Path, device: str = "cpu", config=None, what: str = "te
         policy = SmolVLAPolicy.from_pretrained(str(folder), config=config, strict=True)
     except RuntimeError as e:
         raise UserError(f"{what}: model.safetensors does not match the SmolVLA architecture of its config.json ({str(e).splitlines()[0][:300]})") from None
+    except (OSError, ValueError) as e:  # transformers could not load the backbone the config names
+        error = backbone_error(e, config.vlm_model_name, what)
+        if error is None:
+            raise
+        raise error from None
     finally:
         config.device = recorded_device
     object.__setattr__(policy.config, "device", recorded_device)

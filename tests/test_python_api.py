@@ -281,3 +281,32 @@ def test_offline_commands_read_the_warm_cache(server, hf_home, online, world, tm
     assert refused.stderr.strip().splitlines()[-1] == (
         "hub-reflow: error: pull: user/never-downloaded is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
         "download it once with the network on, or unset HF_HUB_OFFLINE")
+
+
+def test_a_backbone_missing_from_the_hub_is_one_line(student_fp32, tmp_path, world):
+    """The student names its backbone (vlm_model_name) by repo id; on a Hub that does not hold it, loading
+    fails in one line naming that repo (not transformers' traceback), for the API and the commands."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        mp.setattr(constants, "HF_HUB_OFFLINE", False)
+        with HubServer(tmp_path / "hub", {WRITE: "write"}) as hub:
+            push_checkpoint(student_fp32, "user/no-backbone", token=WRITE, endpoint=hub.url)
+            env = env_for(hub, tmp_path / "empty-hf-home", token=WRITE)
+            out = run_python("""
+            import json
+            from hub_reflow.errors import UserError
+            from hub_reflow.policy import ReflowPolicy
+            try:
+                ReflowPolicy.from_pretrained("user/no-backbone")
+                print("RESULT " + json.dumps("loaded"))
+            except UserError as e:
+                print("RESULT " + json.dumps(str(e)))
+            """, env)
+            verified, = run_cli_many(["verify", "user/no-backbone", "--no-speed"], env=env)
+            url = hub.url
+    backbone = json.loads((student_fp32 / "config.json").read_text())["vlm_model_name"]
+    assert out == (f"checkpoint: its backbone {backbone} (vlm_model_name in config.json) is not on {url}: publish the "
+                   "backbone to that Hub too (the tiny world's: hub_reflow.testing.tiny_backbone.publish_backbone), or "
+                   "point HF_ENDPOINT at a Hub that holds it")
+    assert verified.returncode == 2 and "Traceback" not in verified.stderr
+    assert verified.stderr.strip().splitlines()[-1] == f"hub-reflow: error: {out.replace('checkpoint: ', 'verify: ', 1)}"
