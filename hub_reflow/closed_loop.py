@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import platform
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import LINEAGE_NAME, Lineage, load_smolvla, resolve_checkpoint
+from .checkpoint import LINEAGE_NAME, Lineage, load_smolvla, read_policy_config, resolve_checkpoint
 from .closed_loop_results import EVAL_NAME, ClosedLoopResults
 from .closed_loop_stats import summarize
 from .devices import resolve_device
@@ -27,6 +28,7 @@ from .errors import UserError
 from .files import package_versions
 
 MAX_EPISODES = 100_000
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -58,28 +60,36 @@ class _Loaded:
     name: str  # Hub repo id or "a local checkpoint folder" (never a local path)
     weights_sha256: str
     path: Path
-    policy: object
+    config: object  # its SmolVLAConfig, read before the weights: the checks against the env come first
+    policy: object = None
 
 
-def _load(ref: str, revision: str | None, role: str, device: str) -> _Loaded:
+def _resolve(ref: str, revision: str | None, role: str) -> _Loaded:
     resolved = resolve_checkpoint(ref, revision, what=role)
-    policy = load_smolvla(resolved.path, device=device, what=role)
-    return _Loaded(role, resolved.ref.display_name, resolved.ref.weights_sha256, resolved.path, policy)
+    return _Loaded(role, resolved.ref.display_name, resolved.ref.weights_sha256, resolved.path,
+                   read_policy_config(resolved.path, role))
 
 
-def _teacher_ref(a: EvalArgs, student: _Loaded | None) -> tuple[str | None, str | None]:
+def _teacher_ref(a: EvalArgs, student: _Loaded | None) -> tuple[str | None, str | None, str | None]:
+    """The teacher to run (the given one, else the lineage's Hub teacher) and, when there is none,
+    why and how to add the teacher rows."""
     if a.teacher or student is None:
-        return a.teacher, a.teacher_revision
+        return a.teacher, a.teacher_revision, None
     lineage_file = student.path / LINEAGE_NAME
+    why = None
     if not lineage_file.is_file():
-        return None, None
-    ref = Lineage.from_file(lineage_file).teacher
-    return (ref.repo_id, ref.commit) if ref.repo_id else (None, None)
+        why = f"the checkpoint has no {LINEAGE_NAME}, so its teacher is unknown"
+    else:
+        ref = Lineage.from_file(lineage_file).teacher
+        if ref.repo_id:
+            return ref.repo_id, ref.commit, None
+        why = "the student's teacher was a local folder (its path is not recorded)"
+    return None, None, f"only the student row: {why}; pass --teacher TEACHER (its folder or Hub repo id) to add the teacher rows"
 
 
 def _same_features(a: _Loaded, b: _Loaded) -> None:
-    fa = {k: (f.type.value, tuple(f.shape)) for k, f in {**a.policy.config.input_features, **a.policy.config.output_features}.items()}
-    fb = {k: (f.type.value, tuple(f.shape)) for k, f in {**b.policy.config.input_features, **b.policy.config.output_features}.items()}
+    fa = {k: (f.type.value, tuple(f.shape)) for k, f in {**a.config.input_features, **a.config.output_features}.items()}
+    fb = {k: (f.type.value, tuple(f.shape)) for k, f in {**b.config.input_features, **b.config.output_features}.items()}
     if fa != fb:
         diff = sorted(set(fa.items()) ^ set(fb.items()))[0][0]
         raise UserError(f"the student and the teacher have different features (first difference: {diff!r}); "
@@ -87,7 +97,7 @@ def _same_features(a: _Loaded, b: _Loaded) -> None:
 
 
 def _check_n_action_steps(loaded: _Loaded, n: int | None) -> None:
-    chunk = loaded.policy.config.chunk_size
+    chunk = loaded.config.chunk_size
     if n is not None and not 1 <= n <= chunk:
         raise UserError(f"--n-action-steps {n}: the {loaded.role}'s chunks hold {chunk} actions (chunk_size); pass 1 to {chunk}")
 
@@ -190,20 +200,24 @@ def evaluate_closed_loop(args: EvalArgs | None = None, **kwargs) -> ClosedLoopRe
     device = resolve_device(a.device)
     env = open_env(a.env)  # first: a bad env is reported before minutes of loading
     try:
-        student = _load(a.student, a.revision, "student", device) if a.student else None
-        teacher_ref, teacher_rev = _teacher_ref(a, student)
-        teacher = _load(teacher_ref, teacher_rev, "teacher", device) if teacher_ref else None
+        student = _resolve(a.student, a.revision, "student") if a.student else None
+        teacher_ref, teacher_rev, note = _teacher_ref(a, student)
+        teacher = _resolve(teacher_ref, teacher_rev, "teacher") if teacher_ref else None
         if student and teacher:
             _same_features(student, teacher)
         for loaded in filter(None, (student, teacher)):
             _check_n_action_steps(loaded, a.n_action_steps)
-        rename = policy_rename_map(env, (student or teacher).policy.config, a.rename_map, what=(student or teacher).role)
+        rename = policy_rename_map(env, (student or teacher).config, a.rename_map, what=(student or teacher).role)
+        if note:
+            logger.warning("eval: %s", note)
+        for loaded in filter(None, (student, teacher)):  # the weights, once the env is known to feed them
+            loaded.policy = load_smolvla(loaded.path, device=device, config=loaded.config, what=loaded.role)
         runs = []
         if student:
-            runs += [(student, k) for k in _step_list(a.student_steps, [student.policy.config.num_steps])]
+            runs += [(student, k) for k in _step_list(a.student_steps, [student.config.num_steps])]
         if teacher:
-            own = teacher.policy.config.num_steps
-            runs += [(teacher, k) for k in _step_list(a.teacher_steps, [own] + ([student.policy.config.num_steps] if student else []))]
+            own = teacher.config.num_steps
+            runs += [(teacher, k) for k in _step_list(a.teacher_steps, [own] + ([student.config.num_steps] if student else []))]
         policies, trajectories = {}, {}
         for loaded, k in runs:
             label = f"{loaded.role}@{k}"
@@ -211,7 +225,8 @@ def evaluate_closed_loop(args: EvalArgs | None = None, **kwargs) -> ClosedLoopRe
     finally:
         env.vec.close()
     settings = {"episodes": a.episodes, "seed": a.seed, "device": device, "rename_map": rename, "n_action_steps": a.n_action_steps,
-                "command": a.command, "paired": "episode i: env seed and torch seed = seed + i"}
+                "command": a.command, "paired": "episode i: env seed and torch seed = seed + i",
+                **({"no_teacher": note} if note else {})}
     env_info = {"id": env.label, "kind": "env-id" if env.env_cfg is None else "env-type",
                 "options": list(a.env.env_args), "max_steps": env.max_steps, "scene": env.scene}
     return ClosedLoopResults(env=env_info, settings=settings, seeds=[a.seed + i for i in range(a.episodes)],

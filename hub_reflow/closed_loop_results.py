@@ -120,6 +120,8 @@ class ClosedLoopResults:
         for c in self.comparisons():
             lines.append(f"paired {c['first']} vs {c['second']}: only {c['first']} succeeds {c['only_first_succeeds']}, "
                          f"only {c['second']} {c['only_second_succeeds']}, exact McNemar p = {c['mcnemar_p']:.3g}")
+        if self.settings.get("no_teacher"):
+            lines.append(f"note: {self.settings['no_teacher']}")
         return "\n".join(lines)
 
     def markdown_table(self) -> str:

@@ -199,6 +199,54 @@ def test_lerobot_env_type_pusht(pusht_policy, tmp_path, capsys):
     assert "pusht/PushT-v0" in stdout
 
 
+PUSHT_NEEDS = "the student needs observation.image [3, 96, 96] and observation.state [2]"
+PUSHT_FIX = """pass --env-kwargs '{"obs_type": "pixels_agent_pos"}' (its obs_type is 'state')"""
+
+
+def test_pusht_state_observations_are_one_line_naming_the_obs_type(pusht_policy, tmp_path, capsys):
+    """gym-pusht's registered default (obs_type "state") gives one array, not LeRobot's dict: one line
+    (exit 2) naming what it gives, what the policy needs and the option that fixes it, from the CLI, from
+    LeRobot's --env.type and from the Python API; with that option the same command runs."""
+    out = tmp_path / "out.json"
+    code, _, err = _in_process(capsys, str(pusht_policy), "--env-id", "gym_pusht/PushT-v0", "--episodes", "2",
+                               "--json", str(out), "--device", "cpu")
+    assert code == 2 and "Traceback" not in err and not out.exists()
+    assert err.strip().splitlines() == [
+        "hub-reflow: error: gym_pusht/PushT-v0 gives its observation as one array of shape [5], not LeRobot's dict of "
+        f"'pixels' (camera images) and 'agent_pos' (state); {PUSHT_NEEDS}: {PUSHT_FIX}"]
+    code, _, err = _in_process(capsys, str(pusht_policy), "--env.type", "pusht", "--env.obs_type=state", "--episodes", "1",
+                               "--device", "cpu")
+    assert code == 2 and err.strip().splitlines() == [
+        "hub-reflow: error: pusht/PushT-v0 gives its observation as one array of shape [5], not LeRobot's dict of "
+        f"'pixels' (camera images) and 'agent_pos' (state); {PUSHT_NEEDS}: pass --env.obs_type=pixels_agent_pos "
+        "(its obs_type is 'state')"]
+    from hub_reflow.errors import UserError
+
+    with pytest.raises(UserError, match="gives its observation as one array of shape"):
+        evaluate_closed_loop(student=str(pusht_policy), env=EnvChoice(env_id="gym_pusht/PushT-v0"), episodes=1, device="cpu")
+    code, stdout, err = _in_process(capsys, str(pusht_policy), "--env-id", "gym_pusht/PushT-v0", "--env-kwargs",
+                                    '{"obs_type": "pixels_agent_pos"}', "--max-steps", "2", "--episodes", "1",
+                                    "--json", str(out), "--device", "cpu")
+    assert code == 0, err
+    assert json.loads(out.read_text())["policies"]["student@10"]["lengths"] == [2]
+
+
+def test_without_a_recorded_hub_teacher_eval_says_how_to_add_the_teacher_rows(world, student_fp32, tmp_path, capsys, caplog):
+    """A student whose teacher was a local folder: eval without --teacher runs the student row and says
+    why there are no teacher rows and how to add them (a warning, the table and the JSON)."""
+    out = tmp_path / "out.json"
+    code, stdout, err = _in_process(capsys, str(student_fp32), "--env-id", "gym_hubtest/SeedParity-v0", "--episodes", "1",
+                                    "--json", str(out), "--device", "cpu")
+    assert code == 0, err
+    note = ("only the student row: the student's teacher was a local folder (its path is not recorded); pass --teacher "
+            "TEACHER (its folder or Hub repo id) to add the teacher rows")
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records if r.name.startswith("hub_reflow")] == [
+        ("hub_reflow.closed_loop", "WARNING", f"eval: {note}")]
+    assert f"\nnote: {note}\nwrote {out}" in stdout
+    data = json.loads(out.read_text())
+    assert list(data["success_rates"]) == ["student@1"] and data["settings"]["no_teacher"] == note
+
+
 BAD = [
     ("unknown env", ["--env-id", "gym_hubtest/Nope-v0"], "unknown gymnasium env 'gym_hubtest/Nope-v0'"),
     ("missing env package", ["--env-id", "gym_not_installed/Reach-v0"], "pip install gym-not-installed"),
