@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import platform
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from .closed_loop_stats import summarize
 from .devices import resolve_device
 from .envs import EnvChoice, OpenedEnv, env_processors, open_env, policy_rename_map, require_success_key
 from .errors import UserError
+from .eval_plots import labelled_frames
 from .files import package_versions
 
 MAX_EPISODES = 100_000
@@ -48,7 +50,7 @@ class EvalArgs:
     teacher_revision: str | None = None
     device: str = "auto"
     rename_map: dict = field(default_factory=dict)
-    videos: int = 0  # episodes per policy rendered through LeRobot's eval_policy
+    videos: int = 0  # episodes per policy rendered through LeRobot's eval_policy (VIDEOS_DIR/<row>/episode_<i>.mp4, labelled)
     videos_dir: Path | None = None
     command: str | None = None  # recorded for the card (no local paths)
     progress: bool = False  # LeRobot's progress bars (stderr) per episode
@@ -163,18 +165,20 @@ def _run_policy(loaded: _Loaded, steps: int, env: OpenedEnv, a: EvalArgs, device
         probe = _Probe(env_pre, keep_states=keep and i == 0)
         policy._get_action_chunk = probe.timed(type(policy)._get_action_chunk.__get__(policy), device == "cuda")
         set_seed(a.seed + i)  # the same torch (and numpy) seed per episode for every policy
-        render = a.videos_dir is not None and i < a.videos
+        raw = Path(a.videos_dir) / label / f".raw-episode_{i}" if a.videos_dir is not None and i < a.videos else None
         bars = contextlib.nullcontext() if a.progress else contextlib.redirect_stderr(io.StringIO())
         try:
             with torch.no_grad(), bars:
                 info = eval_policy(env.vec, policy, probe, env_post, pre, post, n_episodes=1, start_seed=a.seed + i,
-                                   max_episodes_rendered=1 if render else 0,
-                                   videos_dir=Path(a.videos_dir) / label / f"episode_{i}" if render else None)
+                                   max_episodes_rendered=1 if raw else 0, videos_dir=raw)
         finally:
             del policy._get_action_chunk
         require_success_key(env)  # (after the probe step and the first episode, at the latest)
         episode = info["per_episode"][0]
         outcomes.append(bool(episode["success"]))
+        if raw is not None:
+            _label_video(raw, raw.parent / f"episode_{i}.mp4",
+                         [label, f"episode {i} (seed {a.seed + i}): {'success' if outcomes[-1] else 'failure'}"])
         rewards.append(float(episode["sum_reward"]))
         lengths.append(probe.steps)
         chunk_ms.extend(probe.chunk_ms)
@@ -182,6 +186,23 @@ def _run_policy(loaded: _Loaded, steps: int, env: OpenedEnv, a: EvalArgs, device
     result = {"role": loaded.role, "checkpoint": loaded.name, "weights_sha256": loaded.weights_sha256, "num_steps": steps,
               **summarize(outcomes, rewards, lengths, chunk_ms), "outcomes": outcomes, "rewards": rewards, "lengths": lengths}
     return result, trajectory
+
+
+def _label_video(raw: Path, path: Path, lines: list[str]) -> None:
+    """LeRobot's video of an episode (written by ``eval_policy`` into ``raw``), enlarged and labelled
+    (``eval_plots.labelled_frames``), written to ``path`` by LeRobot's ``write_video``; ``raw`` removed."""
+    import av
+    from lerobot.utils.io_utils import write_video
+
+    src = next(iter(sorted(raw.glob("*.mp4"))), None)
+    if src is not None:
+        with av.open(str(src)) as container:
+            stream = container.streams.video[0]
+            fps = round(float(stream.average_rate or 10))
+            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+        if frames:
+            write_video(path, labelled_frames(frames, lines), fps)
+    shutil.rmtree(raw, ignore_errors=True)
 
 
 def evaluate_closed_loop(args: EvalArgs | None = None, **kwargs) -> ClosedLoopResults:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .closed_loop import MAX_EPISODES, EvalArgs, evaluate_closed_loop, record
 from .envs import TINY_ENV, EnvChoice
+from .eval_plots import VIDEO_MIN_SIDE
 from .errors import UserError
 from .validation import MAX_SEED, check_output_folder, int_in
 
@@ -81,7 +82,9 @@ def add_eval(sub) -> None:
                    help="JSON object: env observation key -> policy feature (as lerobot-eval's --rename_map)")
     p.add_argument("--json", type=Path, default=None, help="write the results (settings, per-episode outcomes, seeds, versions, hardware) here")
     p.add_argument("--record", action="store_true", help="also write reflow_eval.json into the checkpoint folder (the card shows it)")
-    p.add_argument("--videos", type=int_in(0), default=0, help="render the first N episodes of each policy (LeRobot's videos)")
+    p.add_argument("--videos", type=int_in(0), default=0, help="render the first N episodes of each policy (LeRobot's videos, "
+                   f"enlarged to at least {VIDEO_MIN_SIDE} pixels a side and labelled with the row, episode and outcome: "
+                   "VIDEOS_DIR/<row>/episode_<i>.mp4)")
     p.add_argument("--videos-dir", type=Path, default=Path("eval_videos"), help="where --videos go")
     p.set_defaults(func=cmd_eval, env_args=[])
 

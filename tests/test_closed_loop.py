@@ -278,3 +278,27 @@ def test_student_and_teacher_with_other_features(world, pusht_policy, tmp_path, 
                             "gym_hubtest/SeedParity-v0", "--json", str(out))
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "the student and the teacher have different features" in err and not out.exists()
+
+
+def test_videos_are_enlarged_and_labelled(closed_loop_world, tmp_path, capsys):
+    """--videos from the tiny world's 32x32 camera: each row's episode as VIDEOS_DIR/<row>/episode_<i>.mp4,
+    enlarged by nearest neighbour to 256 pixels a side under a banner naming the row, episode and outcome."""
+    import av
+    import numpy as np
+
+    out, videos = tmp_path / "out.json", tmp_path / "videos"
+    code, _, err = _in_process(capsys, "--teacher", str(closed_loop_world.teacher), "--env-id", TINY_ENV, "--episodes", "2",
+                               "--teacher-steps", "10", "--videos", "1", "--videos-dir", str(videos), "--json", str(out),
+                               "--device", "cpu")
+    assert code == 0, err
+    data = json.loads(out.read_text())
+    assert sorted(str(p.relative_to(videos)) for p in videos.rglob("*")) == ["teacher@10", "teacher@10/episode_0.mp4"]
+    with av.open(str(videos / "teacher@10" / "episode_0.mp4")) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == data["policies"]["teacher@10"]["lengths"][0]  # LeRobot's frames, one a step
+    banner = frames[0].shape[0] - 256
+    assert frames[0].shape[1] == 256 and 0 < banner <= 64
+    assert frames[0][:banner].max() > 200 and np.median(frames[0][:banner]) < 30  # white words on black
+    picture = frames[0][banner:].astype(int).reshape(32, 8, 32, 8, 3)
+    within = np.abs(picture - picture[:, :1, :, :1]).mean()  # nearest: 8x8 blocks of one colour (video coding aside)
+    assert within < 0.2 * np.abs(np.diff(picture[:, 0, :, 0], axis=1)).mean() + 2, within

@@ -113,3 +113,40 @@ def test_results_read_as_users_print_them():
     no_student = type(results)(env=results.env, settings=results.settings, seeds=results.seeds,
                                policies={k: v for k, v in results.policies.items() if v["role"] == "teacher"})
     assert no_student.student_success_rate is None and no_student.teacher_success_rate == 1.0
+
+
+def test_each_policy_row_has_one_colour_in_every_picture(tmp_path):
+    """The bar chart and the paths give each row the same colour (students green, teachers not, none
+    the goal line's), the student's path is drawn above the teachers'; a picture that lacks a row keeps
+    the others' colours."""
+    from hub_reflow.eval_plots import success_plot, trajectory_plot
+
+    results = _results()
+    labels = list(results.policies)
+    paths = {label: [[0.0, -1.0], [0.1 * i, -0.9]] for i, label in enumerate(labels)}
+    bars = success_plot(results.policies, "gym_x/Reach-v0", tmp_path / "success.png")
+    drawn = trajectory_plot(paths, results.env["scene"], tmp_path / "paths.png", labels=labels)
+    assert list(bars) == labels and len(set(bars.values())) == 3
+    assert {k: color for k, (color, _) in drawn["rows"].items()} == bars
+    assert bars["student@1"] == "#2ca02c" and drawn["goal"] not in bars.values()
+    assert drawn["rows"]["student@1"][1] > max(z for k, (_, z) in drawn["rows"].items() if k.startswith("teacher"))
+    teachers_only = trajectory_plot({k: v for k, v in paths.items() if k != "student@1"}, results.env["scene"],
+                                    tmp_path / "teachers.png", labels=labels)
+    assert {k: color for k, (color, _) in teachers_only["rows"].items()} == {k: bars[k] for k in ("teacher@10", "teacher@1")}
+
+
+def test_video_frames_are_enlarged_by_nearest_and_labelled():
+    import numpy as np
+
+    from hub_reflow.eval_plots import labelled_frames
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(3)]
+    out = labelled_frames(frames, ["student@1", "episode 0 (seed 0): success"])
+    banner = out[0].shape[0] - 256
+    assert len(out) == 3 and out[0].shape == (banner + 256, 256, 3) and banner > 0 and banner % 2 == 0
+    for big, small in zip(out, frames):
+        assert np.array_equal(big[banner:], small.repeat(8, axis=0).repeat(8, axis=1))  # nearest, exactly
+    top = out[0][:banner]
+    assert top.max() == 255 and (top == 0).mean() > 0.5  # white text on black
+    assert not np.array_equal(top, labelled_frames(frames[:1], ["teacher@10", "episode 0 (seed 0): failure"])[0][:banner])
