@@ -55,7 +55,7 @@ class Report:
         if not missing:
             return "PASS"
         skipped = next((c for c in self.checks if c.name in ("fidelity", "speed.same_cost") and c.status == SKIP), None)
-        why = (skipped.details.get("fix") or skipped.summary) if skipped is not None else "not asked for"
+        why = (skipped.details.get("fix") or skipped.summary) if skipped is not None else "--no-speed given"
         text = f"PASS ({' and '.join(measured)}{' only' if len(measured) == 1 else ''}; {' and '.join(missing)} not measured: {why})"
         recorded = next((c for c in self.checks if c.name == "fidelity.recorded"), None)
         if recorded is not None:

@@ -49,3 +49,20 @@ def test_fail_advice_names_this_runs_settings_teacher_and_dataset(tmp_path):
             "with --steps 600, --time-sampling grid, --frame-sampling spread (--resume --steps 600 extends this run)") in line
     assert line.endswith(f"hub-reflow verify {tmp_path} --teacher /data/teacher --dataset me/local --dataset-root /data/ds "
                          "--frames 64")
+
+
+def test_a_verdict_names_what_it_did_not_measure():
+    from hub_reflow.report import FAIL, INFO, PASS, SKIP, Check, Report
+
+    structure = [Check("config", PASS, "ok"), Check("lineage", INFO, "trained from a local teacher folder")]
+    assert Report("c", None, [*structure, Check("fidelity", PASS, "x0.2"), Check("speed.same_cost", PASS, "x1.0"),
+                              Check("speed.speedup", PASS, "x0.3")]).verdict() == "PASS"
+    no_speed = Report("c", "t", [*structure, Check("fidelity", PASS, "x0.2")])
+    assert no_speed.verdict() == "PASS (structure and fidelity; speed not measured: --no-speed given)"
+    assert no_speed.measured() == ["structure", "fidelity"]
+    unloadable = Report("c", "t", [*structure, Check("fidelity", SKIP, "the student cannot be loaded with its processors: x"),
+                                   Check("speed.same_cost", SKIP, "the student cannot be loaded with its processors: x")])
+    assert unloadable.verdict() == ("PASS (structure only; fidelity and speed not measured: the student cannot be loaded "
+                                    "with its processors: x)")
+    failed = Report("c", None, [*structure, Check("weights.finite", FAIL, "NaN"), Check("fidelity", SKIP, "no --dataset")])
+    assert failed.verdict() == "FAIL (weights.finite)" and failed.to_dict()["verdict"] == "FAIL (weights.finite)"
