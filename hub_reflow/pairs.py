@@ -280,7 +280,7 @@ def check_pairs(pairs: Pairs, teacher_ref, ds_info: dict, teacher_steps: int) ->
             f"--pairs were made by a different teacher (weights sha256 {m['teacher']['weights_sha256'][:12]}..., "
             f"this teacher's is {teacher_ref.weights_sha256[:12]}...); make pairs with this teacher (hub-reflow pairs)")
     d = m["dataset"]
-    if (d["repo_id"], d.get("local_name")) != (ds_info["repo_id"], ds_info.get("local_name")):
+    if (d["repo_id"] or d.get("local_name")) != (ds_info["repo_id"] or ds_info.get("local_name")):  # the dataset's name
         raise UserError(f"--pairs were made for dataset {dataset_label(d)}, not {dataset_label(ds_info)}; pass that dataset "
                         "or make new pairs")
     if d.get("commit") and ds_info.get("commit") and d["commit"] != ds_info["commit"]:

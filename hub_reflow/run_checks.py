@@ -147,7 +147,10 @@ def check_resume(saved, now) -> None:
                             f"never shortened; resume with --steps {a} or more, or start a new --output-dir")
         if a != b:
             raise UserError(f"--resume: {_flag(f.name)} differs from the run's: it was {_show(a)}, now {_show(b)}; {fix}")
-    for key, what in (("repo_id", "--dataset"), ("local_name", "--dataset"), ("commit", "the dataset's commit (--dataset-revision)"),
+    named = [d.get("repo_id") or d.get("local_name") for d in (d_old, d_new)]  # a repo id, or a local folder's name
+    if all(named) and named[0] != named[1]:
+        raise UserError(f"--resume: --dataset differs from the run's: it was {_show(named[0])}, now {_show(named[1])}; {fix}")
+    for key, what in (("commit", "the dataset's commit (--dataset-revision)"),
                       ("train_episodes", "the dataset's training episodes (--dataset-root, another dataset?)")):
         a, b = d_old.get(key), d_new.get(key)
         if a is not None and b is not None and a != b:
