@@ -1,10 +1,6 @@
 """What reflow reads from the dataset: observations and task, not the action chunks the teacher's
 config asks LeRobot for (the targets come from the teacher)."""
 
-import json
-import shutil
-from pathlib import Path
-
 from lerobot.datasets.factory import resolve_delta_timestamps
 from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
 from lerobot.policies.factory import make_pre_post_processors
@@ -14,8 +10,6 @@ from hub_reflow.checkpoint import load_smolvla, read_policy_config
 from hub_reflow.evaluate import observation_batch
 from hub_reflow.smolvla import policy_inputs
 from hub_reflow.data import load_dataset
-
-from conftest import run_cli, run_main
 
 
 def test_training_samples_read_no_action_chunk(world):
@@ -52,32 +46,3 @@ def test_plain_reads_give_the_teachers_inputs_bit_for_bit(world):
     assert all(torch.equal(x, y) for x, y in zip(a.img_masks, b.img_masks))
     assert torch.equal(a.state, b.state) and torch.equal(a.lang_tokens, b.lang_tokens)
 
-
-def test_a_dataset_folder_that_does_not_name_itself_is_never_linked(world, tmp_path):
-    """``--dataset someone/else --dataset-root FOLDER`` where the folder does not say which Hub dataset
-    it is (no dataset card, no cache path: what lerobot-record writes): the run says so at setup and
-    records a local dataset folder named someone/else, not verified; the card names it so and links
-    no dataset. A folder whose LeRobot dataset card names it is recorded and linked by that id."""
-    out = tmp_path / "run"
-    r = run_cli("train", "--teacher", str(world.teacher_fp32), "--dataset", "someone/else", "--dataset-root",
-                str(world.dataset_root), "--output-dir", str(out), "--steps", "2", "--batch-size", "4", "--device", "cpu",
-                "--no-progress")
-    assert (f"WARNING hub_reflow.data: --dataset-root {world.dataset_root} does not say which Hub dataset it is (no dataset "
-            "card naming it, not a Hugging Face or LeRobot cache folder): recorded as a local dataset folder (named "
-            "someone/else, not verified); the model card links no dataset") in r.stderr
-    student = out / "checkpoints" / "last" / "pretrained_model"
-    lineage = json.loads((student / "reflow_lineage.json").read_text())
-    assert lineage["dataset"]["repo_id"] is None and lineage["dataset"]["local_name"] == "someone/else"
-    card = run_main("card", str(student), "--repo-id", "you/student").stdout
-    front = card.split("---")[1]
-    assert "datasets" not in front and "huggingface.co/datasets" not in card
-    assert "| dataset | a local dataset folder (named someone/else, not verified) |" in card
-    assert "Trained on observations from a local dataset folder (named someone/else, not verified): hub-reflow could" in card
-    assert "--dataset someone/else --dataset-root DATASET_FOLDER --frames 16" in card
-
-    from lerobot.datasets.utils import create_lerobot_dataset_card
-
-    named = Path(shutil.copytree(world.dataset_root, tmp_path / "named"))
-    create_lerobot_dataset_card(repo_id="someone/else").save(named / "README.md")
-    _, info = load_dataset(read_policy_config(world.teacher_fp32), "someone/else", named, None, holdout=0)
-    assert info["repo_id"] == "someone/else" and "local_name" not in info

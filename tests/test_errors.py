@@ -127,7 +127,7 @@ class Ctx:
 
     def resume(self, *extra: str) -> list[str]:
         """The run's own command line, then ``extra`` (argparse keeps the last value of a flag)."""
-        return ["train", "--teacher", str(self.teacher), "--dataset", self.world.repo_id, "--dataset-root",
+        return ["train", "--teacher", str(self.teacher), "--dataset", "someone/else", "--dataset-root",
                 str(self.world.dataset_root), "--output-dir", str(self.run), "--steps", "2", "--batch-size", "4",
                 "--device", "cpu", "--no-progress", "--resume", *extra]
 
@@ -348,10 +348,6 @@ CASES = [
          "NaN/Inf in 1 tensor (", how="hub"),
     Case("push --force of a failing checkpoint warns", lambda c: ["push", str(c.nan_student()), "--repo-id", "user/forced", "--force"], 0,
          "push --force: pushing a checkpoint that fails the weights check", how="hub", hub_changes=True),
-    Case("push --force of a plain lerobot-train checkpoint says what it means", lambda c: ["push", str(c.teacher), "--repo-id",
-         "user/plain", "--force"], 0, "push --force: pushing a checkpoint that fails the lineage check: reflow_lineage.json "
-         "is missing (the model card is drawn from it); its card says its lineage is unknown", how="hub", hub_changes=True,
-         after=lambda c, out, err: "may not load" not in err and "lineage is unknown" in c.hub.read_file("user/plain", "README.md").decode()),
     Case("pull a repo that fails the checks, --local-dir", lambda c: ["pull", "user/broken", "--local-dir", str(c.dst)], 2,
          "nothing was written to", how="hub"),
     Case("pull a repo that fails the checks, HF cache", lambda c: ["pull", "user/broken"], 2,
@@ -403,9 +399,10 @@ Ctx.pulled = _pulled
 def run_src(world, tmp_path_factory) -> Path:
     """A finished 2-step run of the fp32 teacher with a checkpoint at each step."""
     out = tmp_path_factory.mktemp("errors-run") / "run"
-    run_cli("train", "--teacher", str(world.teacher_fp32), "--dataset", world.repo_id, "--dataset-root",
-            str(world.dataset_root), "--output-dir", str(out), "--steps", "2", "--batch-size", "4", "--save-freq", "1",
-            "--device", "cpu", "--no-progress")
+    r = run_cli("train", "--teacher", str(world.teacher_fp32), "--dataset", "someone/else", "--dataset-root",
+                str(world.dataset_root), "--output-dir", str(out), "--steps", "2", "--batch-size", "4", "--save-freq", "1",
+                "--device", "cpu", "--no-progress")
+    (out.parent / "train.stderr").write_text(r.stderr)  # test_a_dataset_folder_that_does_not_name_itself_is_never_linked
     return out
 
 
@@ -630,3 +627,30 @@ def test_help_shows_defaults(offline):
     assert "--batch-size BATCH_SIZE frames per step and process (default: 8)" in text
     assert "default: the teacher config's optimizer_lr" in text
     assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_a_dataset_folder_that_does_not_name_itself_is_never_linked(world, run_src, tmp_path, offline):
+    """``train --dataset someone/else --dataset-root FOLDER`` (run_src) where the folder does not say
+    which Hub dataset it is (no dataset card, no cache path: what lerobot-record writes) trains, says so
+    at setup and records a local dataset folder named someone/else, not verified; the card names it so
+    and links no dataset. A folder whose LeRobot dataset card names it is recorded by that id."""
+    from lerobot.datasets.utils import create_lerobot_dataset_card
+
+    from hub_reflow.checkpoint import read_policy_config
+    from hub_reflow.data import load_dataset
+
+    assert (f"WARNING hub_reflow.data: --dataset-root {world.dataset_root} does not say which Hub dataset it is (no dataset "
+            "card naming it, not a Hugging Face or LeRobot cache folder): recorded as a local dataset folder (named "
+            "someone/else, not verified); the model card links no dataset") in (run_src.parent / "train.stderr").read_text()
+    student = run_src / "checkpoints" / "last" / "pretrained_model"
+    lineage = json.loads((student / "reflow_lineage.json").read_text())
+    assert lineage["dataset"]["repo_id"] is None and lineage["dataset"]["local_name"] == "someone/else"
+    code, card, _ = _in_process(["card", str(student), "--repo-id", "you/student"])
+    assert code == 0 and "datasets" not in card.split("---")[1] and "huggingface.co/datasets" not in card
+    assert "| dataset | a local dataset folder (named someone/else, not verified) |" in card
+    assert "Trained on observations from a local dataset folder (named someone/else, not verified): hub-reflow could" in card
+    assert "--dataset someone/else --dataset-root DATASET_FOLDER --frames 16" in card
+    named = Path(shutil.copytree(world.dataset_root, tmp_path / "named"))
+    create_lerobot_dataset_card(repo_id="someone/else").save(named / "README.md")
+    _, info = load_dataset(read_policy_config(world.teacher_fp32), "someone/else", named, None, holdout=0)
+    assert info["repo_id"] == "someone/else" and "local_name" not in info

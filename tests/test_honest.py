@@ -97,6 +97,24 @@ def test_no_lineage_is_refused_and_forced_says_lineage_unknown(server, student_f
     assert r.returncode == 0 and r.stderr == "" and r.stdout.strip() == text.strip()
 
 
+def test_push_force_of_a_plain_lerobot_train_checkpoint_says_what_it_means(server, world, online, tmp_path):
+    """A plain lerobot-train checkpoint fails only the lineage check: the warning says what that means for
+    whoever loads it (its card says its lineage is unknown), not that plain LeRobot may not load it."""
+    warned = []
+    push_checkpoint(world.teacher_fp32, "user/plain", token=WRITE, endpoint=server.url, force=True, warn=warned.append)
+    assert warned == ["push --force: pushing a checkpoint that fails the lineage check: reflow_lineage.json is missing "
+                      "(the model card is drawn from it); its card says its lineage is unknown"]
+    assert "whose **lineage is unknown**" in card(server, "user/plain")
+    nan = shutil.copytree(world.teacher_fp32, tmp_path / "nan-teacher")
+    from test_errors import _with_nan_expert_weight
+
+    warned.clear()
+    push_checkpoint(_with_nan_expert_weight(nan), "user/plain-nan", token=WRITE, endpoint=server.url, force=True,
+                    warn=warned.append)
+    assert len(warned) == 1 and warned[0].startswith("push --force: pushing a checkpoint that fails the weights check")
+    assert warned[0].endswith("; its weights may not load or act as trained; its card says its lineage is unknown")
+
+
 def test_push_warns_loudly_on_a_recorded_fail_verdict(server, student_fp32, tmp_path, tmp_path_factory):
     failing = shutil.copytree(student_fp32, tmp_path / "failing")
     lineage = json.loads((failing / LINEAGE_NAME).read_text())

@@ -292,21 +292,26 @@ def test_a_backbone_missing_from_the_hub_is_one_line(student_fp32, tmp_path, wor
         with HubServer(tmp_path / "hub", {WRITE: "write"}) as hub:
             push_checkpoint(student_fp32, "user/no-backbone", token=WRITE, endpoint=hub.url)
             env = env_for(hub, tmp_path / "empty-hf-home", token=WRITE)
-            out = run_python("""
-            import json
+            out, verified = run_python("""
+            import contextlib, io, json
+            from hub_reflow.cli import main
             from hub_reflow.errors import UserError
             from hub_reflow.policy import ReflowPolicy
             try:
                 ReflowPolicy.from_pretrained("user/no-backbone")
-                print("RESULT " + json.dumps("loaded"))
+                loaded = "loaded"
             except UserError as e:
-                print("RESULT " + json.dumps(str(e)))
+                loaded = str(e)
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                code = main(["verify", "user/no-backbone", "--no-speed"])
+            print("RESULT " + json.dumps([loaded, [code, err.getvalue()]]))
             """, env)
-            verified, = run_cli_many(["verify", "user/no-backbone", "--no-speed"], env=env)
             url = hub.url
     backbone = json.loads((student_fp32 / "config.json").read_text())["vlm_model_name"]
     assert out == (f"checkpoint: its backbone {backbone} (vlm_model_name in config.json) is not on {url}: publish the "
                    "backbone to that Hub too (the tiny world's: hub_reflow.testing.tiny_backbone.publish_backbone), or "
                    "point HF_ENDPOINT at a Hub that holds it")
-    assert verified.returncode == 2 and "Traceback" not in verified.stderr
-    assert verified.stderr.strip().splitlines()[-1] == f"hub-reflow: error: {out.replace('checkpoint: ', 'verify: ', 1)}"
+    code, stderr = verified
+    assert code == 2 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == f"hub-reflow: error: {out.replace('checkpoint: ', 'verify: ', 1)}"
