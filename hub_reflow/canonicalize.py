@@ -39,7 +39,7 @@ from .errors import UserError
 from .files import atomic_dir
 from .inspection import Facts, inspect_checkpoint
 from .keys import group_of, torch_dtype
-from .report import Check
+from .report import Check, counted
 from .safeio import check_folder, safe_open
 from .structure import dtype_casts, structure_checks
 from .validation import check_output_folder
@@ -82,7 +82,7 @@ def _repair_config_diff(f: Facts, check: Check, plan: Plan) -> None:
 
 def _repair_weights_teacher(f: Facts, check: Check, plan: Plan) -> None:
     prefixes = ", ".join(repr(p) for p in f.weights.teacher_prefixes)
-    plan.changes.append(f"weights: removed {len(f.weights.teacher_keys)} teacher tensors under prefix {prefixes}")
+    plan.changes.append(f"weights: removed {counted(len(f.weights.teacher_keys), 'teacher tensor')} under prefix {prefixes}")
 
 
 def _repair_weights_keys(f: Facts, check: Check, plan: Plan) -> None:
@@ -95,13 +95,13 @@ def _repair_weights_keys(f: Facts, check: Check, plan: Plan) -> None:
     missing = sorted(set(ref) - set(names.values()))
     shapes = sorted(n for k, n in names.items() if n in ref and w.header[k][0] != ref[n][0])
     if unknown:
-        plan.problems.append(f"weights: {len(unknown)} keys this SmolVLA config does not have (e.g. {unknown[0]})")
+        plan.problems.append(f"weights: {counted(len(unknown), 'key')} this SmolVLA config does not have (e.g. {unknown[0]})")
     if missing:
-        plan.problems.append(f"weights: {len(missing)} keys missing (e.g. {missing[0]}); the weights cannot be made up")
+        plan.problems.append(f"weights: {counted(len(missing), 'key')} missing (e.g. {missing[0]}); the weights cannot be made up")
     if shapes:
-        plan.problems.append(f"weights: {len(shapes)} tensors with other shapes than the reference (e.g. {shapes[0]})")
+        plan.problems.append(f"weights: {counted(len(shapes), 'tensor')} with other shapes than the reference (e.g. {shapes[0]})")
     if w.own_prefixes and not (unknown or missing or shapes):
-        plan.changes.append(f"weights: stripped prefix {', '.join(repr(p) for p in w.own_prefixes)} from {len(names)} student keys")
+        plan.changes.append(f"weights: stripped prefix {', '.join(repr(p) for p in w.own_prefixes)} from {counted(len(names), 'student key')}")
 
 
 def _repair_weights_dtypes(f: Facts, check: Check, plan: Plan) -> None:
@@ -131,12 +131,12 @@ def _repair_processor_files(f: Facts, check: Check, plan: Plan) -> None:
 
 def _refuse_nonfinite(f: Facts, check: Check, plan: Plan) -> None:
     bad = [f.weights.names[k] for k in f.weights.nonfinite]
-    plan.problems.append(f"weights: NaN/Inf in {len(bad)} tensors (e.g. {bad[0]}); retrain or take an earlier checkpoint")
+    plan.problems.append(f"weights: NaN/Inf in {counted(len(bad), 'tensor')} (e.g. {bad[0]}); retrain or take an earlier checkpoint")
 
 
 def _refuse_vlm(f: Facts, check: Check, plan: Plan) -> None:
     diff = f.weights.vlm_diff
-    what = f"{len(diff)} VLM tensors differ from the teacher's (e.g. {diff[0]})" if diff else "no VLM tensor in common with the teacher"
+    what = f"{counted(len(diff), 'VLM tensor')} {'differs' if len(diff) == 1 else 'differ'} from the teacher's (e.g. {diff[0]})" if diff else "no VLM tensor in common with the teacher"
     plan.problems.append(f"weights: {what}; the frozen VLM must be the teacher's")
 
 

@@ -8,8 +8,9 @@ from importlib.resources import files
 from huggingface_hub import ModelCard, ModelCardData
 
 from .checkpoint import Lineage
+from .data import dataset_label
 from .evaluate import fidelity_verdict
-from .plots import CHUNKS, LOSS_CURVE
+from .plots import CHUNKS, LOSS_CURVE, example_frame
 from .rtc import LEROBOT_EXECUTION_HORIZON, LEROBOT_MAX_GUIDANCE_WEIGHT, recommended, rtc_flags, rtc_problems
 
 TAGS = ["lerobot", "smolvla", "reflow", "rectified-flow", "robotics"]
@@ -65,7 +66,10 @@ def human_setting(name: str, value, reflow: dict, policy_config) -> str:
     return human(value)
 
 
-IMAGES = [(LOSS_CURVE, "reflow training loss"), (CHUNKS, "teacher and student action chunks on a held-out frame")]
+def image_captions(lineage: Lineage) -> list[tuple[str, str]]:
+    """The card's images and their captions (the chunks' frame as the measurement recorded it)."""
+    frame = example_frame(lineage.evaluation.get("frames_from"))
+    return [(LOSS_CURVE, "reflow training loss"), (CHUNKS, f"teacher and student action chunks on {frame}")]
 
 
 # What a card may claim a checkpoint is (docs/canonical.md#lineage), from its lineage alone.
@@ -122,10 +126,16 @@ def render_card(lineage: Lineage, policy_config, repo_id: str | None = None, lic
         teacher_sha256=ref.weights_sha256,
         student_steps=reflow.get("student_steps", policy_config.num_steps),
         teacher_steps=reflow.get("teacher_steps", lineage.teacher_num_steps),
-        dataset_name=lineage.dataset.get("repo_id", "n/a"),
+        dataset_name=dataset_label(lineage.dataset),
+        dataset_repo=lineage.dataset.get("repo_id"),  # linked only when it is one (data.load_dataset checked it)
+        dataset_local=bool(lineage.dataset.get("local_name")),
+        dataset_arg=lineage.dataset.get("repo_id") or (f"{lineage.dataset['local_name']} --dataset-root DATASET_FOLDER"
+                                                       if lineage.dataset.get("local_name") else "DATASET"),
         dataset_commit=lineage.dataset.get("commit"),
         reflow_settings=sorted((k, human_setting(k, v, reflow, policy_config)) for k, v in reflow.items()),
-        training=sorted((k, human(v)) for k, v in lineage.training.items() if not isinstance(v, (list, dict))),
+        training=sorted((k, human(v)) for k, v in lineage.training.items() if not isinstance(v, (list, dict))) + [
+            (f"extended at step {e.get('from_step')}", f"--steps {e.get('steps_before')} -> {e.get('steps')}: {e.get('schedule')}")
+            for e in lineage.training.get("extensions") or [] if isinstance(e, dict)],
         versions=sorted(lineage.versions.items()),
         teacher_base_model=lineage.teacher_card.get("base_model"),
         evaluation=lineage.evaluation,
@@ -136,7 +146,7 @@ def render_card(lineage: Lineage, policy_config, repo_id: str | None = None, lic
         chunk_size=policy_config.chunk_size,
         n_action_steps=policy_config.n_action_steps,
         holdout=holdout if holdout[1] > holdout[0] else None,
-        images=[(name, caption) for name, caption in IMAGES if name in image_names],
+        images=[(name, caption) for name, caption in image_captions(lineage) if name in image_names],
         closed_loop=closed_loop,
         num_steps=policy_config.num_steps,
         rtc_flags=" ".join(rtc_flags(recommended(policy_config.num_steps, policy_config.chunk_size))),

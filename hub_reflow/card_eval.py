@@ -26,7 +26,8 @@ def draw_closed_loop_images(results: ClosedLoopResults, folder: Path) -> list[st
     success_plot(results.policies, results.env["id"], Path(folder) / SUCCESS_PLOT)
     names = [SUCCESS_PLOT]
     if results.trajectories:
-        trajectory_plot(results.trajectories, results.env.get("scene") or {}, Path(folder) / TRAJECTORY_PLOT)
+        trajectory_plot(results.trajectories, results.env.get("scene") or {}, Path(folder) / TRAJECTORY_PLOT,
+                        labels=list(results.policies))
         names.append(TRAJECTORY_PLOT)
     return names
 

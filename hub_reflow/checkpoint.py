@@ -19,7 +19,7 @@ from pathlib import Path
 from .errors import UserError
 from .files import package_versions, sha256_file
 from .finite import require_finite_weights
-from .hub_io import is_repo_id, snapshot
+from .hub_io import backbone_error, is_repo_id, snapshot
 from .safeio import check_folder, dumps
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,23 @@ class CheckpointRef:
 class ResolvedCheckpoint:
     path: Path  # local folder holding config.json, model.safetensors and the processor files
     ref: CheckpointRef
+
+
+# One rule for a SmolVLA checkpoint without a lineage file, wherever a reflow student is asked for
+# (``ReflowPolicy.from_pretrained``, ``hub-reflow pull``): refused, with what to do instead.
+PLAIN = f"a plain SmolVLA checkpoint, not a reflow student (no {LINEAGE_NAME})"
+PLAIN_FIX = ("load it with SmolVLAPolicy.from_pretrained, or train a student from it with hub-reflow train --teacher "
+             "(ReflowPolicy.from_teacher in Python)")
+
+
+def is_plain_smolvla(folder: Path) -> bool:
+    """A SmolVLA checkpoint (config type smolvla, weights) with no lineage file."""
+    if (folder / LINEAGE_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
+        return False
+    try:
+        return json.loads((folder / CONFIG_NAME).read_text()).get("type") == "smolvla"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _find_pretrained_dir(folder: Path) -> Path | None:
@@ -177,6 +194,11 @@ def load_smolvla(folder: Path, device: str = "cpu", config=None, what: str = "te
         policy = SmolVLAPolicy.from_pretrained(str(folder), config=config, strict=True)
     except RuntimeError as e:
         raise UserError(f"{what}: model.safetensors does not match the SmolVLA architecture of its config.json ({str(e).splitlines()[0][:300]})") from None
+    except (OSError, ValueError) as e:  # transformers could not load the backbone the config names
+        error = backbone_error(e, config.vlm_model_name, what)
+        if error is None:
+            raise
+        raise error from None
     finally:
         config.device = recorded_device
     object.__setattr__(policy.config, "device", recorded_device)

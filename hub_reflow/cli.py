@@ -13,16 +13,13 @@ from pathlib import Path
 from . import pairs as pairs_module
 from . import train as train_module
 from .canonicalize import canonicalize
-from .card import render_card
-from .card_eval import closed_loop_context, read_closed_loop
-from .checkpoint import CONFIG_NAME, LINEAGE_NAME, Lineage, read_policy_config
 from .config import FRAME_SAMPLINGS, ONE_STEP_LR_SCALE, STUDENT_INPUTS, ReflowConfig
 from .console import fail, run_command
 from .demo import add_demo_args, start_demo
 from .errors import UserError
 from .eval_cli import add_eval, split_env_args
 from .flow import TIME_SAMPLERS
-from .hub import pull_checkpoint, push_checkpoint, push_pairs
+from .hub import checkpoint_card, pull_checkpoint, push_checkpoint, push_pairs
 from .logs import configured, quiet_environment
 from .pairs import PAIRS_META_NAME, PairsArgs
 from .safeio import dumps
@@ -74,7 +71,7 @@ def _add_train(sub) -> None:
                    help="data loader worker processes (default: on CUDA LeRobot's 4, at most the spare cores; 0 on the CPU)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from checkpoints/last, with "
                    "the run's own recorded settings (an option given must equal the run's, except --save-freq, "
-                   "--log-freq, --num-workers, --device, --no-progress, --no-cuda-graphs, --teacher-batch)")
+                   "--log-freq, --num-workers, --device, --no-progress, --no-cuda-graphs, --teacher-batch; a larger --steps extends it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--pairs", default=None, help="train on cached teacher pairs (hub-reflow pairs): folder or Hub dataset repo id")
     p.add_argument("--pairs-revision", default=None, help="branch, tag or commit of a Hub pairs repo")
@@ -111,7 +108,7 @@ def _cmd_train(a) -> int:
         progress=not a.no_progress, pairs=a.pairs, pairs_revision=a.pairs_revision, record=a.record, vlm_repo_id=a.vlm_repo_id))
     if os.environ.get("RANK", "0") == "0":  # once, under torchrun / accelerate launch
         print(f"student checkpoint: {out}")
-        print(final_verdict(out))
+        print(final_verdict(out, a))
     return 0  # a finished run is not an error, whatever its verdict: the line says what to try
 
 
@@ -203,22 +200,14 @@ def _cmd_pull(a) -> int:
 
 def _add_card(sub) -> None:
     p = sub.add_parser("card", help="print the model card that push would write for a checkpoint")
-    p.add_argument("checkpoint", type=Path, help="a reflow student's pretrained_model/ folder")
+    p.add_argument("checkpoint", type=Path, help="a checkpoint's pretrained_model/ folder (without a lineage file: a "
+                   "'lineage unknown' card)")
     p.add_argument("--repo-id", default=None, type=repo_id, help="the repo id the card should name (namespace/name)")
     p.set_defaults(func=_cmd_card)
 
 
 def _cmd_card(a) -> int:
-    missing = [n for n in (CONFIG_NAME, LINEAGE_NAME) if not (a.checkpoint / n).is_file()]
-    if missing:
-        raise UserError(f"{a.checkpoint} has no {' and no '.join(missing)}; pass a reflow student's pretrained_model/ folder")
-    try:
-        lineage = Lineage.from_file(a.checkpoint / LINEAGE_NAME)
-    except Exception as e:  # not JSON, fields missing
-        raise UserError(f"{a.checkpoint / LINEAGE_NAME} cannot be read ({type(e).__name__}); pass a reflow student's "
-                        "pretrained_model/ folder") from None
-    print(str(render_card(lineage, read_policy_config(a.checkpoint, "checkpoint"), repo_id=a.repo_id, image_names=None,
-                          closed_loop=closed_loop_context(read_closed_loop(a.checkpoint)))))  # images: push draws them
+    print(str(checkpoint_card(a.checkpoint, repo_id=a.repo_id)))  # the images push would draw beside it
     return 0
 
 
@@ -258,8 +247,7 @@ def _print_report(report, as_json: bool) -> int:
         print(f"teacher:    {report.teacher or '(none: structure against the architecture of its config)'}")
         for line in report.lines():
             print(line)
-        failed = sorted(report.failed_names())
-        print("verdict: " + ("PASS" if report.passed else f"FAIL ({', '.join(failed)})"))
+        print(f"verdict: {report.verdict()}")
     return 0 if report.passed else 1
 
 

@@ -10,25 +10,29 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import platform
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .checkpoint import LINEAGE_NAME, Lineage, load_smolvla, resolve_checkpoint
+from .checkpoint import LINEAGE_NAME, Lineage, load_smolvla, read_policy_config, resolve_checkpoint
 from .closed_loop_results import EVAL_NAME, ClosedLoopResults
 from .closed_loop_stats import chunk_jumps, summarize
 from .devices import resolve_device
 from .envs import EnvChoice, OpenedEnv, env_processors, open_env, policy_rename_map, require_success_key
 from .errors import UserError
+from .eval_plots import labelled_frames
 from .files import package_versions
 from .rtc import recommended
 from .rtc_driver import INFERENCE_TYPES, RTCDriver, parse_inference, settings_of, with_settings
 
 MAX_EPISODES = 100_000
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,7 +52,7 @@ class EvalArgs:
     teacher_revision: str | None = None
     device: str = "auto"
     rename_map: dict = field(default_factory=dict)
-    videos: int = 0  # episodes per policy rendered through LeRobot's eval_policy
+    videos: int = 0  # episodes per policy rendered through LeRobot's eval_policy (VIDEOS_DIR/<row>/episode_<i>.mp4, labelled)
     videos_dir: Path | None = None
     command: str | None = None  # recorded for the card (no local paths)
     progress: bool = False  # LeRobot's progress bars (stderr) per episode
@@ -70,28 +74,36 @@ class _Loaded:
     name: str  # Hub repo id or "a local checkpoint folder" (never a local path)
     weights_sha256: str
     path: Path
-    policy: object
+    config: object  # its SmolVLAConfig, read before the weights: the checks against the env come first
+    policy: object = None
 
 
-def _load(ref: str, revision: str | None, role: str, device: str) -> _Loaded:
+def _resolve(ref: str, revision: str | None, role: str) -> _Loaded:
     resolved = resolve_checkpoint(ref, revision, what=role)
-    policy = load_smolvla(resolved.path, device=device, what=role)
-    return _Loaded(role, resolved.ref.display_name, resolved.ref.weights_sha256, resolved.path, policy)
+    return _Loaded(role, resolved.ref.display_name, resolved.ref.weights_sha256, resolved.path,
+                   read_policy_config(resolved.path, role))
 
 
-def _teacher_ref(a: EvalArgs, student: _Loaded | None) -> tuple[str | None, str | None]:
+def _teacher_ref(a: EvalArgs, student: _Loaded | None) -> tuple[str | None, str | None, str | None]:
+    """The teacher to run (the given one, else the lineage's Hub teacher) and, when there is none,
+    why and how to add the teacher rows."""
     if a.teacher or student is None:
-        return a.teacher, a.teacher_revision
+        return a.teacher, a.teacher_revision, None
     lineage_file = student.path / LINEAGE_NAME
+    why = None
     if not lineage_file.is_file():
-        return None, None
-    ref = Lineage.from_file(lineage_file).teacher
-    return (ref.repo_id, ref.commit) if ref.repo_id else (None, None)
+        why = f"the checkpoint has no {LINEAGE_NAME}, so its teacher is unknown"
+    else:
+        ref = Lineage.from_file(lineage_file).teacher
+        if ref.repo_id:
+            return ref.repo_id, ref.commit, None
+        why = "the student's teacher was a local folder (its path is not recorded)"
+    return None, None, f"only the student row: {why}; pass --teacher TEACHER (its folder or Hub repo id) to add the teacher rows"
 
 
 def _same_features(a: _Loaded, b: _Loaded) -> None:
-    fa = {k: (f.type.value, tuple(f.shape)) for k, f in {**a.policy.config.input_features, **a.policy.config.output_features}.items()}
-    fb = {k: (f.type.value, tuple(f.shape)) for k, f in {**b.policy.config.input_features, **b.policy.config.output_features}.items()}
+    fa = {k: (f.type.value, tuple(f.shape)) for k, f in {**a.config.input_features, **a.config.output_features}.items()}
+    fb = {k: (f.type.value, tuple(f.shape)) for k, f in {**b.config.input_features, **b.config.output_features}.items()}
     if fa != fb:
         diff = sorted(set(fa.items()) ^ set(fb.items()))[0][0]
         raise UserError(f"the student and the teacher have different features (first difference: {diff!r}); "
@@ -99,7 +111,7 @@ def _same_features(a: _Loaded, b: _Loaded) -> None:
 
 
 def _check_n_action_steps(loaded: _Loaded, n: int | None) -> None:
-    chunk = loaded.policy.config.chunk_size
+    chunk = loaded.config.chunk_size
     if n is not None and not 1 <= n <= chunk:
         raise UserError(f"--n-action-steps {n}: the {loaded.role}'s chunks hold {chunk} actions (chunk_size); pass 1 to {chunk}")
 
@@ -178,18 +190,20 @@ def _run_policy(loaded: _Loaded, steps: int, env: OpenedEnv, a: EvalArgs, device
             probe = _Probe(env_pre, env_post, keep_states=keep and i == 0)
             policy._get_action_chunk = probe.timed(type(policy)._get_action_chunk.__get__(policy), device == "cuda")
             set_seed(a.seed + i)  # the same torch (and numpy) seed per episode for every policy
-            render = a.videos_dir is not None and i < a.videos
+            raw = Path(a.videos_dir) / label / f".raw-episode_{i}" if a.videos_dir is not None and i < a.videos else None
             bars = contextlib.nullcontext() if a.progress else contextlib.redirect_stderr(io.StringIO())
             try:
                 with torch.no_grad(), bars:
-                    info = eval_policy(env.vec, policy, probe, probe.post, pre, post, n_episodes=1,
-                                       start_seed=a.seed + i, max_episodes_rendered=1 if render else 0,
-                                       videos_dir=Path(a.videos_dir) / label / f"episode_{i}" if render else None)
+                    info = eval_policy(env.vec, policy, probe, probe.post, pre, post, n_episodes=1, start_seed=a.seed + i,
+                                       max_episodes_rendered=1 if raw else 0, videos_dir=raw)
             finally:
                 del policy._get_action_chunk
             require_success_key(env)  # (after the probe step and the first episode, at the latest)
             episode = info["per_episode"][0]
             outcomes.append(bool(episode["success"]))
+            if raw is not None:
+                _label_video(raw, raw.parent / f"episode_{i}.mp4",
+                             [label, f"episode {i} (seed {a.seed + i}): {'success' if outcomes[-1] else 'failure'}"])
             rewards.append(float(episode["sum_reward"]))
             lengths.append(probe.steps)
             chunk_ms.extend(probe.chunk_ms)
@@ -209,7 +223,7 @@ def _rows(a: EvalArgs, loaded: _Loaded, steps: list[int], given) -> list[tuple]:
     if given is None:
         return [(loaded, k, None, f"{loaded.role}@{k}") for k in steps]
     out = []
-    chunk = loaded.policy.config.chunk_size
+    chunk = loaded.config.chunk_size
     for k in steps:
         settings = [given]
         best = {**settings_of(given), **recommended(k, chunk)}
@@ -236,6 +250,23 @@ def _given_rtc(a: EvalArgs):
     return parse_inference(a.inference_args)
 
 
+def _label_video(raw: Path, path: Path, lines: list[str]) -> None:
+    """LeRobot's video of an episode (written by ``eval_policy`` into ``raw``), enlarged and labelled
+    (``eval_plots.labelled_frames``), written to ``path`` by LeRobot's ``write_video``; ``raw`` removed."""
+    import av
+    from lerobot.utils.io_utils import write_video
+
+    src = next(iter(sorted(raw.glob("*.mp4"))), None)
+    if src is not None:
+        with av.open(str(src)) as container:
+            stream = container.streams.video[0]
+            fps = round(float(stream.average_rate or 10))
+            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+        if frames:
+            write_video(path, labelled_frames(frames, lines), fps)
+    shutil.rmtree(raw, ignore_errors=True)
+
+
 def evaluate_closed_loop(args: EvalArgs | None = None, **kwargs) -> ClosedLoopResults:
     """Run the student and the teacher (at their step counts) on the same paired episodes.
 
@@ -253,20 +284,24 @@ def evaluate_closed_loop(args: EvalArgs | None = None, **kwargs) -> ClosedLoopRe
     rtc = _given_rtc(a)
     env = open_env(a.env)  # first: a bad env is reported before minutes of loading
     try:
-        student = _load(a.student, a.revision, "student", device) if a.student else None
-        teacher_ref, teacher_rev = _teacher_ref(a, student)
-        teacher = _load(teacher_ref, teacher_rev, "teacher", device) if teacher_ref else None
+        student = _resolve(a.student, a.revision, "student") if a.student else None
+        teacher_ref, teacher_rev, note = _teacher_ref(a, student)
+        teacher = _resolve(teacher_ref, teacher_rev, "teacher") if teacher_ref else None
         if student and teacher:
             _same_features(student, teacher)
         for loaded in filter(None, (student, teacher)):
             _check_n_action_steps(loaded, a.n_action_steps)
-        rename = policy_rename_map(env, (student or teacher).policy.config, a.rename_map, what=(student or teacher).role)
+        rename = policy_rename_map(env, (student or teacher).config, a.rename_map, what=(student or teacher).role)
+        if note:
+            logger.warning("eval: %s", note)
+        for loaded in filter(None, (student, teacher)):  # the weights, once the env is known to feed them
+            loaded.policy = load_smolvla(loaded.path, device=device, config=loaded.config, what=loaded.role)
         runs = []
         if student:
-            runs += _rows(a, student, _step_list(a.student_steps, [student.policy.config.num_steps]), rtc)
+            runs += _rows(a, student, _step_list(a.student_steps, [student.config.num_steps]), rtc)
         if teacher:
-            own = teacher.policy.config.num_steps
-            runs += _rows(a, teacher, _step_list(a.teacher_steps, [own] + ([student.policy.config.num_steps] if student else [])), rtc)
+            own = teacher.config.num_steps
+            runs += _rows(a, teacher, _step_list(a.teacher_steps, [own] + ([student.config.num_steps] if student else [])), rtc)
         policies, trajectories = {}, {}
         for loaded, k, settings, label in runs:
             policies[label], trajectories[label] = _run_policy(loaded, k, env, a, device, rename, label, settings)
@@ -274,7 +309,8 @@ def evaluate_closed_loop(args: EvalArgs | None = None, **kwargs) -> ClosedLoopRe
         env.vec.close()
     settings = {"episodes": a.episodes, "seed": a.seed, "device": device, "rename_map": rename, "n_action_steps": a.n_action_steps,
                 "inference": a.inference, "inference_delay": a.inference_delay if a.inference == "rtc" else None,
-                "command": a.command, "paired": "episode i: env seed and torch seed = seed + i"}
+                "command": a.command, "paired": "episode i: env seed and torch seed = seed + i",
+                **({"no_teacher": note} if note else {})}
     env_info = {"id": env.label, "kind": "env-id" if env.env_cfg is None else "env-type",
                 "options": list(a.env.env_args), "max_steps": env.max_steps, "scene": env.scene}
     return ClosedLoopResults(env=env_info, settings=settings, seeds=[a.seed + i for i in range(a.episodes)],

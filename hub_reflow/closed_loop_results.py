@@ -45,6 +45,16 @@ class ClosedLoopResults:
         """The label of the teacher at its own step count (the first teacher row)."""
         return self._first("teacher")
 
+    @property
+    def student_success_rate(self) -> float | None:
+        """The success rate of the student at its own step count (None: no student row)."""
+        return self.policies[self.student]["success_rate"] if self.student else None
+
+    @property
+    def teacher_success_rate(self) -> float | None:
+        """The success rate of the teacher at its own step count (None: no teacher row)."""
+        return self.policies[self.teacher]["success_rate"] if self.teacher else None
+
     def comparisons(self) -> list[dict]:
         """Paired comparisons: every student row against every teacher row (without a student, the
         teacher at its own steps against its other rows)."""
@@ -68,8 +78,8 @@ class ClosedLoopResults:
             "success_rates": self.success_rates,
             "student": student,
             "teacher": teacher,
-            "student_success_rate": self.policies[student]["success_rate"] if student else None,
-            "teacher_success_rate": self.policies[teacher]["success_rate"] if teacher else None,
+            "student_success_rate": self.student_success_rate,
+            "teacher_success_rate": self.teacher_success_rate,
             "policies": self.policies,
             "comparisons": self.comparisons(),
             "episodes": episodes,
@@ -96,8 +106,8 @@ class ClosedLoopResults:
     def to_json(self) -> str:
         return dumps(self.to_dict(), indent=2)
 
-    def table(self) -> list[str]:
-        """The comparison as text lines (stdout)."""
+    def table(self) -> str:
+        """The comparison as text, one line per row and per paired comparison (``print(results.table())``)."""
         n = len(self.seeds)
         seeds = f"{self.seeds[0]}..{self.seeds[-1]}" if n > 1 else str(self.seeds[0])
         lines = [f"env: {self.env['id']}  episodes: {n} (paired: env and torch seeds {seeds})",
@@ -110,10 +120,12 @@ class ClosedLoopResults:
         for c in self.comparisons():
             lines.append(f"paired {c['first']} vs {c['second']}: only {c['first']} succeeds {c['only_first_succeeds']}, "
                          f"only {c['second']} {c['only_second_succeeds']}, exact McNemar p = {c['mcnemar_p']:.3g}")
-        return lines
+        if self.settings.get("no_teacher"):
+            lines.append(f"note: {self.settings['no_teacher']}")
+        return "\n".join(lines)
 
-    def handover_table(self) -> list[str]:
-        """How chunks hand over, per row (text lines): the jump |a_t - a_{t-1}| (mean over action
+    def handover_table(self) -> str:
+        """How chunks hand over, per row (text; empty without rows that recorded it): the jump |a_t - a_{t-1}| (mean over action
         dimensions, the env's units) where a new chunk takes over and within chunks (mean, 95th
         percentile), and under RTC the new chunks' error on the committed actions (normalised units)."""
         lines = [f"{'policy':<26}{'jump at handover':>20}{'jump within chunk':>20}{'committed error':>18}",
@@ -124,7 +136,7 @@ class ClosedLoopResults:
             b, w, e = p["boundary_jump"], p["within_jump"], p["prefix_error"]
             err = f"{e['mean']:>9.4f}{e['p95']:>9.4f}" if e["n"] else f"{'-':>9}{'-':>9}"
             lines.append(f"{label:<26}{b['mean']:>10.4f}{b['p95']:>10.4f}{w['mean']:>10.4f}{w['p95']:>10.4f}{err}")
-        return lines if len(lines) > 2 else []
+        return "\n".join(lines) if len(lines) > 2 else ""
 
     def markdown_table(self) -> str:
         """The success table for the model card and the README."""

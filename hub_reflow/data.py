@@ -3,12 +3,15 @@ the teacher's inputs, the last episodes held out, the Hub commit recorded."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
 
 from .errors import UserError
 from .hub_io import dataset_commit
+
+logger = logging.getLogger(__name__)
 
 
 def check_dataset_features(teacher_cfg, ds_meta, dataset_id: str) -> None:
@@ -61,11 +64,19 @@ def collate_for(dataset):
 
 def load_dataset(teacher_cfg, repo_id: str, root: Path | None, revision: str | None, holdout: int):
     """LeRobot's dataset with the teacher's observation delta timestamps (no action chunks: see
-    ``observation_delta_timestamps``); the last ``holdout`` episodes left out."""
+    ``observation_delta_timestamps``); the last ``holdout`` episodes left out. The record names the
+    dataset by ``repo_id`` only where that is checked: downloaded from the Hub, or a folder that
+    names itself so (``dataset_root_repo_id``); any other folder is recorded as a local folder
+    (``local_name``: ``--dataset`` as given, not verified), which no card links."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
 
+    verified = True
     if root is not None:  # a folder that is not a LeRobotDataset: never fall back to the Hub
-        check_dataset_root(Path(root), repo_id)
+        verified = check_dataset_root(Path(root), repo_id) is not None
+        if not verified and os.environ.get("RANK", "0") == "0":  # once per run, not per process
+            logger.warning("--dataset-root %s does not say which Hub dataset it is (no dataset card naming it, not a "
+                           "Hugging Face or LeRobot cache folder): recorded as %s; the model card links no dataset",
+                           root, dataset_label({"local_name": repo_id}))
     try:
         meta = LeRobotDatasetMetadata(repo_id, root=root, revision=revision)
     except Exception as e:  # missing files, not a LeRobotDataset, no network
@@ -80,16 +91,29 @@ def load_dataset(teacher_cfg, repo_id: str, root: Path | None, revision: str | N
         delta_timestamps=observation_delta_timestamps(teacher_cfg, meta),
     )
     info = {
-        "repo_id": repo_id,
+        "repo_id": repo_id if verified else None,
         "commit": None if root is not None else dataset_commit(repo_id, revision),  # None: a local folder
         "num_episodes": n,
         "train_episodes": [0, n - holdout],  # half-open range
         "holdout_episodes": [n - holdout, n],
+        **({} if verified else {"local_name": repo_id}),
     }
     return dataset, info
 
 
-def check_dataset_root(root: Path, dataset: str) -> None:
+def dataset_label(record: dict) -> str:
+    """How a lineage or pairs record's dataset is shown: its repo id where checked, else the local
+    folder's name as given, said to be unverified."""
+    if record.get("repo_id"):
+        return record["repo_id"]
+    if record.get("local_name"):
+        return f"a local dataset folder (named {record['local_name']}, not verified)"
+    return "n/a"
+
+
+def check_dataset_root(root: Path, dataset: str) -> str | None:
+    """A LeRobotDataset folder whose own repo id, where it records one, is ``dataset``; that id (None:
+    the folder does not say)."""
     root = Path(root).expanduser()
     if not root.exists():
         raise UserError(f"--dataset-root {root} does not exist; pass the folder of the LeRobotDataset")
@@ -103,6 +127,7 @@ def check_dataset_root(root: Path, dataset: str) -> None:
     if own is not None and own != dataset:
         raise UserError(f"--dataset {dataset} does not match --dataset-root {root}, which holds {own} ({_own_source(root)}); "
                         f"pass --dataset {own}, or the folder of {dataset}")
+    return own
 
 
 _CARD_ID_RE = re.compile(r"visualize_dataset\?path=([A-Za-z0-9][\w.\-]*/[\w.\-]+)")

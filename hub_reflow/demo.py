@@ -111,7 +111,7 @@ def run_demo(workdir: Path, *, teacher_train_steps: int = 1000, reflow_steps: in
                     frames=frames)
     for line in report.lines():
         print("  " + line)
-    print("  verdict: " + ("PASS" if report.passed else f"FAIL ({', '.join(sorted(report.failed_names()))})"))
+    print(f"  verdict: {report.verdict()}")
     print(f"[6/7] closed loop: student@1, teacher@10 and teacher@1 drive {episodes} paired episodes of the tiny world "
           f"(hub-reflow eval --env-id {TINY_ENV} --record)")
     closed = evaluate_closed_loop(EvalArgs(student=str(student_dir), teacher=str(world.teacher), env=EnvChoice(env_id=TINY_ENV),
@@ -119,7 +119,7 @@ def run_demo(workdir: Path, *, teacher_train_steps: int = 1000, reflow_steps: in
                                            command=f"hub-reflow eval STUDENT_FOLDER --teacher TEACHER_FOLDER --env-id {TINY_ENV} "
                                                    f"--episodes {episodes} --record"))
     closed.write(Path(student_dir) / EVAL_NAME)  # the pushed card shows it
-    for line in closed.table():
+    for line in closed.table().splitlines():
         print("  " + line)
     print("[7/7] push to a local Hub, pull back with plain LeRobot in a fresh process")
     commit_url, pulled = push_and_pull(workdir, world, student_dir)

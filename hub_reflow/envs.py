@@ -52,6 +52,8 @@ class OpenedEnv:
     observation: dict  # key -> shape of one preprocessed observation (batch of 1)
     action_dim: int
     scene: dict | None = None  # what the env says to draw under trajectories (its ``plot_scene``)
+    raw: str | None = None  # what the env gives when it is not LeRobot's observation dict (``observation`` is then empty)
+    obs_fix: str | None = None  # the option that makes it give LeRobot's dict (an env with an ``obs_type``)
 
 
 class SuccessSeen(gym.Wrapper):
@@ -175,6 +177,11 @@ def _probe(vec, label: str, env_cfg, limit: int) -> OpenedEnv:
         raise UserError(f"{label}: its action space {space} is not a flat Box; LeRobot's policies act in Box spaces")
     zero = np.clip(np.zeros((1, *space.shape), dtype=space.dtype or np.float32), space.low, space.high)
     vec.step(zero)  # an env that reports info["is_success"] only at the end is told apart after an episode
+    fix = _obs_type_fix(vec, env_cfg)
+    if not isinstance(obs, dict):  # e.g. gym-pusht's default obs_type "state": one array; named with the policy's needs
+        shape = list(np.shape(obs)[1:])
+        what = f"one {'image' if len(shape) == 3 else 'array'} of shape {shape}"
+        return OpenedEnv(vec, label, env_cfg, limit, {}, int(space.shape[0]), None, what, fix)
     try:
         processed = preprocess_observation(obs)
     except (AssertionError, TypeError) as e:
@@ -190,7 +197,30 @@ def _probe(vec, label: str, env_cfg, limit: int) -> OpenedEnv:
         scene = vec.get_attr("plot_scene")[0]
     except Exception:  # most envs have none
         scene = None
-    return OpenedEnv(vec, label, env_cfg, limit, shapes, int(space.shape[0]), scene if isinstance(scene, dict) else None)
+    return OpenedEnv(vec, label, env_cfg, limit, shapes, int(space.shape[0]), scene if isinstance(scene, dict) else None,
+                     obs_fix=fix)
+
+
+LEROBOT_OBS_TYPE = "pixels_agent_pos"  # the obs_type of LeRobot's env configs (pusht, aloha): camera images and state
+
+
+def _obs_type_fix(vec, env_cfg) -> str | None:
+    """For an env with an ``obs_type`` option set to something else: how to ask it for LeRobot's dict."""
+    if env_cfg is not None:
+        current, option = getattr(env_cfg, "obs_type", None), f"--env.obs_type={LEROBOT_OBS_TYPE}"
+    else:
+        try:
+            current = getattr(vec.envs[0].unwrapped, "obs_type", None)
+        except (AttributeError, IndexError):
+            current = None
+        option = f"--env-kwargs '{{\"obs_type\": \"{LEROBOT_OBS_TYPE}\"}}'"
+    if not isinstance(current, str) or current == LEROBOT_OBS_TYPE:
+        return None
+    return f"pass {option} (its obs_type is {current!r})"
+
+
+def _needs(policy_config) -> str:
+    return " and ".join(f"{k} {list(f.shape)}" for k, f in policy_config.input_features.items())
 
 
 def _is_image(shape: tuple) -> bool:
@@ -204,6 +234,10 @@ def policy_rename_map(env: OpenedEnv, policy_config, user_map: dict | None = Non
     the state). Shapes are checked; a mismatch is one line naming both sides."""
     from lerobot.configs import FeatureType
 
+    if env.raw is not None:
+        fix = env.obs_fix or "make the env return LeRobot's observation dict (LeRobot's env conventions)"
+        raise UserError(f"{env.label} gives its observation as {env.raw}, not LeRobot's dict of 'pixels' (camera images) "
+                        f"and 'agent_pos' (state); the {what} needs {_needs(policy_config)}: {fix}")
     rename = dict(user_map or {})
     given = {rename.get(k, k): s for k, s in env.observation.items()}
     unknown = [k for k in rename if k not in env.observation]
@@ -217,8 +251,9 @@ def policy_rename_map(env: OpenedEnv, policy_config, user_map: dict | None = Non
         same_name = [k for k in free if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]]
         pick = same_name or (free if len(free) == 1 and len([m for m in missing if (wanted[m].type is FeatureType.VISUAL) == visual]) == 1 else [])
         if len(pick) != 1:
+            also = f", or {env.obs_fix}" if env.obs_fix else ""
             raise UserError(f"{what} needs {key!r}, which {env.label} does not give (it gives {', '.join(sorted(given)) or 'nothing'}); "
-                            "map one with --rename-map '{\"ENV_KEY\": \"" + key + "\"}'")
+                            "map one with --rename-map '{\"ENV_KEY\": \"" + key + "\"}'" + also)
         source = next(k for k, v in rename.items() if v == pick[0]) if pick[0] in rename.values() else pick[0]
         rename[source] = key
         given[key] = given.pop(pick[0])

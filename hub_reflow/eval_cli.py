@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .closed_loop import MAX_EPISODES, EvalArgs, evaluate_closed_loop, record
 from .envs import TINY_ENV, EnvChoice
+from .eval_plots import VIDEO_MIN_SIDE
 from .errors import UserError
 from .rtc_driver import INFERENCE_PREFIX, INFERENCE_TYPES
 from .validation import MAX_SEED, check_output_folder, int_in
@@ -98,7 +99,9 @@ def add_eval(sub) -> None:
                    help="JSON object: env observation key -> policy feature (as lerobot-eval's --rename_map)")
     p.add_argument("--json", type=Path, default=None, help="write the results (settings, per-episode outcomes, seeds, versions, hardware) here")
     p.add_argument("--record", action="store_true", help="also write reflow_eval.json into the checkpoint folder (the card shows it)")
-    p.add_argument("--videos", type=int_in(0), default=0, help="render the first N episodes of each policy (LeRobot's videos)")
+    p.add_argument("--videos", type=int_in(0), default=0, help="render the first N episodes of each policy (LeRobot's videos, "
+                   f"enlarged to at least {VIDEO_MIN_SIDE} pixels a side and labelled with the row, episode and outcome: "
+                   "VIDEOS_DIR/<row>/episode_<i>.mp4)")
     p.add_argument("--videos-dir", type=Path, default=Path("eval_videos"), help="where --videos go")
     p.set_defaults(func=cmd_eval, env_args=[])
 
@@ -144,9 +147,11 @@ def cmd_eval(a) -> int:
         episodes=a.episodes, seed=a.seed, student_steps=a.student_steps, teacher_steps=a.teacher_steps,
         n_action_steps=a.n_action_steps, revision=a.revision, teacher_revision=a.teacher_revision, device=a.device,
         rename_map=a.rename_map, inference=a.inference, inference_delay=a.inference_delay, inference_args=a.inference_args,
-        rtc_recommended=a.rtc_recommended, videos=a.videos, videos_dir=a.videos_dir if a.videos else None, command=_command(a), progress=a.verbose))
-    for line in results.table() + results.handover_table():
-        print(line)
+        rtc_recommended=a.rtc_recommended, videos=a.videos, videos_dir=a.videos_dir if a.videos else None, command=_command(a),
+        progress=a.verbose))
+    print(results.table())
+    if results.handover_table():
+        print(results.handover_table())
     if a.json is not None:
         results.write(a.json)
         print(f"wrote {a.json}")

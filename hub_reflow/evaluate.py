@@ -135,15 +135,16 @@ def fidelity_verdict(student_rmse: float, teacher_rmse_at_student_steps: float, 
     ratio = e_s / e_k if e_k > 0 else (0.0 if e_s == 0 else float("inf"))
     if not math.isfinite(e_s):
         return Verdict(False, threshold, ratio, "the student's actions are not finite")
+    numbers = f"student RMSE {e_s:.4f}, teacher at the student's step count {e_k:.4f}, teacher's own spread {spread:.4f}"
     if e_s <= threshold:
         why = (f"within the floor {FLOOR} x action std = {floor:.4f} (the teacher at the student's step count is "
                f"already that close)") if threshold == floor and floor > bar else \
             f"x{ratio:.2f} of the teacher's own error at the student's step count (<= {max_ratio})"
         return Verdict(True, threshold, ratio, why)
     if e_s > spread and spread < max_ratio * e_k:
-        why = f"further from the teacher than the teacher's own spread ({spread:.4f})"
+        why = f"further from the teacher than the teacher's own spread ({numbers})"
     else:
-        why = (f"x{ratio:.2f} of the teacher's own error at the student's step count (> {max_ratio}): "
+        why = (f"x{ratio:.2f} of the teacher's own error at the student's step count (> {max_ratio}; {numbers}): "
                "not clearly better than running the teacher with as few steps")
     return Verdict(False, threshold, ratio, why)
 

@@ -28,13 +28,15 @@ def atomic_dir(final: Path):
     """Yield a temporary sibling folder; on success it replaces ``final`` in one rename.
 
     A crash while writing leaves ``final`` (the previous checkpoint) untouched and only a
-    ``.tmp-*`` folder behind, which the next save removes.
+    ``.tmp-*`` folder behind, which the next save removes. ``final`` gets the mode ``mkdir`` would
+    give it (0o777 less the umask), as every folder ``lerobot-train`` writes.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in final.parent.glob(f".tmp-{final.name}-*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    tmp.chmod(0o777 & ~current_umask())  # mkdtemp's folder is private; the final one is made as mkdir makes folders
     try:
         yield tmp
         if final.exists():
@@ -47,6 +49,13 @@ def atomic_dir(final: Path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def package_versions() -> dict:

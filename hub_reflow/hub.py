@@ -15,9 +15,12 @@ from .card_eval import closed_loop_context, draw_closed_loop_images, read_closed
 from .checkpoint import (
     CONFIG_NAME,
     LINEAGE_NAME,
+    PLAIN,
+    PLAIN_FIX,
     WEIGHTS_NAME,
     CheckpointRef,
     Lineage,
+    is_plain_smolvla,
     read_policy_config,
     resolve_checkpoint,
 )
@@ -64,9 +67,18 @@ def check_checkpoint(folder: Path, *, force: bool = False, what: str = "checkpoi
         hint = " (pass --force to push anyway)" if what == "push" else ""
         raise UserError(f"{what}: the checkpoint fails the {'; '.join(problems)}{hint}")
     if problems:
-        message = (f"{what} --force: pushing a checkpoint that fails the {'; '.join(problems)}; plain LeRobot may not "
-                   "load it")
+        message = f"{what} --force: pushing a checkpoint that fails the {'; '.join(problems)}; {_consequences(problems)}"
         (warn or logging.getLogger(__name__).warning)(message)
+
+
+# What a failed check of each group means for whoever loads the pushed checkpoint.
+CONSEQUENCES = {"config": "plain LeRobot may refuse its config", "weights": "its weights may not load or act as trained",
+                "processors": "its processors may not fit its weights", "lineage": "its card says its lineage is unknown"}
+
+
+def _consequences(problems: list[str]) -> str:
+    groups = dict.fromkeys(p.split(" ", 1)[0] for p in problems)  # "weights check (...): ..." -> "weights"
+    return "; ".join(CONSEQUENCES.get(g, f"the {g} check failed") for g in groups)
 
 
 def _validate_refs(branch: str | None, tag: str | None, action: str) -> None:
@@ -101,38 +113,56 @@ def push_checkpoint(
     _validate_refs(branch, tag, "push")
     src = _pretrained_dir(folder)
     check_checkpoint(src, force=force, what="push", warn=warn, teacher=teacher, teacher_revision=teacher_revision)
-    lineage, claim = _publishable_claim(src, force)
+    lineage = _publishable_claim(src, force)
     with tempfile.TemporaryDirectory(prefix="hub-reflow-push-") as tmp:
         stage = Path(tmp) / "checkpoint"
         shutil.copytree(src, stage, ignore=shutil.ignore_patterns("training_state", ".cache", ".tmp-*", ".old-*"))
-        try:
-            config = read_policy_config(stage, what="push")
-        except UserError:
-            raise
-        except Exception as e:
-            raise UserError(f"push: cannot render the model card ({type(e).__name__}); pass --force only for a complete checkpoint") from None
         # The card's images are drawn here, from the lineage, not at every checkpoint of a run.
         draw_card_images(lineage, stage)
         closed_loop = read_closed_loop(stage)  # hub-reflow eval --record
         if closed_loop is not None:
             draw_closed_loop_images(closed_loop, stage)
         image_names = tuple(p.name for p in stage.glob("*.png"))
-        render_card(lineage, config, repo_id=repo_id, license=license, image_names=image_names, claim=claim,
-                    closed_loop=closed_loop_context(closed_loop, image_names)).save(stage / README_NAME)
+        checkpoint_card(stage, repo_id=repo_id, license=license, image_names=image_names, action="push").save(stage / README_NAME)
         return upload_folder(stage, repo_id, "model", private=private, branch=branch, tag=tag, token=token, endpoint=endpoint,
                              commit_message=commit_message or "Upload reflow student (hub-reflow)",
                              ignore_patterns=["training_state/**", ".cache/**"])
 
 
-def _publishable_claim(src: Path, force: bool) -> tuple[Lineage, str]:
-    """The lineage the card is drawn from and what the card may claim (``card.lineage_claim``).
-    An untrained copy or a checkpoint without lineage is refused unless ``force`` (its card then says
-    so); a recorded FAIL verdict is pushed with a warning (a log line: it goes with every push of it)."""
+def card_lineage(src: Path, action: str = "push") -> tuple[Lineage | None, str]:
+    """The lineage a checkpoint's card is drawn from (None: it has none) and what the card may claim
+    (``card.lineage_claim``)."""
     try:
         lineage = Lineage.from_file(src / LINEAGE_NAME) if (src / LINEAGE_NAME).is_file() else None
     except Exception as e:  # not JSON, fields missing
-        raise UserError(f"push: {LINEAGE_NAME} cannot be read ({type(e).__name__}); pass --force only for a complete checkpoint") from None
-    claim = lineage_claim(lineage, sha256_file(src / WEIGHTS_NAME))
+        raise UserError(f"{action}: {LINEAGE_NAME} cannot be read ({type(e).__name__}); pass --force only for a complete checkpoint") from None
+    weights = src / WEIGHTS_NAME
+    return lineage, lineage_claim(lineage, sha256_file(weights) if weights.is_file() else None)
+
+
+def checkpoint_card(folder: str | Path, *, repo_id: str | None = None, license: str | None = None,
+                    image_names: tuple[str, ...] | None = None, action: str = "card"):
+    """The model card of a checkpoint folder, as push writes it: "lineage unknown" without a lineage
+    file; the closed-loop section when ``reflow_eval.json`` is there. ``image_names``: the pictures
+    beside the card (None: those push would draw)."""
+    src = _pretrained_dir(folder)
+    lineage, claim = card_lineage(src, action)
+    lineage = lineage or Lineage(teacher=CheckpointRef(None, None, None, ""), reflow={}, versions={})
+    try:
+        config = read_policy_config(src, what=action)
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"{action}: cannot render the model card ({type(e).__name__}); pass --force only for a complete checkpoint") from None
+    return render_card(lineage, config, repo_id=repo_id, license=license, image_names=image_names, claim=claim,
+                       closed_loop=closed_loop_context(read_closed_loop(src), image_names))
+
+
+def _publishable_claim(src: Path, force: bool) -> Lineage:
+    """The lineage the card is drawn from (an empty one without a lineage file).
+    An untrained copy or a checkpoint without lineage is refused unless ``force`` (its card then says
+    so); a recorded FAIL verdict is pushed with a warning (a log line: it goes with every push of it)."""
+    lineage, claim = card_lineage(src)
     if claim in (UNTRAINED, NO_LINEAGE) and not force:
         what = ("it has no hub-reflow training record (an untrained copy of its teacher, or the teacher itself)"
                 if claim == UNTRAINED else f"it has no {LINEAGE_NAME}")
@@ -145,7 +175,7 @@ def _publishable_claim(src: Path, force: bool) -> tuple[Lineage, str]:
         logging.getLogger(__name__).warning(
             "push: this student's recorded fidelity verdict is FAIL (%s); the card says so. Consider training longer "
             "(--steps) or checking it with hub-reflow verify --dataset before sharing it", verdict.reason)
-    return lineage, claim
+    return lineage
 
 
 def push_pairs(
@@ -222,7 +252,6 @@ def pull_checkpoint(
         _check_pulled(stage, f"nothing was written to {local_dir}")
         (stage / PULL_RECORD).parent.mkdir(parents=True, exist_ok=True)
         (stage / PULL_RECORD).write_text(json.dumps({"repo_id": repo_id, "commit": sha}))
-        stage.chmod(0o755)  # atomic_dir's temporary folder is private; a downloaded checkpoint is not
     return local_dir
 
 
@@ -238,14 +267,8 @@ def _pull_snapshot(repo_id: str, revision: str | None, **kwargs) -> tuple[Path, 
 
 
 def _check_pulled(folder: Path, left: str) -> None:
-    if not (folder / LINEAGE_NAME).is_file() and (folder / WEIGHTS_NAME).is_file():
-        try:
-            kind = json.loads((folder / CONFIG_NAME).read_text()).get("type")
-        except (OSError, ValueError, AttributeError):
-            kind = None
-        if kind == "smolvla":
-            raise UserError(f"pull: a plain SmolVLA checkpoint, not a reflow student (no {LINEAGE_NAME}); {left}; load "
-                            "it with SmolVLAPolicy.from_pretrained, or train a student from it with --teacher")
+    if is_plain_smolvla(folder):  # the rule ReflowPolicy.from_pretrained follows too
+        raise UserError(f"pull: {PLAIN}; {left}; {PLAIN_FIX}")
     try:
         check_checkpoint(folder, what="pull")
     except UserError as e:

@@ -91,6 +91,27 @@ def hub_error(e: Exception, repo_id: str, action: str, token: str | None = None,
     return UserError(redact(msg, token))
 
 
+def backbone_error(e: BaseException, name: str, action: str) -> UserError | None:
+    """A failure to load a checkpoint's backbone (``vlm_model_name``, which transformers loads while
+    LeRobot builds SmolVLA) as one line naming that repo; None when ``e`` is not about it."""
+    chain, cause = [], e
+    while cause is not None and len(chain) < 8:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if not any(name in str(x) or isinstance(x, (RepositoryNotFoundError, LocalEntryNotFoundError)) for x in chain):
+        return None
+    where = f"its backbone {name} (vlm_model_name in config.json)"
+    if constants.is_offline_mode():
+        return UserError(f"{action}: {where} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; download it once "
+                         "with the network on, or unset HF_HUB_OFFLINE")
+    if any(isinstance(x, (RepositoryNotFoundError, GatedRepoError)) or "not a valid model identifier" in str(x) for x in chain):
+        return UserError(f"{action}: {where} is not on {constants.ENDPOINT}: publish the backbone to that Hub too (the tiny "
+                         "world's: hub_reflow.testing.tiny_backbone.publish_backbone), or point HF_ENDPOINT at a Hub "
+                         "that holds it")
+    first = str(e).splitlines()[0][:200] if str(e) else ""
+    return UserError(redact(f"{action}: {where} cannot be loaded ({type(e).__name__}: {first})", None))
+
+
 def _server_words(e: Exception) -> str:
     """What the server said, on one line (the exception's first line may be an empty "Bad request:")."""
     said = (getattr(e, "server_message", None) or "").strip() or " ".join(

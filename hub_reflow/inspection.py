@@ -30,6 +30,7 @@ from .checkpoint import (
     renamed_in,
 )
 from .errors import UserError
+from .hub_io import backbone_error
 from .safeio import load_file, read_header, safe_open
 from .keys import (
     ST_DTYPE,
@@ -62,6 +63,9 @@ def architecture_layout(raw_cfg: dict, action: str = "verify") -> Header:
     try:
         policy = SmolVLAPolicy(cfg)
     except Exception as e:  # backbone not in the cache and no network, bad config values
+        missing = backbone_error(e, cfg.vlm_model_name, action)
+        if missing is not None:
+            raise missing from None
         raise UserError(
             f"{action}: cannot build the SmolVLA architecture of the checkpoint's config to compare against "
             f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); pass --teacher"

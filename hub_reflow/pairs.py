@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_smolvla, read_policy_config, resolve_checkpoint
-from .data import load_dataset
+from .data import dataset_label, load_dataset
 from .devices import resolve_device
 from .errors import UserError
 from .fastpath import TeacherSampler
@@ -130,7 +130,6 @@ def make_pairs(args: PairsArgs) -> Path:
         }
         (tmp / PAIRS_META_NAME).write_text(dumps(meta, indent=2, sort_keys=True))
         pairs_card(meta).save(tmp / "README.md")
-        tmp.chmod(0o755)  # atomic_dir's temporary folder is private; a dataset folder is not
     return out
 
 
@@ -200,7 +199,7 @@ def pairs_card(meta: dict):
         f"| teacher | {teacher_name} |",
         f"| teacher commit | {t['commit'] or 'n/a (local folder)'} |",
         f"| teacher weights sha256 | `{t['weights_sha256']}` |",
-        f"| dataset | {d.get('repo_id')} |",
+        f"| dataset | {dataset_label(d)} |",
         f"| dataset commit | {d.get('commit') or 'n/a (local folder)'} |",
         f"| training episodes | {d['train_episodes'][0]}..{d['train_episodes'][1] - 1} (held out: {d['holdout_episodes'][1] - d['holdout_episodes'][0]}) |",
         f"| teacher_steps | {meta['teacher_steps']} |",
@@ -281,8 +280,9 @@ def check_pairs(pairs: Pairs, teacher_ref, ds_info: dict, teacher_steps: int) ->
             f"--pairs were made by a different teacher (weights sha256 {m['teacher']['weights_sha256'][:12]}..., "
             f"this teacher's is {teacher_ref.weights_sha256[:12]}...); make pairs with this teacher (hub-reflow pairs)")
     d = m["dataset"]
-    if d["repo_id"] != ds_info["repo_id"]:
-        raise UserError(f"--pairs were made for dataset {d['repo_id']}, not {ds_info['repo_id']}; pass that dataset or make new pairs")
+    if (d["repo_id"] or d.get("local_name")) != (ds_info["repo_id"] or ds_info.get("local_name")):  # the dataset's name
+        raise UserError(f"--pairs were made for dataset {dataset_label(d)}, not {dataset_label(ds_info)}; pass that dataset "
+                        "or make new pairs")
     if d.get("commit") and ds_info.get("commit") and d["commit"] != ds_info["commit"]:
         raise UserError(f"--pairs were made for dataset commit {d['commit']}, this dataset is at {ds_info['commit']}; "
                         "pass --dataset-revision to match or make new pairs")

@@ -44,10 +44,21 @@ def action_labels(names, dims: int) -> list[str]:
     return [f"action dim {d}" for d in range(dims)]
 
 
-def chunk_plot(chunks: dict[str, list], path: Path, action_names=None) -> list[str]:
+def example_frame(frames_from: str | None) -> str:
+    """What the example chunk's frame is, from the measurement's ``frames_from``: a held-out frame only
+    when episodes were held out."""
+    if frames_from and frames_from.startswith("held-out"):
+        return "a held-out frame"
+    if frames_from and frames_from.startswith("training"):
+        return "a training frame (no episode was held out)"
+    return "one frame"
+
+
+def chunk_plot(chunks: dict[str, list], path: Path, action_names=None, frames_from: str | None = None) -> list[str]:
     """``chunks``: sampler name -> one action chunk [chunk_size][action_dim] in real units;
-    ``action_names``: the dataset's names of the action dims (see :func:`action_labels`).
-    Returns the panels' titles as drawn."""
+    ``action_names``: the dataset's names of the action dims (see :func:`action_labels`);
+    ``frames_from``: where the measured frames came from (the lineage's ``evaluation.frames_from``).
+    Returns the figure's title, then the panels' titles, as drawn."""
     plt = _pyplot()
     dims = len(next(iter(chunks.values()))[0])
     fig, axes = plt.subplots(1, dims, figsize=(4 * dims, 3), dpi=100, squeeze=False)
@@ -58,10 +69,10 @@ def chunk_plot(chunks: dict[str, list], path: Path, action_names=None) -> list[s
         ax.set_title(label)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    fig.suptitle("held-out frame, shared noise")
+    suptitle = fig.suptitle(f"{example_frame(frames_from)}, shared noise")
     fig.tight_layout()
     fig.savefig(path)
-    titles = [ax.get_title() for ax in axes[0]]
+    titles = [suptitle.get_text(), *(ax.get_title() for ax in axes[0])]
     plt.close(fig)
     return titles
 
@@ -74,5 +85,6 @@ def draw_card_images(lineage, folder: Path) -> dict[str, list[str]]:
         written[LOSS_CURVE] = loss_curve(curve, folder / LOSS_CURVE)
     example = lineage.evaluation.get("example_chunks")
     if example:
-        written[CHUNKS] = chunk_plot(example, folder / CHUNKS, lineage.evaluation.get("action_names"))
+        written[CHUNKS] = chunk_plot(example, folder / CHUNKS, lineage.evaluation.get("action_names"),
+                                     lineage.evaluation.get("frames_from"))
     return written

@@ -17,18 +17,24 @@ from torch import Tensor, nn
 from . import flow
 from .checkpoint import (
     LINEAGE_NAME,
+    PLAIN,
+    PLAIN_FIX,
     CheckpointRef,
     Lineage,
     ResolvedCheckpoint,
+    is_plain_smolvla,
     load_smolvla,
     resolve_checkpoint,
     write_canonical,
 )
 from .card import render_card
+from .card_eval import closed_loop_context, draw_closed_loop_images, read_closed_loop
+from .closed_loop_results import EVAL_NAME, ClosedLoopResults
 from .config import ReflowConfig
 from .errors import UserError
 from .fastpath import TeacherSampler
 from .hub import push_policy
+from .plots import draw_card_images
 from .smolvla import noise_shape, on_policy_noise, policy_inputs, shared_prefix_losses, student_losses, teacher_pairs
 
 
@@ -82,6 +88,7 @@ class ReflowPolicy(
         self.teacher = teacher
         self.base = base
         self.vlm_repo_id: str | None = None  # names the base's local backbone folder when saved (train --vlm-repo-id)
+        self.closed_loop: ClosedLoopResults | None = None  # the recorded closed-loop evaluation (reflow_eval.json)
         self.lineage = lineage or Lineage(
             teacher=base.ref if base else CheckpointRef(None, None, None, ""),
             reflow=self.reflow_config.to_dict(),
@@ -218,10 +225,18 @@ class ReflowPolicy(
     # ---- saving and loading ---------------------------------------------------------------------
 
     def _save_pretrained(self, save_directory: Path) -> None:
+        """The canonical checkpoint, the recorded closed-loop evaluation, and the pictures its card
+        links (the card itself is ``generate_model_card``'s, written by the mixin)."""
         if self.base is None:
             raise UserError("cannot save: no base checkpoint (config and processors) is known for this student")
-        write_canonical(Path(save_directory), self.student, self.base, self.reflow_config.student_steps, self.lineage,
+        folder = Path(save_directory)
+        write_canonical(folder, self.student, self.base, self.reflow_config.student_steps, self.lineage,
                         vlm_repo_id=self.vlm_repo_id)
+        draw_card_images(self.lineage, folder)
+        if self.closed_loop is not None:
+            self.closed_loop.write(folder / EVAL_NAME)
+            draw_closed_loop_images(self.closed_loop, folder)
+        (folder / "README.md").unlink(missing_ok=True)  # the mixin writes this copy's card, not an older one
 
     @classmethod
     def from_pretrained(
@@ -240,16 +255,21 @@ class ReflowPolicy(
         """A student from a canonical checkpoint (folder or Hub repo at ``revision``), with the
         arguments of ``ModelHubMixin.from_pretrained``; offline (``HF_HUB_OFFLINE=1`` or
         ``local_files_only``) from the Hugging Face cache. The teacher is re-attached from the
-        lineage file only when asked (``attach_teacher=True``), with the same Hub arguments."""
+        lineage file only when asked (``attach_teacher=True``), with the same Hub arguments. A plain
+        SmolVLA checkpoint (no lineage file) is refused, as ``hub-reflow pull`` refuses it."""
         if unknown:
             raise TypeError(f"ReflowPolicy.from_pretrained() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
         hub = dict(token=token, cache_dir=cache_dir, force_download=force_download, local_files_only=local_files_only)
         resolved = resolve_checkpoint(str(pretrained_model_name_or_path), revision, what="checkpoint", **hub)
+        if is_plain_smolvla(resolved.path):  # pull's rule: no lineage is made up for it
+            raise UserError(f"checkpoint: {pretrained_model_name_or_path} is {PLAIN}; {PLAIN_FIX}")
         student = load_smolvla(resolved.path, device=device, what="checkpoint")
-        lineage_file = resolved.path / LINEAGE_NAME
-        lineage = Lineage.from_file(lineage_file) if lineage_file.is_file() else None
-        rcfg = ReflowConfig.from_dict(lineage.reflow) if lineage else ReflowConfig(student_steps=student.config.num_steps)
-        policy = cls(student, None, rcfg, base=resolved, lineage=lineage)
+        try:
+            lineage = Lineage.from_file(resolved.path / LINEAGE_NAME)
+        except Exception as e:  # not JSON, fields missing
+            raise UserError(f"checkpoint: its {LINEAGE_NAME} cannot be read ({type(e).__name__}); pass a reflow student") from None
+        policy = cls(student, None, ReflowConfig.from_dict(lineage.reflow), base=resolved, lineage=lineage)
+        policy.closed_loop = read_closed_loop(resolved.path)  # saved and pushed again with it
         if attach_teacher:
             policy.attach_teacher(device=device, **hub)
         return policy
@@ -296,7 +316,9 @@ class ReflowPolicy(
         return self.student.predict_action_chunk(batch, noise=noise, **kwargs)
 
     def generate_model_card(self, *args, license: str | None = None, **kwargs) -> ModelCard:
-        return render_card(self.lineage, self.student.config, license=license)
+        """The card of what ``_save_pretrained`` writes: its pictures and closed-loop section."""
+        return render_card(self.lineage, self.student.config, license=license,
+                           closed_loop=closed_loop_context(self.closed_loop))
 
 
 def _on(t: Tensor, device: torch.device) -> Tensor:

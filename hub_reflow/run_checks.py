@@ -102,8 +102,9 @@ def checkpoints_to_write(start: int, steps: int, save_freq: int) -> int:
 # ---- resume ------------------------------------------------------------------------------------
 
 # ReflowConfig fields a resumed run may change: cuda_graphs and teacher_batch (how the teacher is
-# run, same numbers); every other one changes what is trained (--steps too: it sets the length of the cosine
-# schedule). Settings outside ReflowConfig (--log-freq,
+# run, same numbers); every other one changes what is trained. --steps may grow (the run is extended,
+# its cosine schedule refitted to the new length as lerobot-train refits it, and the lineage records
+# the extension); it never shrinks. Settings outside ReflowConfig (--log-freq,
 # --save-freq, --num-workers, --device, --no-progress) may always change.
 RESUME_MAY_CHANGE: frozenset[str] = frozenset({"cuda_graphs", "teacher_batch"})  # how the teacher is run, not what it computes
 
@@ -139,9 +140,17 @@ def check_resume(saved, now) -> None:
         # A field added since the run was written: it ran with what runs did then.
         a = old_cfg.get(f.name, RECORDED_BEFORE.get(f.name, default))
         b = new_cfg.get(f.name, default)
+        if f.name == "steps" and isinstance(a, int) and b != a:
+            if b > a:
+                continue  # an extension, as lerobot-train --resume --steps N: train.resume records it
+            raise UserError(f"--resume: --steps {b} is fewer than the run's {a}: a run is extended (a larger --steps), "
+                            f"never shortened; resume with --steps {a} or more, or start a new --output-dir")
         if a != b:
             raise UserError(f"--resume: {_flag(f.name)} differs from the run's: it was {_show(a)}, now {_show(b)}; {fix}")
-    for key, what in (("repo_id", "--dataset"), ("commit", "the dataset's commit (--dataset-revision)"),
+    named = [d.get("repo_id") or d.get("local_name") for d in (d_old, d_new)]  # a repo id, or a local folder's name
+    if all(named) and named[0] != named[1]:
+        raise UserError(f"--resume: --dataset differs from the run's: it was {_show(named[0])}, now {_show(named[1])}; {fix}")
+    for key, what in (("commit", "the dataset's commit (--dataset-revision)"),
                       ("train_episodes", "the dataset's training episodes (--dataset-root, another dataset?)")):
         a, b = d_old.get(key), d_new.get(key)
         if a is not None and b is not None and a != b:

@@ -51,6 +51,15 @@ def _refusal(folder: Path, holder: dict) -> UserError:
                      "to end or pass another --output-dir (nothing was changed)")
 
 
+def refuse_if_held(output_dir: Path) -> None:
+    """Before anything reads the run folder (``--resume`` reads its checkpoints): refuse one whose
+    lock another launch holds, with the same line ``run_lock`` gives."""
+    path = Path(output_dir).expanduser() / LOCK_NAME
+    holder = _held_by(path)
+    if holder is not None and holder.get("launch") != launch_id():
+        raise _refusal(path.parent, holder)
+
+
 def _take(path: Path) -> int:
     """The lock file's descriptor, locked; refuse when another process holds it."""
     while True:
@@ -119,7 +128,7 @@ def _held_by(path: Path) -> dict | None:
     """The holder's record when some process holds the lock (None: nobody holds it yet)."""
     try:
         fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+    except OSError:  # no lock file (or no folder): nobody holds it
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

@@ -9,7 +9,7 @@ import json
 from .checkpoint import LINEAGE_NAME, WEIGHTS_NAME
 from .inspection import Facts, renamed_backbone
 from .keys import group_counts, group_of, nbytes
-from .report import FAIL, INFO, PASS, SKIP, WARN, Check
+from .report import FAIL, INFO, PASS, SKIP, WARN, Check, counted
 from .rtc import LEROBOT_EXECUTION_HORIZON, LEROBOT_MAX_GUIDANCE_WEIGHT, recommended, rtc_flags, rtc_problems
 
 # Fields a student may differ in from its teacher on purpose (step count; what push_to_hub sets).
@@ -33,7 +33,7 @@ def check_config(f: Facts) -> Check:
         return Check("config", FAIL, c.error)
     problems, details = [], {}
     if c.unknown:
-        problems.append(f"{len(c.unknown)} fields LeRobot's SmolVLAConfig does not know: {', '.join(c.unknown)} "
+        problems.append(f"{counted(len(c.unknown), 'field')} LeRobot's SmolVLAConfig does not know: {', '.join(c.unknown)} "
                         "(plain LeRobot refuses it; hub-reflow canonicalize drops them)")
         details["unknown_fields"] = c.unknown
     if c.parse_error is not None:
@@ -63,12 +63,14 @@ def check_config_diff(f: Facts) -> Check | None:
         return Check("config.diff", SKIP, f"no teacher to compare with ({note}); pass --teacher",
                      {"load_vlm_weights": c.raw.get("load_vlm_weights")})
     bad = {k: v for k, v in c.diff.items() if k not in ALLOWED_CONFIG_DIFF and not renamed_backbone(k, *v)}
-    shown = "; ".join(f"{k}: {json.dumps(s)} (teacher {json.dumps(t)})" for k, (s, t) in c.diff.items()) or "nothing"
+    shown = "; ".join(f"{k}: {json.dumps(s)} (teacher {json.dumps(t)})" for k, (s, t) in c.diff.items())
     extra = f"; the teacher's own unknown fields ignored: {', '.join(c.teacher_unknown)}" if c.teacher_unknown else ""
     if bad:
         summary = f"differs from the teacher beyond num_steps/push fields in {', '.join(bad)}: {shown}{extra}"
-    else:
+    elif c.diff:
         summary = f"differs from the teacher only in {shown}{extra}"
+    else:
+        summary = f"identical to the teacher's{extra}"
     return Check("config.diff", FAIL if bad else PASS, summary, {"diff": c.diff, "unexpected": sorted(bad)})
 
 
@@ -95,7 +97,7 @@ def check_weights_teacher(f: Facts) -> Check:
     if not w.teacher_keys:
         return Check("weights.teacher", PASS, "no teacher tensors under any prefix")
     size = sum(nbytes(w.header[k]) for k in w.teacher_keys)
-    return Check("weights.teacher", FAIL, f"{len(w.teacher_keys)} tensors ({_mb(size)}) are a teacher copy under prefix "
+    return Check("weights.teacher", FAIL, f"{counted(len(w.teacher_keys), 'tensor')} ({_mb(size)}) {'is' if len(w.teacher_keys) == 1 else 'are'} a teacher copy under prefix "
                  f"{', '.join(repr(p) for p in w.teacher_prefixes)}; the file must hold the student only",
                  {"teacher_keys": len(w.teacher_keys), "prefixes": w.teacher_prefixes})
 
@@ -111,7 +113,7 @@ def check_weights_keys(f: Facts) -> Check:
     details = {"keys": len(own), "groups": counts, "reference_groups": group_counts(ref), "missing": missing,
                "unexpected": unexpected, "shape_mismatch": shape_bad}
     if not (missing or unexpected or shape_bad):
-        return Check("weights.keys", PASS, f"{len(own)} keys ({_fmt_counts(counts)}), names and shapes = {against}", details)
+        return Check("weights.keys", PASS, f"{counted(len(own), 'key')} ({_fmt_counts(counts)}), names and shapes = {against}", details)
     parts = []
     if missing:
         parts.append(f"{len(missing)} missing ({_fmt_counts(group_counts(missing))}; e.g. {missing[0]})")
@@ -122,7 +124,7 @@ def check_weights_keys(f: Facts) -> Check:
     if shape_bad:
         k = shape_bad[0]
         parts.append(f"{len(shape_bad)} with other shapes (e.g. {k} {list(own[k][0])} vs {list(ref[k][0])})")
-    return Check("weights.keys", FAIL, f"{len(own)} keys vs {len(ref)} in {against}: " + "; ".join(parts), details)
+    return Check("weights.keys", FAIL, f"{counted(len(own), 'key')} vs {len(ref)} in {against}: " + "; ".join(parts), details)
 
 
 def dtype_casts(f: Facts) -> dict[str, tuple[str, str]]:
@@ -149,7 +151,7 @@ def check_weights_dtypes(f: Facts) -> Check:
     for k, (have, want) in wrong.items():
         label = f"{group_of(names[k])} {have} (expected {want})"
         pairs[label] = pairs.get(label, 0) + 1
-    return Check("weights.dtypes", FAIL, f"{len(wrong)} tensors in another dtype than {against}: "
+    return Check("weights.dtypes", FAIL, f"{counted(len(wrong), 'tensor')} in another dtype than {against}: "
                  + "; ".join(f"{p} x{n}" for p, n in pairs.items())
                  + " (LeRobot casts on load: the runtime dtypes follow load_vlm_weights, the file size does not)",
                  {"wrong": len(wrong), "layout": layout})
@@ -170,9 +172,9 @@ def check_weights_finite(f: Facts) -> Check:
     bad = f.weights.nonfinite
     if bad:
         groups = group_counts(f.weights.names[k] for k in bad)
-        return Check("weights.finite", FAIL, f"NaN/Inf in {len(bad)} tensors ({_fmt_counts(groups)}; e.g. {bad[0]})",
+        return Check("weights.finite", FAIL, f"NaN/Inf in {counted(len(bad), 'tensor')} ({_fmt_counts(groups)}; e.g. {bad[0]})",
                      {"nonfinite": bad})
-    return Check("weights.finite", PASS, f"no NaN or Inf in {len(f.weights.own)} tensors")
+    return Check("weights.finite", PASS, f"no NaN or Inf in {counted(len(f.weights.own), 'tensor')}")
 
 
 def check_weights_vlm(f: Facts) -> Check:

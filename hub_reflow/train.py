@@ -41,6 +41,7 @@ from .train_utils import (
     cycle,
     divergence_hint,
     evaluate_student,
+    extend_schedule,
     make_accelerator,
     make_optimizer,
     read_lineage,
@@ -196,7 +197,14 @@ def resume(run: Run) -> None:
                         f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); start a new --output-dir") from None
     if run.master.active:  # the fp32 masters, not the rounded weights of pretrained_model/
         run.master.load_state_dict(safeio.load_file(ckpt / TRAINING_STATE_DIR / MASTER_FILE, "--resume"))
-    run.policy.lineage.training = {**run.saved.training, "optimizer": run.policy.lineage.training["optimizer"]}
+    run.policy.lineage.training = {**run.saved.training, "optimizer": run.policy.lineage.training["optimizer"],
+                                   "resumes": run.saved.training.get("resumes", 0) + 1}
+    run.timer.carry(run.saved.training.get("time_s"))  # time_s: every process of the run, up to its checkpoints
+    if run.saved.reflow.get("steps", run.rcfg.steps) < run.rcfg.steps:  # --resume --steps N: an extension (run_checks)
+        ext = extend_schedule(run.optimizer, run.scheduler, run.step, run.saved.reflow["steps"], run.rcfg)
+        run.policy.lineage.training["extensions"] = [*run.saved.training.get("extensions", []), ext]
+        if run.accelerator.is_main_process:
+            logger.info("extending the run from %d to %d steps: %s", ext["steps_before"], ext["steps"], ext["schedule"])
     run.sampler_state = compute_sampler_state(
         run.step, len(run.sampler), load_training_batch_size(ckpt) or run.rcfg.batch_size,
         load_training_num_processes(ckpt) or run.accelerator.num_processes,

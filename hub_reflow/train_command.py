@@ -11,6 +11,7 @@ from .checkpoint import LINEAGE_NAME, Lineage
 from .config import RECORDED_BEFORE, ReflowConfig, default_lr_scale
 from .console import fail
 from .run_checks import check_train_output, read_run_record
+from .runlock import refuse_if_held
 
 
 def given_or_recorded(p: argparse.ArgumentParser) -> None:
@@ -36,6 +37,7 @@ class Unset:
 def train_settings(a) -> argparse.Namespace:
     """The options given, then (with --resume) the run's recorded ones, then the defaults."""
     given = {k: v for k, v in vars(a).items() if k in TRAIN_DEFAULTS and not isinstance(v, Unset)}
+    refuse_if_held(given["output_dir"])  # a folder another run holds: that, before what its checkpoints say
     if given.get("resume"):
         check_train_output(given["output_dir"], resume=True)  # a run to resume: before reading its record
     recorded = read_run_record(given["output_dir"]) if given.get("resume") else None
@@ -69,13 +71,38 @@ def _absolute(value):
     return value
 
 
-def final_verdict(folder: Path) -> str:
-    """The run's own fidelity verdict (the card's), in one line; on FAIL, what to try."""
-    lineage = folder / LINEAGE_NAME
-    verdict = recorded_verdict(Lineage.from_file(lineage).evaluation) if lineage.is_file() else None
+def final_verdict(folder: Path, settings=None) -> str:
+    """The run's own fidelity verdict (the card's), in one line; on FAIL, what this run used and what
+    to change (``settings``: the run's options, for the command that measures it again)."""
+    path = folder / LINEAGE_NAME
+    lineage = Lineage.from_file(path) if path.is_file() else None
+    verdict = recorded_verdict(lineage.evaluation) if lineage is not None else None
     if verdict is None:
         return "fidelity verdict: not measured"
     if verdict.passed:
         return f"fidelity verdict: PASS, {verdict.reason}"
-    return (f"fidelity verdict: FAIL, {verdict.reason}; train again with more --steps, --time-sampling grid, "
-            f"or measure on more frames: hub-reflow verify {folder} --teacher TEACHER --dataset DATASET --frames 64")
+    return f"fidelity verdict: FAIL, {verdict.reason}; {_advice(lineage, folder, settings)}"
+
+
+def _advice(lineage: Lineage, folder: Path, settings) -> str:
+    """What the run used, the settings that bring a student closer (docs/fidelity.md), and the
+    verify command that measures it on more frames, with this run's teacher and dataset."""
+    r, pairs = lineage.reflow, lineage.reflow.get("targets") == "cached pairs"
+    steps = r.get("steps")
+    used = [f"{steps} steps", f"--time-sampling {r.get('time_sampling')}", f"--noises-per-frame {r.get('noises_per_frame', 1)}",
+            f"--frame-sampling {r.get('frame_sampling', 'uniform')}"]
+    change = [f"--steps {2 * steps}" if isinstance(steps, int) else "more --steps"]
+    if r.get("time_sampling") != "grid":
+        change.append("--time-sampling grid")
+    if not pairs and r.get("noises_per_frame", 1) < 4:
+        change.append("--noises-per-frame 4")
+    if not pairs and r.get("frame_sampling", "uniform") != "spread":
+        change.append("--frame-sampling spread")
+    extend = f" (--resume --steps {2 * steps} extends this run)" if isinstance(steps, int) else ""
+    t = lineage.teacher
+    teacher = f"{t.repo_id} --teacher-revision {t.commit}" if t.repo_id else str(getattr(settings, "teacher", None) or "TEACHER_FOLDER")
+    dataset = str(getattr(settings, "dataset", None) or "DATASET")
+    root = getattr(settings, "dataset_root", None)
+    verify = f"hub-reflow verify {folder} --teacher {teacher} --dataset {dataset}" + (f" --dataset-root {root}" if root else "")
+    return (f"this run used {', '.join(used)}; train again with {', '.join(change)}{extend}, or measure on more "
+            f"frames: {verify} --frames 64")

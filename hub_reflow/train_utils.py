@@ -160,6 +160,23 @@ def evaluate_student(policy, args, ds_info: dict, preprocessor, postprocessor) -
                    scale=action_scale(ds.meta.stats), action_names=(ds.meta.features.get("action") or {}).get("names"))
 
 
+def extend_schedule(optimizer, scheduler, step: int, steps_before: int, rcfg: ReflowConfig) -> dict:
+    """A run resumed with a larger ``--steps``: the scheduler is LeRobot's cosine with warm-up built for
+    the new length (``make_optimizer``), as ``lerobot-train --resume --steps N`` builds it; from
+    ``step`` on the learning rate follows it (set here for the next step, not left at the value the
+    old schedule had reached). Returns the lineage's record of the extension."""
+    before = optimizer.param_groups[0]["lr"]
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    after = optimizer.param_groups[0]["lr"]
+    warmup = rcfg.warmup_steps if rcfg.warmup_steps is not None else max(1, rcfg.steps // 20)
+    return {"from_step": step, "steps_before": steps_before, "steps": rcfg.steps, "lr_before": before, "lr_after": after,
+            "schedule": f"LeRobot's cosine schedule with warm-up refitted to {rcfg.steps} steps (warm-up {warmup}), as "
+                        f"lerobot-train --resume --steps refits it: from step {step} the learning rate follows it "
+                        f"({after:.3g}; the {steps_before}-step schedule had reached {before:.3g})"}
+
+
 def read_lineage(ckpt: Path) -> Lineage:
     """The lineage of a checkpoint to resume from (``checkpoints/<step>/``)."""
     try:
@@ -178,7 +195,8 @@ def divergence_hint(lr: float, warmup: int, pairs) -> str:
 class PhaseTimer:
     """Wall seconds per phase of a run (host time: on CUDA a phase that only launches kernels
     looks cheap and the wait shows up at the next sync). Recorded in the lineage as
-    ``training.time_s`` so users and ``benchmarks/train_overhead.py`` can see where the time goes."""
+    ``training.time_s`` so users and ``benchmarks/train_overhead.py`` can see where the time goes; a
+    resumed run adds its own to the recorded phases (``carry``)."""
 
     def __init__(self):
         self._totals: dict[str, float] = {}
@@ -200,6 +218,13 @@ class PhaseTimer:
 
     def totals(self) -> dict[str, float]:
         return {k: round(v, 3) for k, v in self._totals.items()}
+
+    def carry(self, earlier: dict | None) -> None:
+        """Add the phases of the run's earlier processes (a resumed run's ``training.time_s``, up to
+        the checkpoint it resumed from): a run's time is that of all its processes."""
+        for name, seconds in (earlier or {}).items():
+            if isinstance(seconds, (int, float)):
+                self._totals[name] = self._totals.get(name, 0.0) + seconds
 
 
 def step_seed(seed: int, process: int, step: int) -> int:

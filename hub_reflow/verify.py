@@ -28,6 +28,7 @@ import torch
 
 from . import compiled
 from . import structure as structural
+from .card import recorded_verdict
 from .checkpoint import LINEAGE_NAME, CheckpointRef, Lineage, load_smolvla, resolve_checkpoint
 from .data import check_dataset_features
 from .errors import UserError
@@ -242,7 +243,9 @@ def verify(checkpoint: str, teacher: str | None = None, *, revision: str | None 
     t = resolve_checkpoint(teacher, teacher_revision, what="teacher") if teacher else None
     checks = notes + structure_checks(ckpt.path, t.path if t else None, t.ref if t else None)
     if dataset is None:
-        checks.append(Check("fidelity", SKIP, "no --dataset given: fidelity and speed need real observations"))
+        checks.append(Check("fidelity", SKIP, "no --dataset given: fidelity and speed need real observations",
+                            {"fix": "pass --dataset"}))
+        checks += _recorded_fidelity(ckpt.path)
     elif t is None:
         raise UserError("verify: --dataset measures the student against its teacher; pass --teacher too")
     else:
@@ -270,6 +273,22 @@ def _teacher_from_lineage(folder: Path) -> tuple[str | None, str | None, Check |
         return None, None, Check("teacher", INFO, f"the recorded teacher {ref.repo_id}@{(ref.commit or '')[:12]} is not "
                                  f"reachable ({e}); checking against the architecture instead")
     return ref.repo_id, ref.commit, Check("teacher", INFO, f"teacher taken from the lineage: {ref.repo_id}@{ref.commit}")
+
+
+def _recorded_fidelity(folder: Path) -> list[Check]:
+    """The fidelity verdict the training run recorded in the lineage (its final measurement), shown
+    beside a verify that did not measure fidelity itself."""
+    try:
+        evaluation = Lineage.from_file(folder / LINEAGE_NAME).evaluation if (folder / LINEAGE_NAME).is_file() else {}
+    except Exception:  # the lineage check reports it
+        return []
+    verdict = recorded_verdict(evaluation)
+    if verdict is None:
+        return []
+    word = "PASS" if verdict.passed else "FAIL"
+    return [Check("fidelity.recorded", INFO, f"recorded by the training run, not measured here: {word}, {verdict.reason} "
+                  f"({evaluation.get('frames')} frames from {evaluation.get('frames_from')})",
+                  {"verdict": f"{word} ({verdict.reason})", "passed": verdict.passed})]
 
 
 def _display(arg: str, ref: CheckpointRef) -> str:

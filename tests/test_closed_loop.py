@@ -199,6 +199,54 @@ def test_lerobot_env_type_pusht(pusht_policy, tmp_path, capsys):
     assert "pusht/PushT-v0" in stdout
 
 
+PUSHT_NEEDS = "the student needs observation.image [3, 96, 96] and observation.state [2]"
+PUSHT_FIX = """pass --env-kwargs '{"obs_type": "pixels_agent_pos"}' (its obs_type is 'state')"""
+
+
+def test_pusht_state_observations_are_one_line_naming_the_obs_type(pusht_policy, tmp_path, capsys):
+    """gym-pusht's registered default (obs_type "state") gives one array, not LeRobot's dict: one line
+    (exit 2) naming what it gives, what the policy needs and the option that fixes it, from the CLI, from
+    LeRobot's --env.type and from the Python API; with that option the same command runs."""
+    out = tmp_path / "out.json"
+    code, _, err = _in_process(capsys, str(pusht_policy), "--env-id", "gym_pusht/PushT-v0", "--episodes", "2",
+                               "--json", str(out), "--device", "cpu")
+    assert code == 2 and "Traceback" not in err and not out.exists()
+    assert err.strip().splitlines() == [
+        "hub-reflow: error: gym_pusht/PushT-v0 gives its observation as one array of shape [5], not LeRobot's dict of "
+        f"'pixels' (camera images) and 'agent_pos' (state); {PUSHT_NEEDS}: {PUSHT_FIX}"]
+    code, _, err = _in_process(capsys, str(pusht_policy), "--env.type", "pusht", "--env.obs_type=state", "--episodes", "1",
+                               "--device", "cpu")
+    assert code == 2 and err.strip().splitlines() == [
+        "hub-reflow: error: pusht/PushT-v0 gives its observation as one array of shape [5], not LeRobot's dict of "
+        f"'pixels' (camera images) and 'agent_pos' (state); {PUSHT_NEEDS}: pass --env.obs_type=pixels_agent_pos "
+        "(its obs_type is 'state')"]
+    from hub_reflow.errors import UserError
+
+    with pytest.raises(UserError, match="gives its observation as one array of shape"):
+        evaluate_closed_loop(student=str(pusht_policy), env=EnvChoice(env_id="gym_pusht/PushT-v0"), episodes=1, device="cpu")
+    code, stdout, err = _in_process(capsys, str(pusht_policy), "--env-id", "gym_pusht/PushT-v0", "--env-kwargs",
+                                    '{"obs_type": "pixels_agent_pos"}', "--max-steps", "2", "--episodes", "1",
+                                    "--json", str(out), "--device", "cpu")
+    assert code == 0, err
+    assert json.loads(out.read_text())["policies"]["student@10"]["lengths"] == [2]
+
+
+def test_without_a_recorded_hub_teacher_eval_says_how_to_add_the_teacher_rows(world, student_fp32, tmp_path, capsys, caplog):
+    """A student whose teacher was a local folder: eval without --teacher runs the student row and says
+    why there are no teacher rows and how to add them (a warning, the table and the JSON)."""
+    out = tmp_path / "out.json"
+    code, stdout, err = _in_process(capsys, str(student_fp32), "--env-id", "gym_hubtest/SeedParity-v0", "--episodes", "1",
+                                    "--json", str(out), "--device", "cpu")
+    assert code == 0, err
+    note = ("only the student row: the student's teacher was a local folder (its path is not recorded); pass --teacher "
+            "TEACHER (its folder or Hub repo id) to add the teacher rows")
+    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records if r.name.startswith("hub_reflow")] == [
+        ("hub_reflow.closed_loop", "WARNING", f"eval: {note}")]
+    assert f"\nnote: {note}\nwrote {out}" in stdout
+    data = json.loads(out.read_text())
+    assert list(data["success_rates"]) == ["student@1"] and data["settings"]["no_teacher"] == note
+
+
 BAD = [
     ("unknown env", ["--env-id", "gym_hubtest/Nope-v0"], "unknown gymnasium env 'gym_hubtest/Nope-v0'"),
     ("missing env package", ["--env-id", "gym_not_installed/Reach-v0"], "pip install gym-not-installed"),
@@ -238,3 +286,27 @@ def test_student_and_teacher_with_other_features(world, pusht_policy, tmp_path, 
                             "gym_hubtest/SeedParity-v0", "--json", str(out))
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "the student and the teacher have different features" in err and not out.exists()
+
+
+def test_videos_are_enlarged_and_labelled(closed_loop_world, tmp_path, capsys):
+    """--videos from the tiny world's 32x32 camera: each row's episode as VIDEOS_DIR/<row>/episode_<i>.mp4,
+    enlarged by nearest neighbour to 256 pixels a side under a banner naming the row, episode and outcome."""
+    import av
+    import numpy as np
+
+    out, videos = tmp_path / "out.json", tmp_path / "videos"
+    code, _, err = _in_process(capsys, "--teacher", str(closed_loop_world.teacher), "--env-id", TINY_ENV, "--episodes", "2",
+                               "--teacher-steps", "10", "--videos", "1", "--videos-dir", str(videos), "--json", str(out),
+                               "--device", "cpu")
+    assert code == 0, err
+    data = json.loads(out.read_text())
+    assert sorted(str(p.relative_to(videos)) for p in videos.rglob("*")) == ["teacher@10", "teacher@10/episode_0.mp4"]
+    with av.open(str(videos / "teacher@10" / "episode_0.mp4")) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == data["policies"]["teacher@10"]["lengths"][0]  # LeRobot's frames, one a step
+    banner = frames[0].shape[0] - 256
+    assert frames[0].shape[1] == 256 and 0 < banner <= 64
+    assert frames[0][:banner].max() > 200 and np.median(frames[0][:banner]) < 30  # white words on black
+    picture = frames[0][banner:].astype(int).reshape(32, 8, 32, 8, 3)
+    within = np.abs(picture - picture[:, :1, :, :1]).mean()  # nearest: 8x8 blocks of one colour (video coding aside)
+    assert within < 0.2 * np.abs(np.diff(picture[:, 0, :, 0], axis=1)).mean() + 2, within

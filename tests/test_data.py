@@ -45,3 +45,4 @@ def test_plain_reads_give_the_teachers_inputs_bit_for_bit(world):
     assert all(torch.equal(x, y) for x, y in zip(a.images, b.images))
     assert all(torch.equal(x, y) for x, y in zip(a.img_masks, b.img_masks))
     assert torch.equal(a.state, b.state) and torch.equal(a.lang_tokens, b.lang_tokens)
+

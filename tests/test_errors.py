@@ -127,7 +127,7 @@ class Ctx:
 
     def resume(self, *extra: str) -> list[str]:
         """The run's own command line, then ``extra`` (argparse keeps the last value of a flag)."""
-        return ["train", "--teacher", str(self.teacher), "--dataset", self.world.repo_id, "--dataset-root",
+        return ["train", "--teacher", str(self.teacher), "--dataset", "someone/else", "--dataset-root",
                 str(self.world.dataset_root), "--output-dir", str(self.run), "--steps", "2", "--batch-size", "4",
                 "--device", "cpu", "--no-progress", "--resume", *extra]
 
@@ -267,7 +267,10 @@ CASES = [
     Case("train --teacher missing", lambda c: c.train("--teacher", str(c.tmp / "nope")), 2, "does not exist"),
     Case("train --teacher is a file", lambda c: c.train("--teacher", str(c.file)), 2, "is a file", kept=("file",)),
     Case("train --pairs is a file", lambda c: c.train("--pairs", str(c.file)), 2, "--pairs", kept=("file",)),
-    Case("card of a folder without lineage", lambda c: ["card", str(c.teacher)], 2, "has no reflow_lineage.json"),
+    Case("card of a plain lerobot-train checkpoint says lineage unknown", lambda c: ["card", str(c.teacher)], 0, None,
+         after=lambda c, out, err: "whose **lineage is unknown**" in out and "| teacher | unknown |" in out
+         and "A **reflow student** of" not in out and "](https://huggingface.co/datasets/" not in out),
+    Case("card of a folder that is no checkpoint", lambda c: ["card", str(c.full)], 2, "no config.json in", kept=("full",)),
     Case("verify missing checkpoint", lambda c: ["verify", str(c.tmp / "nope")], 2, "does not exist"),
     Case("push a folder that is not a checkpoint", lambda c: ["push", str(c.full), "--repo-id", "user/x"], 2, "no config.json in",
          kept=("full",)),
@@ -319,7 +322,8 @@ CASES = [
     Case("resume with another --frame-sampling", lambda c: c.resume("--frame-sampling", "uniform"), 2,
          "--frame-sampling differs from the run's: it was 'spread', now 'uniform'", kept=("run",)),
     Case("resume with another --warmup-steps", lambda c: c.resume("--warmup-steps", "1"), 2, "--warmup-steps differs", kept=("run",)),
-    Case("resume with another --steps", lambda c: c.resume("--steps", "4"), 2, "--steps differs", kept=("run",)),
+    Case("resume with fewer --steps", lambda c: c.resume("--steps", "1"), 2,
+         "--resume: --steps 1 is fewer than the run's 2: a run is extended (a larger --steps), never shortened", kept=("run",)),
     Case("resume with another --dataset", lambda c: c.resume("--dataset-root", str(c.other_dataset()), "--dataset",
          "someone/another-dataset"), 2, "--resume: --dataset differs", kept=("run",)),
     Case("resume with another --log-freq is allowed", lambda c: c.resume("--log-freq", "7", "--save-freq", "3"), 0, None, kept=("run",)),
@@ -341,7 +345,7 @@ CASES = [
     Case("push to an existing --tag", lambda c: ["push", str(c.student), "--repo-id", "user/tagged", "--tag", "v1"], 2,
          "tag 'v1' already exists in user/tagged", how="hub", kept=("run",)),
     Case("push a failing checkpoint", lambda c: ["push", str(c.nan_student()), "--repo-id", "user/new"], 2,
-         "NaN/Inf in 1 tensors", how="hub"),
+         "NaN/Inf in 1 tensor (", how="hub"),
     Case("push --force of a failing checkpoint warns", lambda c: ["push", str(c.nan_student()), "--repo-id", "user/forced", "--force"], 0,
          "push --force: pushing a checkpoint that fails the weights check", how="hub", hub_changes=True),
     Case("pull a repo that fails the checks, --local-dir", lambda c: ["pull", "user/broken", "--local-dir", str(c.dst)], 2,
@@ -395,9 +399,10 @@ Ctx.pulled = _pulled
 def run_src(world, tmp_path_factory) -> Path:
     """A finished 2-step run of the fp32 teacher with a checkpoint at each step."""
     out = tmp_path_factory.mktemp("errors-run") / "run"
-    run_cli("train", "--teacher", str(world.teacher_fp32), "--dataset", world.repo_id, "--dataset-root",
-            str(world.dataset_root), "--output-dir", str(out), "--steps", "2", "--batch-size", "4", "--save-freq", "1",
-            "--device", "cpu", "--no-progress")
+    r = run_cli("train", "--teacher", str(world.teacher_fp32), "--dataset", "someone/else", "--dataset-root",
+                str(world.dataset_root), "--output-dir", str(out), "--steps", "2", "--batch-size", "4", "--save-freq", "1",
+                "--device", "cpu", "--no-progress")
+    (out.parent / "train.stderr").write_text(r.stderr)  # test_a_dataset_folder_that_does_not_name_itself_is_never_linked
     return out
 
 
@@ -622,3 +627,30 @@ def test_help_shows_defaults(offline):
     assert "--batch-size BATCH_SIZE frames per step and process (default: 8)" in text
     assert "default: the teacher config's optimizer_lr" in text
     assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_a_dataset_folder_that_does_not_name_itself_is_never_linked(world, run_src, tmp_path, offline):
+    """``train --dataset someone/else --dataset-root FOLDER`` (run_src) where the folder does not say
+    which Hub dataset it is (no dataset card, no cache path: what lerobot-record writes) trains, says so
+    at setup and records a local dataset folder named someone/else, not verified; the card names it so
+    and links no dataset. A folder whose LeRobot dataset card names it is recorded by that id."""
+    from lerobot.datasets.utils import create_lerobot_dataset_card
+
+    from hub_reflow.checkpoint import read_policy_config
+    from hub_reflow.data import load_dataset
+
+    assert (f"WARNING hub_reflow.data: --dataset-root {world.dataset_root} does not say which Hub dataset it is (no dataset "
+            "card naming it, not a Hugging Face or LeRobot cache folder): recorded as a local dataset folder (named "
+            "someone/else, not verified); the model card links no dataset") in (run_src.parent / "train.stderr").read_text()
+    student = run_src / "checkpoints" / "last" / "pretrained_model"
+    lineage = json.loads((student / "reflow_lineage.json").read_text())
+    assert lineage["dataset"]["repo_id"] is None and lineage["dataset"]["local_name"] == "someone/else"
+    code, card, _ = _in_process(["card", str(student), "--repo-id", "you/student"])
+    assert code == 0 and "datasets" not in card.split("---")[1] and "huggingface.co/datasets" not in card
+    assert "| dataset | a local dataset folder (named someone/else, not verified) |" in card
+    assert "Trained on observations from a local dataset folder (named someone/else, not verified): hub-reflow could" in card
+    assert "--dataset someone/else --dataset-root DATASET_FOLDER --frames 16" in card
+    named = Path(shutil.copytree(world.dataset_root, tmp_path / "named"))
+    create_lerobot_dataset_card(repo_id="someone/else").save(named / "README.md")
+    _, info = load_dataset(read_policy_config(world.teacher_fp32), "someone/else", named, None, holdout=0)
+    assert info["repo_id"] == "someone/else" and "local_name" not in info

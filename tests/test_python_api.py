@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -28,6 +29,30 @@ READ = "hf_read_python_api_token_0d9e"
 PRIVATE = "user/private-student"
 PUBLIC = "user/public-student"
 TEACHER = "user/api-teacher"
+EVALUATED = "user/evaluated-student"  # a student with a recorded closed-loop evaluation (reflow_eval.json)
+
+
+def _evaluated(student: Path, folder: Path) -> Path:
+    """A copy of ``student`` with a closed-loop evaluation recorded beside its lineage (planar states:
+    the card gets both closed-loop pictures)."""
+    import shutil
+
+    from hub_reflow.closed_loop_results import EVAL_NAME, ClosedLoopResults
+    from hub_reflow.closed_loop_stats import summarize
+
+    def row(role, steps, outcomes):
+        return {"role": role, "checkpoint": "a local checkpoint folder", "weights_sha256": "0" * 64, "num_steps": steps,
+                **summarize(outcomes, [float(o) for o in outcomes], [5] * len(outcomes), [2.0]),
+                "outcomes": outcomes, "rewards": [float(o) for o in outcomes], "lengths": [5] * len(outcomes)}
+
+    shutil.copytree(student, folder)
+    ClosedLoopResults(env={"id": "hub_reflow/GoAround-v0", "kind": "env-id", "options": [], "max_steps": 30,
+                           "scene": {"circles": [[0.0, -0.4, 0.3]], "goal_y": 0.3}},
+                      settings={"episodes": 2, "seed": 0, "command": "hub-reflow eval STUDENT_FOLDER --env-id tiny-go-around"},
+                      seeds=[0, 1], policies={"student@1": row("student", 1, [True, False]), "teacher@10": row("teacher", 10, [True, True])},
+                      hardware={"device": "cpu"}, trajectories={"student@1": [[0.0, -1.0], [0.1, -0.9]],
+                                                                "teacher@10": [[0.0, -1.0], [-0.1, -0.9]]}).write(folder / EVAL_NAME)
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +66,8 @@ def server(tmp_path_factory, world, student_fp32):
             publish_backbone(world.backbone, endpoint=hub.url, token=WRITE)
             push_checkpoint(student_fp32, PRIVATE, private=True, token=WRITE, endpoint=hub.url)
             push_checkpoint(student_fp32, PUBLIC, token=WRITE, endpoint=hub.url)
+            push_checkpoint(_evaluated(student_fp32, tmp_path_factory.mktemp("evaluated") / "student"), EVALUATED,
+                            token=WRITE, endpoint=hub.url)
             api = HfApi(endpoint=hub.url, token=WRITE)
             api.create_repo(TEACHER, exist_ok=True)
             api.upload_folder(folder_path=str(world.teacher_fp32), repo_id=TEACHER)
@@ -80,6 +107,7 @@ def online(server, hf_home, world, tmp_path_factory):
     public one into the default cache (warming it for the offline tests); act; save and push."""
     cache_dir = tmp_path_factory.mktemp("cache_dir")
     saved = tmp_path_factory.mktemp("saved") / "student"
+    saved_evaluated = tmp_path_factory.mktemp("saved") / "evaluated"
     script = OBSERVATION.format(repo=world.repo_id, root=str(world.dataset_root)) + f"""
     import json, logging, os
     logging.disable(logging.WARNING)
@@ -104,6 +132,10 @@ def online(server, hf_home, world, tmp_path_factory):
         ReflowPolicy.from_pretrained({PUBLIC!r}, map_location="cpu")
     except TypeError as e:
         out["unknown_kwarg"] = str(e)
+    try:
+        ReflowPolicy.from_pretrained({TEACHER!r})
+    except UserError as e:
+        out["plain"] = str(e)
 
     policy = ReflowPolicy.from_pretrained({PUBLIC!r})
     pre, post = make_pre_post_processors(policy.config, pretrained_path={PUBLIC!r})
@@ -121,13 +153,18 @@ def online(server, hf_home, world, tmp_path_factory):
     url = policy.save_pretrained({str(saved)!r}, push_to_hub=True, repo_id="user/saved-and-pushed", token={WRITE!r})
     out["push_url"] = url
     out["saved_files"] = sorted(os.listdir({str(saved)!r}))
+    out["saved_card"] = open(os.path.join({str(saved)!r}, "README.md")).read()
+    evaluated = ReflowPolicy.from_pretrained({EVALUATED!r})
+    evaluated.save_pretrained({str(saved_evaluated)!r}, push_to_hub=True, repo_id="user/evaluated-copy", token={WRITE!r})
+    out["evaluated_files"] = sorted(os.listdir({str(saved_evaluated)!r}))
+    out["evaluated_card"] = open(os.path.join({str(saved_evaluated)!r}, "README.md")).read()
     print("RESULT " + json.dumps(out))
     """
-    return run_python(script, env_for(server, hf_home)), cache_dir, saved
+    return run_python(script, env_for(server, hf_home)), cache_dir, saved, saved_evaluated
 
 
 def test_from_pretrained_takes_token_cache_dir_and_force_download(server, online):
-    out, cache_dir, _ = online
+    out, cache_dir, _, _ = online
     assert out["no_token"] == (f"checkpoint: Hub repo {PRIVATE} not found (or private: set HF_TOKEN); check the repo id")
     assert out["private_commit"] == server.head(PRIVATE)
     assert out["in_cache_dir"] and (cache_dir / f"models--{PRIVATE.replace('/', '--')}").is_dir()
@@ -135,8 +172,19 @@ def test_from_pretrained_takes_token_cache_dir_and_force_download(server, online
     assert out["unknown_kwarg"] == "ReflowPolicy.from_pretrained() got unexpected keyword arguments: map_location"
 
 
+PLAIN = ("a plain SmolVLA checkpoint, not a reflow student (no reflow_lineage.json)", "load it with "
+         "SmolVLAPolicy.from_pretrained, or train a student from it with hub-reflow train --teacher (ReflowPolicy.from_teacher in Python)")
+
+
+def test_a_plain_checkpoint_is_refused_by_from_pretrained_as_by_pull(online):
+    """One rule for a plain SmolVLA checkpoint (no lineage): ReflowPolicy.from_pretrained refuses it as
+    pull does (test_offline_commands_read_the_warm_cache), with the same words, and makes up no lineage."""
+    out, _, _, _ = online
+    assert out["plain"] == f"checkpoint: {TEACHER} is {PLAIN[0]}; {PLAIN[1]}"
+
+
 def test_reflow_policy_acts_as_a_lerobot_policy(online, world):
-    out, _, _ = online
+    out, _, _, _ = online
     assert out["config_is_student"] and out["num_steps"] == 1
     assert out["chunk_shape"] == [1, 8, 2] and out["action_shape"] == [1, 2] and out["finite"]
     assert out["action_equals_student"]
@@ -144,12 +192,31 @@ def test_reflow_policy_acts_as_a_lerobot_policy(online, world):
 
 
 def test_save_pretrained_with_push_to_hub(server, online, student_fp32):
-    out, _, saved = online
+    out, _, saved, _ = online
     repo = "user/saved-and-pushed"
     assert out["push_url"].endswith(server.head(repo)) and server.commit_count(repo) == 1
     assert server.read_file(repo, "model.safetensors") == (student_fp32 / "model.safetensors").read_bytes()
     assert {"config.json", "model.safetensors", "reflow_lineage.json", "README.md"} <= set(out["saved_files"])
     assert {"README.md", "loss_curve.png"} <= set(server.repo_files(repo))
+    # The saved folder's card links only pictures that are in the folder.
+    linked = set(re.findall(r"\]\(([\w.]+\.png)\)", out["saved_card"]))
+    assert linked == {"loss_curve.png", "teacher_vs_student.png"} and linked <= set(out["saved_files"])
+
+
+def test_a_saved_or_pushed_copy_carries_everything_the_original_had(server, online):
+    """from_pretrained of a repo with a recorded closed-loop evaluation, then save_pretrained(push_to_hub=True):
+    the copy (folder and repo) has reflow_eval.json, the card's closed-loop section and every picture it links."""
+    out, _, _, saved = online
+    original = set(server.repo_files(EVALUATED))
+    assert set(server.repo_files("user/evaluated-copy")) == original
+    assert {"reflow_eval.json", "closed_loop_success.png", "closed_loop_trajectories.png"} <= original
+    assert json.loads(server.read_file("user/evaluated-copy", "reflow_eval.json")) == \
+        json.loads(server.read_file(EVALUATED, "reflow_eval.json")) == json.loads((saved / "reflow_eval.json").read_text())
+    for card in (out["evaluated_card"], server.read_file("user/evaluated-copy", "README.md").decode()):
+        assert "## Closed-loop evaluation" in card and "| student@1 | 1 | 1/2 (50.0%)" in card
+        linked = set(re.findall(r"\]\(([\w.]+\.png)\)", card))
+        assert linked == {"loss_curve.png", "teacher_vs_student.png", "closed_loop_success.png", "closed_loop_trajectories.png"}
+        assert linked <= set(out["evaluated_files"]) and linked <= original
 
 
 def test_offline_api_loads_from_the_warm_cache(server, hf_home, online):
@@ -187,8 +254,8 @@ def test_offline_commands_read_the_warm_cache(server, hf_home, online, world, tm
     HfApi(endpoint=server.url, token=WRITE).create_repo("user/some-pairs", repo_type="dataset", exist_ok=True)
     teacher, pairs_repo = run_cli_many(["pull", TEACHER], ["pull", "user/some-pairs"], env=env_for(server, hf_home))
     assert teacher.returncode == 2 and teacher.stderr.strip().splitlines()[-1].startswith(
-        "hub-reflow: error: pull: a plain SmolVLA checkpoint, not a reflow student (no reflow_lineage.json); the "
-        "download is left in the Hugging Face cache at ")
+        f"hub-reflow: error: pull: {PLAIN[0]}; the download is left in the Hugging Face cache at ")
+    assert teacher.stderr.strip().endswith(f"; {PLAIN[1]}")
     assert pairs_repo.returncode == 2 and pairs_repo.stderr.strip().splitlines()[-1] == (
         "hub-reflow: error: pull: user/some-pairs is a dataset repo, not a model: teacher pairs (hub-reflow pairs) are "
         "used where they are, with train --pairs user/some-pairs; pull downloads reflow students")
@@ -205,7 +272,7 @@ def test_offline_commands_read_the_warm_cache(server, hf_home, online, world, tm
     assert pulled.returncode == 0 and Path(pulled.stdout.strip().splitlines()[-1]) == tmp_path / "pulled"
     assert json.loads((tmp_path / "pulled" / ".cache" / "hub-reflow" / "pull.json").read_text())["commit"] == server.head(PUBLIC)
     assert verified.returncode == 0 and f"checkpoint: {PUBLIC}@{server.head(PUBLIC)}" in verified.stdout
-    assert verified.stdout.rstrip().endswith("verdict: PASS")
+    assert verified.stdout.rstrip().splitlines()[-1].startswith("verdict: PASS (structure only; fidelity and speed not measured: pass --dataset)")
     assert trained.returncode == 0, trained.stderr[-3000:]
     lineage = json.loads((out / "checkpoints" / "last" / "pretrained_model" / "reflow_lineage.json").read_text())
     assert lineage["teacher"]["repo_id"] == TEACHER and lineage["teacher"]["commit"] == server.head(TEACHER)
@@ -214,3 +281,37 @@ def test_offline_commands_read_the_warm_cache(server, hf_home, online, world, tm
     assert refused.stderr.strip().splitlines()[-1] == (
         "hub-reflow: error: pull: user/never-downloaded is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
         "download it once with the network on, or unset HF_HUB_OFFLINE")
+
+
+def test_a_backbone_missing_from_the_hub_is_one_line(student_fp32, tmp_path, world):
+    """The student names its backbone (vlm_model_name) by repo id; on a Hub that does not hold it, loading
+    fails in one line naming that repo (not transformers' traceback), for the API and the commands."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(constants, "HF_HUB_DISABLE_XET", True)
+        mp.setattr(constants, "HF_HUB_OFFLINE", False)
+        with HubServer(tmp_path / "hub", {WRITE: "write"}) as hub:
+            push_checkpoint(student_fp32, "user/no-backbone", token=WRITE, endpoint=hub.url)
+            env = env_for(hub, tmp_path / "empty-hf-home", token=WRITE)
+            out, verified = run_python("""
+            import contextlib, io, json
+            from hub_reflow.cli import main
+            from hub_reflow.errors import UserError
+            from hub_reflow.policy import ReflowPolicy
+            try:
+                ReflowPolicy.from_pretrained("user/no-backbone")
+                loaded = "loaded"
+            except UserError as e:
+                loaded = str(e)
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err):
+                code = main(["verify", "user/no-backbone", "--no-speed"])
+            print("RESULT " + json.dumps([loaded, [code, err.getvalue()]]))
+            """, env)
+            url = hub.url
+    backbone = json.loads((student_fp32 / "config.json").read_text())["vlm_model_name"]
+    assert out == (f"checkpoint: its backbone {backbone} (vlm_model_name in config.json) is not on {url}: publish the "
+                   "backbone to that Hub too (the tiny world's: hub_reflow.testing.tiny_backbone.publish_backbone), or "
+                   "point HF_ENDPOINT at a Hub that holds it")
+    code, stderr = verified
+    assert code == 2 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == f"hub-reflow: error: {out.replace('checkpoint: ', 'verify: ', 1)}"

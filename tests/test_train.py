@@ -172,8 +172,21 @@ def test_resume_with_fp32_master_weights_is_bit_exact(world, tmp_path):
     shutil.rmtree(part / "checkpoints" / "000006")
     (part / "checkpoints" / "last").unlink()
     (part / "checkpoints" / "last").symlink_to("000004")
+    # The time of the run's first process, up to its checkpoint, as that checkpoint records it (made
+    # large here, so that the resumed run's own seconds cannot account for it).
+    stopped = part / "checkpoints" / "000004" / "pretrained_model" / "reflow_lineage.json"
+    record = json.loads(stopped.read_text())
+    earlier = {phase: 1000.0 * (i + 1) for i, phase in enumerate(record["training"]["time_s"])}
+    record["training"]["time_s"] = earlier
+    stopped.write_text(json.dumps(record))
     # The resumed run loads its data in a worker process (--num-workers may change on resume): the
     # same frames in the same order, so still bit-identical.
     resumed = train_student(world, world.teacher, part, 6, *args, "--resume", "--num-workers", "1")
     a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # training.time_s: the phases of both processes (the earlier one's plus the resumed one's own).
+    training = json.loads((resumed / "reflow_lineage.json").read_text())["training"]
+    own = {k: v - earlier.get(k, 0.0) for k, v in training["time_s"].items()}
+    assert set(earlier) <= set(own) and all(0 <= s < 300 for s in own.values()), training["time_s"]
+    assert own["setup"] > 0 and own["student"] > 0 and training["resumes"] == 1
+    assert "resumes" not in lineage["training"]

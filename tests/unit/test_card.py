@@ -33,9 +33,11 @@ def test_model_card_md_example_matches_the_template_sections():
     example = doc.split("<!-- example start -->", 1)[1].split("<!-- example end -->", 1)[0]
     template = (ROOT / "templates" / "model_card.md").read_text()
     assert _sections(example) == _sections(template)
-    # A local teacher (the demo's): no base_model; that case is tested against the local Hub.
-    for field in ("library_name: lerobot", "pipeline_tag: robotics", "- reflow", "datasets:"):
+    # A local teacher (the demo's): no base_model; that case is tested against the local Hub. The demo's
+    # dataset is a local folder that does not name itself: no datasets metadata, no link.
+    for field in ("library_name: lerobot", "pipeline_tag: robotics", "- reflow"):
         assert field in example
+    assert "datasets:" not in example and "huggingface.co/datasets" not in example
 
 
 def test_card_shows_human_values(tmp_path):
@@ -61,6 +63,10 @@ def test_card_shows_human_values(tmp_path):
     assert "| warmup_steps | 5% of the run (20) |" in card
     assert "| freeze_vlm | yes |" in card and "| final_loss | 0.06513 |" in card
     assert "None" not in card.split("## Reflow settings", 1)[1]
+    extended = Lineage(teacher=lineage.teacher, reflow=reflow, training={**lineage.training, "extensions": [
+        {"from_step": 400, "steps_before": 400, "steps": 800, "schedule": "refitted to 800 steps"}]})
+    card = str(render_card(extended, read_policy_config(teacher), repo_id="you/student"))
+    assert "| extended at step 400 | --steps 400 -> 800: refitted to 800 steps |" in card
     two_step = Lineage(teacher=lineage.teacher, training=lineage.training,
                        reflow={**ReflowConfig(student_steps=2, steps=400).to_dict(), "warmup_steps": None})
     card = str(render_card(two_step, read_policy_config(teacher), repo_id="you/student"))
@@ -82,9 +88,9 @@ def test_chunk_plot_names_the_datasets_action_dims(tmp_path):
 
     chunks = {"teacher @10": [[0.0, 1.0, 2.0]] * 4, "student @1": [[0.1, 0.9, 2.1]] * 4}
     cases = [
-        ({"loss_curve": [[10, 0.5], [20, 0.25]]}, {"example_chunks": chunks, "action_names": names},
-         {LOSS_CURVE: ["reflow training loss"], CHUNKS: names}),
-        ({}, {"example_chunks": chunks}, {CHUNKS: generic}),  # a lineage from before names were recorded
+        ({"loss_curve": [[10, 0.5], [20, 0.25]]}, {"example_chunks": chunks, "action_names": names, "frames_from": "held-out episodes"},
+         {LOSS_CURVE: ["reflow training loss"], CHUNKS: ["a held-out frame, shared noise", *names]}),
+        ({}, {"example_chunks": chunks}, {CHUNKS: ["one frame, shared noise", *generic]}),  # from before names were recorded
     ]
     for i, (training, evaluation, drawn) in enumerate(cases):
         lineage = Lineage(teacher=CheckpointRef(None, None, None, "0" * 64), reflow={}, training=training,
@@ -112,7 +118,35 @@ def test_card_gives_the_rtc_flags_of_the_checkpoints_step_count(tmp_path):
     assert ("lerobot-rollout --policy.path=you/student --robot.type=... --inference.type=rtc "
             "--inference.rtc.max_guidance_weight=1 --inference.rtc.execution_horizon=8\n") in card
     assert "max_guidance_weight 10 overshoots the committed actions at 1 Euler step (9x the error past them)" in card
+    assert "a 2-step student of the same teacher" in card
     config.num_steps, config.chunk_size = 10, 50
     card = str(render_card(lineage, config, repo_id="you/student"))
     assert "lerobot-rollout --policy.path=you/student --robot.type=... --inference.type=rtc\n" in card
-    assert "overshoots" not in card
+    assert "overshoots" not in card and "a 2-step student of the same teacher" not in card
+
+
+def test_the_example_frame_is_named_as_it_was_measured(tmp_path):
+    """No episode held out: the card's caption and the picture's title say a training frame, never
+    "held-out frame" (the lineage's evaluation.frames_from is what the final measurement used)."""
+    from synthetic import make_teacher
+
+    from hub_reflow.card import render_card
+    from hub_reflow.checkpoint import CheckpointRef, Lineage, read_policy_config
+    from hub_reflow.plots import CHUNKS, draw_card_images
+
+    chunks = {"teacher @10": [[0.0, 1.0]] * 4, "student @1": [[0.1, 0.9]] * 4}
+    cfg = read_policy_config(make_teacher(tmp_path / "teacher"))
+    for frames_from, frame in (("training episode 0 (no episode was held out)", "a training frame (no episode was held out)"),
+                               ("held-out episodes", "a held-out frame")):
+        lineage = Lineage(teacher=CheckpointRef(None, None, None, "0" * 64), reflow={"student_steps": 1},
+                          training={"step": 5}, evaluation={
+                              "example_chunks": chunks, "frames_from": frames_from, "frames": 16, "hardware": "CPU",
+                              "rows": [{"name": "teacher @10", "steps": 10, "rmse": 0.0, "latency_ms": 10.0},
+                                       {"name": "student @1", "steps": 1, "rmse": 0.01, "latency_ms": 2.0}],
+                              "latency_ratio": 0.2})
+        folder = tmp_path / frame.split()[1]
+        folder.mkdir()
+        assert draw_card_images(lineage, folder)[CHUNKS][0] == f"{frame}, shared noise"
+        card = str(render_card(lineage, cfg, repo_id="you/student"))
+        assert f"![teacher and student action chunks on {frame}](teacher_vs_student.png)" in card
+        assert ("held-out" in card) == (frame == "a held-out frame")

@@ -94,3 +94,59 @@ def test_the_card_section_from_a_recorded_evaluation(tmp_path):
     assert "Command: `hub-reflow eval STUDENT_FOLDER --env-id gym_x/Reach-v0`" in card
     assert "![closed-loop paths of each policy from the same start](closed_loop_trajectories.png)" in card
     assert "Closed-loop evaluation" not in str(render_card(lineage, cfg, repo_id="you/student"))
+
+
+def test_results_read_as_users_print_them():
+    """``table()`` is the text to print (one string, a line per row and comparison); the student's
+    and the teacher's rates are attributes, as in the JSON."""
+    results = _results()
+    table = results.table()
+    assert isinstance(table, str)
+    lines = table.splitlines()
+    assert lines[0] == "env: gym_x/Reach-v0  episodes: 4 (paired: env and torch seeds 3..6)"
+    assert [ln.split()[0] for ln in lines[2:5]] == ["student@1", "teacher@10", "teacher@1"]
+    assert lines[5].startswith("paired student@1 vs teacher@10: only student@1 succeeds 0, only teacher@10 1")
+    assert len(lines) == 7
+    assert (results.student_success_rate, results.teacher_success_rate) == (0.75, 1.0)
+    data = results.to_dict()
+    assert (data["student_success_rate"], data["teacher_success_rate"]) == (0.75, 1.0)
+    no_student = type(results)(env=results.env, settings=results.settings, seeds=results.seeds,
+                               policies={k: v for k, v in results.policies.items() if v["role"] == "teacher"})
+    assert no_student.student_success_rate is None and no_student.teacher_success_rate == 1.0
+
+
+def test_each_policy_row_has_one_colour_in_every_picture(tmp_path):
+    """The bar chart and the paths give each row the same colour (students green, teachers not, none
+    the goal line's), the student's path is drawn above the teachers'; a picture that lacks a row keeps
+    the others' colours."""
+    from hub_reflow.eval_plots import success_plot, trajectory_plot
+
+    results = _results()
+    labels = list(results.policies)
+    paths = {label: [[0.0, -1.0], [0.1 * i, -0.9]] for i, label in enumerate(labels)}
+    bars = success_plot(results.policies, "gym_x/Reach-v0", tmp_path / "success.png")
+    drawn = trajectory_plot(paths, results.env["scene"], tmp_path / "paths.png", labels=labels)
+    assert list(bars) == labels and len(set(bars.values())) == 3
+    assert {k: color for k, (color, _) in drawn["rows"].items()} == bars
+    assert bars["student@1"] == "#2ca02c" and drawn["goal"] not in bars.values()
+    assert drawn["rows"]["student@1"][1] > max(z for k, (_, z) in drawn["rows"].items() if k.startswith("teacher"))
+    teachers_only = trajectory_plot({k: v for k, v in paths.items() if k != "student@1"}, results.env["scene"],
+                                    tmp_path / "teachers.png", labels=labels)
+    assert {k: color for k, (color, _) in teachers_only["rows"].items()} == {k: bars[k] for k in ("teacher@10", "teacher@1")}
+
+
+def test_video_frames_are_enlarged_by_nearest_and_labelled():
+    import numpy as np
+
+    from hub_reflow.eval_plots import labelled_frames
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(3)]
+    out = labelled_frames(frames, ["student@1", "episode 0 (seed 0): success"])
+    banner = out[0].shape[0] - 256
+    assert len(out) == 3 and out[0].shape == (banner + 256, 256, 3) and banner > 0 and banner % 2 == 0
+    for big, small in zip(out, frames):
+        assert np.array_equal(big[banner:], small.repeat(8, axis=0).repeat(8, axis=1))  # nearest, exactly
+    top = out[0][:banner]
+    assert top.max() == 255 and (top == 0).mean() > 0.5  # white text on black
+    assert not np.array_equal(top, labelled_frames(frames[:1], ["teacher@10", "episode 0 (seed 0): failure"])[0][:banner])

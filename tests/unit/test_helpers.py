@@ -243,3 +243,40 @@ def test_default_num_workers(monkeypatch, cores, expected):
     assert default_num_workers("cuda") == expected  # lerobot-train's 4, at most the spare cores
     assert default_num_workers("cuda", num_processes=2) == max(0, min(4, cores // 2 - 1))  # cores shared by processes
     assert default_num_workers("cpu") == 0  # workers would take cores from the training threads
+
+
+def test_help_states_each_default_once():
+    """Every option of every command shows its default at most once, and no empty default (an
+    option whose help says its default in words keeps those words alone)."""
+    import re
+
+    from hub_reflow.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.choices and "eval" in a.choices)
+    for name, command in sub.choices.items():
+        text = command.format_help()
+        for block in re.split(r"\n  (?=-)", text):
+            assert block.count("(default") <= 1, (name, block)
+        assert "(default: ())" not in text and "(default: {})" not in text, name
+    eval_help = " ".join(sub.choices["eval"].format_help().split())
+    assert "Euler step counts of the student (default: its own)" in eval_help
+    assert "--env-kwargs ENV_KWARGS JSON object of extra gym.make arguments (--env-id) --max-steps" in eval_help
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_atomic_dir_makes_the_folder_as_mkdir_would(tmp_path, umask):
+    """A checkpoint step folder (and a pull, pairs or canonicalize output) follows the umask, as the
+    folders lerobot-train makes do (0o755 under the usual 0o022), not mkdtemp's private 0o700."""
+    import os
+
+    old = os.umask(umask)
+    try:
+        with atomic_dir(tmp_path / "step") as tmp:
+            (tmp / "inner").mkdir()
+        (tmp_path / "by-mkdir").mkdir()
+    finally:
+        os.umask(old)
+    mode = (tmp_path / "step").stat().st_mode & 0o777
+    assert mode == 0o777 & ~umask == (tmp_path / "by-mkdir").stat().st_mode & 0o777
+    assert (tmp_path / "step" / "inner").stat().st_mode & 0o777 == mode

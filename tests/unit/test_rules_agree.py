@@ -124,3 +124,28 @@ def test_canonicalize_refuses_plain_keys_beside_prefixed_copies(pair, tmp_path):
     save_file({**weights, **{f"ema.{k}": v.clone() for k, v in weights.items() if k.startswith("model.")}}, str(src / "model.safetensors"))
     with pytest.raises(NotRepairable, match=r"both plain keys and keys under prefix \['ema.'\] exist"):
         canonicalize(str(src), tmp_path / "dst", str(teacher))
+
+
+def test_counts_and_sameness_read_as_english(pair, tmp_path):
+    """One extra key is "1 key"; a config identical to the teacher's says so (not "differs ... only
+    in nothing")."""
+    from safetensors.torch import save_file
+
+    from hub_reflow.report import counted
+
+    assert (counted(1, "key"), counted(2, "key"), counted(0, "tensor")) == ("1 key", "2 keys", "0 tensors")
+    student, teacher = pair
+    src = tmp_path / "src"
+    import shutil
+
+    shutil.copytree(student, src)
+    weights = load_file(str(src / "model.safetensors"))
+    save_file({**weights, "model.extra_head.weight": weights["model.state_proj.weight"].clone()}, str(src / "model.safetensors"))
+    with pytest.raises(NotRepairable) as err:
+        canonicalize(str(src), tmp_path / "dst", str(teacher))
+    assert "weights: 1 key this SmolVLA config does not have (e.g. model.extra_head.weight)" in str(err.value)
+    t = resolve_checkpoint(str(teacher))
+    diff = next(c for c in structure_checks(teacher, t.path, t.ref) if c.name == "config.diff")
+    assert diff.summary == "identical to the teacher's"
+    keys = next(c for c in structure_checks(src, t.path, t.ref) if c.name == "weights.keys")
+    assert keys.summary.startswith("11 keys vs 10 in the teacher's: 1 unexpected")
