@@ -97,7 +97,7 @@ def main(argv=None) -> int:
 def bench(a) -> int:
     from hub_reflow.closed_loop import EvalArgs, evaluate_closed_loop
     from hub_reflow.config import ReflowConfig
-    from hub_reflow.envs import TINY_ENV, EnvChoice
+    from hub_reflow.closed_loop.envs import TINY_ENV, EnvChoice
     from hub_reflow.testing.tiny_world import CLOSED_LOOP_WORLD, TINY_REPO_ID, build_tiny_world
     from hub_reflow.train import TrainArgs, train
 

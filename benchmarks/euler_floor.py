@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 
     from hub_reflow.data import dataset_root_repo_id
-    from hub_reflow.evaluate import chunk, observation_batch
+    from hub_reflow.checks.fidelity import chunk, observation_batch
 
     policy = SmolVLAPolicy.from_pretrained(str(a.teacher)).eval()
     pre, post = make_pre_post_processors(policy.config, pretrained_path=str(a.teacher))

@@ -178,7 +178,7 @@ def evaluate_world(a, name: str, device) -> dict:
     from reference_loop import bare_loop
 
     from hub_reflow.config import ReflowConfig
-    from hub_reflow.evaluate import chunk, observation_batch, rmse
+    from hub_reflow.checks.fidelity import chunk, observation_batch, rmse
     from hub_reflow.smolvla import policy_inputs
     from hub_reflow.testing.tiny_world import WORLDS, build_tiny_world
 

@@ -143,8 +143,8 @@ def evaluate_world(a, name: str) -> dict:
     from fidelity_metrics import held_out, mode_metrics
 
     from hub_reflow.closed_loop import EvalArgs, evaluate_closed_loop
-    from hub_reflow.envs import TINY_ENV, EnvChoice
-    from hub_reflow.evaluate import chunk
+    from hub_reflow.closed_loop.envs import TINY_ENV, EnvChoice
+    from hub_reflow.checks.fidelity import chunk
     from hub_reflow.testing.tiny_world import build_tiny_world
 
     spec = world_spec(name)

@@ -37,7 +37,7 @@ def held_out(spec, dataset_root: Path, chunk_size: int, stride: int = 1):
     import torch
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    from hub_reflow.evaluate import observation_batch
+    from hub_reflow.checks.fidelity import observation_batch
 
     ds = LeRobotDataset(spec.repo_id, root=dataset_root)
     meta = ds.meta.episodes

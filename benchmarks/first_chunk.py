@@ -65,7 +65,7 @@ def first_chunks(path: Path, steps: int, raw: dict):
     from lerobot.policies.factory import make_pre_post_processors
     from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 
-    from hub_reflow.evaluate import chunk
+    from hub_reflow.checks.fidelity import chunk
 
     policy = SmolVLAPolicy.from_pretrained(str(path)).eval()
     pre, post = make_pre_post_processors(policy.config, pretrained_path=str(path))
@@ -76,7 +76,7 @@ def first_chunks(path: Path, steps: int, raw: dict):
 
 def closed_loop(path: Path, steps: int, episodes: int) -> dict:
     from hub_reflow.closed_loop import EvalArgs, evaluate_closed_loop
-    from hub_reflow.envs import TINY_ENV, EnvChoice
+    from hub_reflow.closed_loop.envs import TINY_ENV, EnvChoice
 
     r = evaluate_closed_loop(EvalArgs(student=None, teacher=str(path), teacher_steps=(steps,), env=EnvChoice(env_id=TINY_ENV),
                                       episodes=episodes, device="cpu"))

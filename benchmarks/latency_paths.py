@@ -23,7 +23,7 @@ def compiled_child(spec: dict) -> dict:
     import torch
     from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 
-    from hub_reflow.compiled import time_chunks
+    from hub_reflow.checks.compiled import time_chunks
 
     device = setup_device(spec["device"], PROG)
     torch.manual_seed(0)

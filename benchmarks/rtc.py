@@ -87,9 +87,9 @@ def main(argv=None) -> int:
 
 def bench(a) -> int:
     from hub_reflow.closed_loop import EvalArgs, evaluate_closed_loop
-    from hub_reflow.closed_loop_stats import paired_comparison
+    from hub_reflow.closed_loop.stats import paired_comparison
     from hub_reflow.config import ReflowConfig
-    from hub_reflow.envs import EnvChoice
+    from hub_reflow.closed_loop.envs import EnvChoice
     from hub_reflow.rtc import LEROBOT_EXECUTION_HORIZON
     from hub_reflow.testing.post_world import ENV_SPEC, HIDDEN_ENV_ID
     from hub_reflow.testing.tiny_world import CLOSED_LOOP_WORLD, HIDDEN_SIDE_WORLD, TINY_REPO_ID, build_tiny_world

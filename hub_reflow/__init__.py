@@ -14,20 +14,20 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .canonicalize import NotRepairable
-from .card import render_card
 from .checkpoint import Lineage, resolve_checkpoint
+from .checks.inspection import inspect_checkpoint
+from .checks.report import Check, Report
+from .checks.structure import structure_checks
 from .closed_loop import EvalArgs, evaluate_closed_loop
-from .closed_loop_results import ClosedLoopResults
+from .closed_loop.envs import EnvChoice
+from .closed_loop.results import ClosedLoopResults
 from .config import ReflowConfig
-from .envs import EnvChoice
 from .errors import UserError
-from .hub import pull_checkpoint, push_checkpoint, push_pairs, structural_problems
+from .hub.card import render_card
+from .hub.push_pull import pull_checkpoint, push_checkpoint, push_pairs, structural_problems
 from .inference import FastInference, fast_inference
-from .inspection import inspect_checkpoint
 from .pairs import PairsArgs, load_pairs, make_pairs
 from .policy import ReflowPolicy
-from .report import Check, Report
-from .structure import structure_checks
 from .train import TrainArgs
 
 __all__ = [

@@ -35,13 +35,13 @@ from .checkpoint import (
     rename_backbone,
     resolve_checkpoint,
 )
+from .checks.inspection import Facts, inspect_checkpoint
+from .checks.keys import group_of, torch_dtype
+from .checks.report import Check, counted
+from .checks.structure import dtype_casts, structure_checks
 from .errors import UserError
 from .files import atomic_dir
-from .inspection import Facts, inspect_checkpoint
-from .keys import group_of, torch_dtype
-from .report import Check, counted
 from .safeio import check_folder, safe_open
-from .structure import dtype_casts, structure_checks
 from .validation import check_output_folder
 
 # Files of a training run that never belong in a policy checkpoint.

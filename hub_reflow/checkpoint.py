@@ -215,7 +215,7 @@ class Lineage:
     training: dict = field(default_factory=dict)  # step, final loss, device, processes
     teacher_num_steps: int = 10
     teacher_card: dict = field(default_factory=dict)  # the teacher card's license and base_model, when it has a card
-    evaluation: dict = field(default_factory=dict)  # measured at the end of training (evaluate.measure)
+    evaluation: dict = field(default_factory=dict)  # measured at the end of training (checks.fidelity.measure)
     versions: dict = field(default_factory=package_versions)
     format_version: int = 1
 

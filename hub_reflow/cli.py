@@ -13,19 +13,18 @@ from pathlib import Path
 from . import pairs as pairs_module
 from . import train as train_module
 from .canonicalize import canonicalize
-from .config import FRAME_SAMPLINGS, ONE_STEP_LR_SCALE, STUDENT_INPUTS, ReflowConfig
+from .closed_loop.command import add_eval, split_env_args
+from .config import FRAME_SAMPLINGS, ONE_STEP_LR_SCALE, STUDENT_INPUTS, UPDATES, ReflowConfig
 from .console import fail, run_command
 from .demo import add_demo_args, start_demo
 from .errors import UserError
-from .eval_cli import add_eval, split_env_args
 from .flow import TIME_SAMPLERS
-from .hub import checkpoint_card, pull_checkpoint, push_checkpoint, push_pairs
+from .hub.push_pull import checkpoint_card, pull_checkpoint, push_checkpoint, push_pairs
 from .logs import configured, quiet_environment
 from .pairs import PAIRS_META_NAME, PairsArgs
 from .safeio import dumps
-from .sr_adamw import UPDATES
 from .train import TrainArgs
-from .train_command import final_verdict, given_or_recorded, train_settings
+from .training.command import final_verdict, given_or_recorded, train_settings
 from .validation import MAX_SEED, MAX_TEACHER_STEPS, Parser, check_output_folder, float_in, int_in, ref_name, repo_id
 from .verify import verify
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from .flow import TIME_SAMPLERS
-from .sr_adamw import UPDATES
 
 STUDENT_INPUTS = ("on-policy", "straight")
 FRAME_SAMPLINGS = ("spread", "uniform")
+UPDATES = ("fp32-masters", "bf16-sr", "bf16")  # the options of ReflowConfig.update, as the lineage records them
 # What runs recorded before these settings existed did (their defaults have changed since).
 RECORDED_BEFORE = {"student_inputs": "straight", "noises_per_frame": 1, "frame_sampling": "uniform", "lr_scale": 1.0}
 # The default multiple of the teacher's learning rate for a 1-step student (docs/fidelity.md#1b-the-learning-rate).
@@ -49,7 +49,7 @@ class ReflowConfig:
     teacher_batch: int = 32
     # Which training frames a batch draws (docs/reflow.md#frames-by-spread): "spread", mostly the
     # frames where the teacher's answer depends on the noise (a pre-pass measures that spread per
-    # frame before training; priority.py), the rest uniformly; "uniform", LeRobot's shuffled epochs.
+    # frame before training; training/frame_sampling.py), the rest uniformly; "uniform", LeRobot's shuffled epochs.
     # Cached pairs are drawn uniformly (`train --pairs` runs with "uniform").
     frame_sampling: str = "spread"
     # Keep the student's VLM frozen (vision encoder, connector, text model). The expert and the

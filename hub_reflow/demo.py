@@ -22,14 +22,14 @@ from pathlib import Path
 from huggingface_hub import constants
 from huggingface_hub.utils import disable_progress_bars
 
-from .closed_loop import EvalArgs, evaluate_closed_loop
-from .closed_loop_results import EVAL_NAME
+from .checks.fidelity import compare, markdown_table, observation_batch
+from .closed_loop.envs import TINY_ENV, EnvChoice
+from .closed_loop.results import EVAL_NAME
+from .closed_loop.rollouts import EvalArgs, evaluate_closed_loop
 from .config import ReflowConfig
 from .console import run_command
-from .envs import TINY_ENV, EnvChoice
 from .errors import UserError
-from .evaluate import compare, markdown_table, observation_batch
-from .hub import push_checkpoint
+from .hub.push_pull import push_checkpoint
 from .logs import configured
 from .safeio import dumps
 from .testing.tiny_world import CLOSED_LOOP_WORLD, build_tiny_world, publish_backbone

@@ -27,14 +27,14 @@ from .checkpoint import (
     resolve_checkpoint,
     write_canonical,
 )
-from .card import render_card
-from .card_eval import closed_loop_context, draw_closed_loop_images, read_closed_loop
-from .closed_loop_results import EVAL_NAME, ClosedLoopResults
+from .closed_loop.results import EVAL_NAME, ClosedLoopResults
 from .config import ReflowConfig
 from .errors import UserError
 from .fastpath import TeacherSampler
-from .hub import push_policy
-from .plots import draw_card_images
+from .hub.card import render_card
+from .hub.card_closed_loop import closed_loop_context, draw_closed_loop_images, read_closed_loop
+from .hub.card_plots import draw_card_images
+from .hub.push_pull import push_policy
 from .smolvla import noise_shape, on_policy_noise, policy_inputs, shared_prefix_losses, student_losses, teacher_pairs
 
 
@@ -279,7 +279,7 @@ class ReflowPolicy(
                     create_pr: bool | None = None, allow_patterns=None, ignore_patterns=None, delete_patterns=None,
                     model_card_kwargs: dict | None = None, tag: str | None = None, force: bool = False,
                     endpoint: str | None = None) -> str:
-        """Save the canonical checkpoint to a temp dir and push it with ``hub.push_checkpoint`` (one
+        """Save the canonical checkpoint to a temp dir and push it with ``hub.push_pull.push_checkpoint`` (one
         commit, checked, with the model card); returns the commit URL. ``endpoint`` defaults to
         ``HF_ENDPOINT``. The arguments of ``ModelHubMixin.push_to_hub``, so that
         ``save_pretrained(..., push_to_hub=True)`` works: ``config`` is the mixin's own record (the

@@ -27,14 +27,13 @@ from .finite import FiniteGuard, require_finite_teacher
 from .flow import sample_time
 from .pairs import Pairs, PairsDataset, check_pairs, load_pairs
 from .policy import ReflowPolicy
-from .priority import frame_sampler
-from .precision import FILE_NAME as MASTER_FILE
-from .precision import MasterWeights
-from .run_checks import backbone_repo_id, check_batch_size, check_resume, check_train_args
-from .runlock import run_lock
-from .validation import check_output_folder
-from .teacher_batch import Prepared, next_group
-from .train_utils import (
+from .training.frame_sampling import frame_sampler
+from .training.precision import FILE_NAME as MASTER_FILE
+from .training.precision import MasterWeights
+from .training.run_checks import backbone_repo_id, check_batch_size, check_resume, check_train_args
+from .training.runlock import run_lock
+from .training.teacher_batch import Prepared, next_group
+from .training.train_utils import (
     Pace,
     PhaseTimer,
     check_space,
@@ -47,6 +46,7 @@ from .train_utils import (
     read_lineage,
     save_checkpoint,
 )
+from .validation import check_output_folder
 
 logger = logging.getLogger(__name__)
 

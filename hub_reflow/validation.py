@@ -36,7 +36,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        default = getattr(action.default, "unset_default", action.default)  # train_command.Unset: the real default
+        default = getattr(action.default, "unset_default", action.default)  # training.command.Unset: the real default
         if default is None or default is False or action.default == argparse.SUPPRESS or default in ((), [], {}) \
                 or "%(default)" in text or "(default" in text or not action.option_strings:
             return text  # nothing to show, or the help says its default in words

@@ -2,7 +2,7 @@
 
 Each check gives one line with its numbers and a verdict:
 
-- structure (docs/verify.md#the-checks; computed in ``structure.py``), against the teacher's
+- structure (docs/verify.md#the-checks; computed in ``checks/structure.py``), against the teacher's
   checkpoint when one is given, else against what LeRobot builds from the checkpoint's own config: ``config`` (plain LeRobot parses it, no unknown field),
   ``config.diff`` (only ``num_steps`` and push fields differ from the teacher's), ``weights.teacher``
   (no embedded teacher copy, under any prefix), ``weights.keys`` (key set and shapes, counted per
@@ -26,15 +26,14 @@ from pathlib import Path
 
 import torch
 
-from . import compiled
-from . import structure as structural
-from .card import recorded_verdict
 from .checkpoint import LINEAGE_NAME, CheckpointRef, Lineage, load_smolvla, resolve_checkpoint
+from .checks import compiled
+from .checks import structure as structural
+from .checks.fidelity import MAX_RATIO, action_scale, compare, fidelity_verdict, observation_batch, recorded_verdict
+from .checks.inspection import inspect_checkpoint
+from .checks.report import FAIL, INFO, PASS, SKIP, Check, Report
 from .data import check_dataset_features
 from .errors import UserError
-from .evaluate import MAX_RATIO, action_scale, compare, fidelity_verdict, observation_batch
-from .inspection import inspect_checkpoint
-from .report import FAIL, INFO, PASS, SKIP, Check, Report
 from .safeio import check_folder
 from .smolvla import policy_inputs, sample_chunk, velocity_field
 
@@ -49,7 +48,7 @@ def structure_checks(folder: Path, teacher: Path | None, teacher_ref: Checkpoint
 
 # ---- fidelity and speed --------------------------------------------------------------------------
 
-# The fidelity rule and its thresholds live in evaluate.fidelity_verdict (docs/fidelity.md); this is
+# The fidelity rule and its thresholds live in checks.fidelity.fidelity_verdict (docs/fidelity.md); this is
 # its default ratio, the --tolerance of the command line.
 FIDELITY_TOLERANCE = MAX_RATIO
 # Fraction of the dataset's action range allowed beyond its min / max before a value counts as out of
@@ -250,7 +249,7 @@ def verify(checkpoint: str, teacher: str | None = None, *, revision: str | None 
         raise UserError("verify: --dataset measures the student against its teacher; pass --teacher too")
     else:
         checks += fidelity_checks(ckpt.path, t.path, dataset, dataset_root, frames=frames, tolerance=tolerance, speed=speed)
-    if compile_mode:  # latency through LeRobot's compile_model path (compiled.py), as information
+    if compile_mode:  # latency through LeRobot's compile_model path (checks/compiled.py), as information
         result = compiled.measure(ckpt.path, t.path if t else None, mode=compile_mode)
         checks.append(Check("speed.compiled", INFO, compiled.summary(result), result))
     return Report(checkpoint=_display(checkpoint, ckpt.ref), teacher=_display(teacher, t.ref) if t else None, checks=checks)

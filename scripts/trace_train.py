@@ -17,7 +17,7 @@ resolved and how often: the output folder check, ``--dataset-root``, the teacher
 
     python scripts/trace_train.py --world DIR [--resume]   # DIR: a tiny world (built there if absent)
 
-``tests/test_train_trace.py`` runs ``trace`` on the test suite's tiny world and asserts the bounds.
+Its numbers, before and after the training entry was rebuilt: docs/layers.md.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import torch
 
 from conftest import run_cli
 from hub_reflow.closed_loop import EvalArgs, evaluate_closed_loop
-from hub_reflow.envs import TINY_ENV, EnvChoice
+from hub_reflow.closed_loop.envs import TINY_ENV, EnvChoice
 
 TESTS = Path(__file__).resolve().parent
 # tests/ on the path of the eval subprocess: it imports the env package gym_hubtest from there.

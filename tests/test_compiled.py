@@ -1,4 +1,4 @@
-"""``hub-reflow verify --compile`` (``hub_reflow/compiled.py``): student and teacher timed through
+"""``hub-reflow verify --compile`` (``hub_reflow/checks/compiled.py``): student and teacher timed through
 LeRobot's own ``compile_model`` path, compile time apart from the steady state, speed-ups, on the
 device it names. Inductor's code generation takes minutes on this CPU, so the measurement runs
 here with Dynamo's eager backend forced (``torch.compiler.set_stance``): LeRobot's ``sample_actions``
@@ -14,7 +14,7 @@ import shutil
 import pytest
 import torch
 
-from hub_reflow import compiled
+from hub_reflow.checks import compiled
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from lerobot.policies.factory import make_pre_post_processors
 import torch
 
 from hub_reflow.checkpoint import load_smolvla, read_policy_config
-from hub_reflow.evaluate import observation_batch
+from hub_reflow.checks.fidelity import observation_batch
 from hub_reflow.smolvla import policy_inputs
 from hub_reflow.data import load_dataset
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli, run_main
-from hub_reflow.envs import TINY_ENV
+from hub_reflow.closed_loop.envs import TINY_ENV
 from hub_reflow.testing.post_world import TASK
 
 ROBOT = ["--robot.type=hub_reflow_gym", "--robot.max_episodes=1"]

@@ -378,7 +378,7 @@ def _nan_student(self: Ctx) -> Path:
 
 def _pulled(self: Ctx, repo: str) -> Path:
     """A folder an earlier `hub-reflow pull REPO --local-dir` made."""
-    from hub_reflow.hub import pull_checkpoint
+    from hub_reflow.hub.push_pull import pull_checkpoint
 
     self.pulled_dir = self.tmp / "pulled"
     if not self.pulled_dir.exists():
@@ -410,7 +410,7 @@ def run_src(world, tmp_path_factory) -> Path:
 def hub(world, run_src, tmp_path_factory):
     """A local Hub with the backbone, a good student (user/reflow, and user/tagged at tag v1) and a
     student with a NaN weight pushed with force (user/broken)."""
-    from hub_reflow.hub import push_checkpoint
+    from hub_reflow.hub.push_pull import push_checkpoint
     from hub_reflow.testing.hub_server import HubServer
     from hub_reflow.testing.tiny_world import publish_backbone
 

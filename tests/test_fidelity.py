@@ -14,9 +14,9 @@ from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 
 from breaks import USELESS
 from conftest import HOLDOUT
-from hub_reflow.card import render_card
+from hub_reflow.hub.card import render_card
 from hub_reflow.checkpoint import Lineage, read_policy_config
-from hub_reflow.evaluate import FLOOR, MAX_RATIO, chunk, fidelity_verdict, observation_batch
+from hub_reflow.checks.fidelity import FLOOR, MAX_RATIO, chunk, fidelity_verdict, observation_batch
 from hub_reflow.verify import FAIL, PASS, fidelity_checks
 
 TEACHERS = ("bf16", "fp32")
@@ -109,7 +109,7 @@ def test_card_gives_verifys_verdict(world, student_bf16, tmp_path):
 def test_latency_rows_are_timed_in_alternating_rounds(world):
     """The card's latency column: every row called in turn, round after round (one warm-up round),
     each figure the row's fastest call; ten Euler steps cost more than one on the same policy."""
-    from hub_reflow.evaluate import _latencies_ms
+    from hub_reflow.checks.fidelity import _latencies_ms
 
     policy = SmolVLAPolicy.from_pretrained(world.teacher)
     pre, _ = make_pre_post_processors(policy.config, pretrained_path=str(world.teacher))

@@ -14,7 +14,7 @@ from huggingface_hub import constants
 
 from hub_reflow.checkpoint import LINEAGE_NAME
 from hub_reflow.errors import UserError
-from hub_reflow.hub import push_checkpoint
+from hub_reflow.hub.push_pull import push_checkpoint
 from hub_reflow.testing.hub_server import HubServer
 
 from conftest import run_cli, run_main
@@ -157,7 +157,7 @@ def test_canonicalize_output_is_pushable_with_an_honest_card(server, world, stud
 def test_verify_without_a_dataset_says_what_it_did_not_measure(student_fp32, tmp_path):
     """A verify that measured no fidelity does not end in a bare PASS: it names what it measured and
     what not (and how to), and shows the verdict the student's own training run recorded."""
-    from hub_reflow.card import recorded_verdict
+    from hub_reflow.hub.card import recorded_verdict
 
     failing = shutil.copytree(student_fp32, tmp_path / "failing")
     lineage = json.loads((failing / LINEAGE_NAME).read_text())

@@ -12,7 +12,7 @@ from lerobot.policies.factory import make_pre_post_processors
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from hub_reflow import fast_inference
-from hub_reflow.evaluate import observation_batch
+from hub_reflow.checks.fidelity import observation_batch
 from hub_reflow.config import ReflowConfig
 from hub_reflow.policy import ReflowPolicy
 

@@ -12,7 +12,7 @@ import pytest
 
 from hub_reflow.checkpoint import renamed_in
 from hub_reflow.errors import UserError
-from hub_reflow.hub import push_checkpoint, structural_problems
+from hub_reflow.hub.push_pull import push_checkpoint, structural_problems
 from hub_reflow.testing.tiny_backbone import TINY_BACKBONE_ID
 
 from conftest import run_cli_many, run_main

@@ -16,7 +16,7 @@ from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from lerobot.policies.factory import make_pre_post_processors
 
 from hub_reflow import flow
-from hub_reflow.evaluate import observation_batch
+from hub_reflow.checks.fidelity import observation_batch
 from hub_reflow.checkpoint import load_smolvla
 from hub_reflow.cli import main
 from hub_reflow.config import ReflowConfig

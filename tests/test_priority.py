@@ -1,4 +1,4 @@
-"""Training frames drawn by the teacher's spread (hub_reflow/priority.py, docs/reflow.md#frames-by-spread):
+"""Training frames drawn by the teacher's spread (hub_reflow/training/frame_sampling.py, docs/reflow.md#frames-by-spread):
 the frames are LeRobot's, the pre-pass's spreads are the variance of LeRobot's own sampler's answers,
 the sampler draws by them and resumes where LeRobot's ``compute_sampler_state`` says."""
 
@@ -14,7 +14,7 @@ from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 from hub_reflow.config import ReflowConfig
 from hub_reflow.data import collate_for
 from hub_reflow.policy import ReflowPolicy
-from hub_reflow.priority import (
+from hub_reflow.training.frame_sampling import (
     PREPASS_SHARE,
     SPREAD_DRAWS,
     SPREAD_SHARE,

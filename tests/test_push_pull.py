@@ -16,7 +16,7 @@ from huggingface_hub.errors import RepositoryNotFoundError
 
 from hub_reflow.checkpoint import LINEAGE_NAME, processor_files
 from hub_reflow.errors import UserError
-from hub_reflow.hub import push_checkpoint, structural_problems
+from hub_reflow.hub.push_pull import push_checkpoint, structural_problems
 from hub_reflow.testing.hub_server import HubServer
 
 from conftest import run_cli, run_cli_many, run_main

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import HfApi, constants
 
-from hub_reflow.hub import push_checkpoint
+from hub_reflow.hub.push_pull import push_checkpoint
 from hub_reflow.testing.hub_server import HubServer
 
 from conftest import run_cli_many
@@ -37,8 +37,8 @@ def _evaluated(student: Path, folder: Path) -> Path:
     the card gets both closed-loop pictures)."""
     import shutil
 
-    from hub_reflow.closed_loop_results import EVAL_NAME, ClosedLoopResults
-    from hub_reflow.closed_loop_stats import summarize
+    from hub_reflow.closed_loop.results import EVAL_NAME, ClosedLoopResults
+    from hub_reflow.closed_loop.stats import summarize
 
     def row(role, steps, outcomes):
         return {"role": role, "checkpoint": "a local checkpoint folder", "weights_sha256": "0" * 64, "num_steps": steps,

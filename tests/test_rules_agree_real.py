@@ -14,7 +14,7 @@ from safetensors import safe_open
 
 from hub_reflow.canonicalize import canonicalize
 from hub_reflow.checkpoint import resolve_checkpoint
-from hub_reflow.hub import structural_problems
+from hub_reflow.hub.push_pull import structural_problems
 from hub_reflow.verify import FAIL, structure_checks, verify
 from test_train import assert_canonical
 

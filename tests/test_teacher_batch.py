@@ -13,10 +13,10 @@ from safetensors.torch import load_file
 from conftest import HOLDOUT
 from hub_reflow.checkpoint import load_smolvla
 from hub_reflow.config import ReflowConfig
-from hub_reflow.evaluate import observation_batch
+from hub_reflow.checks.fidelity import observation_batch
 from hub_reflow.policy import ReflowPolicy
 from hub_reflow.smolvla import noise_shape, policy_inputs, sample_chunk
-from hub_reflow.teacher_batch import cat_inputs
+from hub_reflow.training.teacher_batch import cat_inputs
 from hub_reflow.train import TrainArgs, train
 
 

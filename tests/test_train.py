@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from conftest import BF16_STUDENT_STEPS, run_cli, run_main
 from hub_reflow.checkpoint import processor_files
-from hub_reflow.evaluate import observation_batch
+from hub_reflow.checks.fidelity import observation_batch
 
 
 def _header(path: Path) -> dict:

@@ -173,7 +173,7 @@ def test_a_student_that_costs_more_fails_speed_after_its_confirmation_rounds(wor
     from lerobot.policies.factory import make_pre_post_processors
 
     from hub_reflow.checkpoint import load_smolvla
-    from hub_reflow.evaluate import observation_batch
+    from hub_reflow.checks.fidelity import observation_batch
     from hub_reflow.verify import SPEED_CONFIRM, speed_checks
 
     def loaded(folder):

@@ -7,8 +7,8 @@ from argparse import Namespace
 
 from hub_reflow.checkpoint import CheckpointRef, Lineage
 from hub_reflow.config import ReflowConfig
-from hub_reflow.evaluate import fidelity_verdict
-from hub_reflow.train_command import final_verdict
+from hub_reflow.checks.fidelity import fidelity_verdict
+from hub_reflow.training.command import final_verdict
 
 # Numbers of a student further from its teacher than the teacher's own spread.
 FAILING = {"student_rmse": 0.3, "teacher_rmse_at_student_steps": 0.4, "teacher_spread_rmse": 0.1, "action_scale": 1.0}
@@ -52,7 +52,7 @@ def test_fail_advice_names_this_runs_settings_teacher_and_dataset(tmp_path):
 
 
 def test_a_verdict_names_what_it_did_not_measure():
-    from hub_reflow.report import FAIL, INFO, PASS, SKIP, Check, Report
+    from hub_reflow.checks.report import FAIL, INFO, PASS, SKIP, Check, Report
 
     structure = [Check("config", PASS, "ok"), Check("lineage", INFO, "trained from a local teacher folder")]
     assert Report("c", None, [*structure, Check("fidelity", PASS, "x0.2"), Check("speed.same_cost", PASS, "x1.0"),

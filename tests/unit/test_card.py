@@ -21,7 +21,7 @@ def test_template_is_in_the_wheel_and_renders_from_it(tmp_path):
     assert "hub_reflow/templates/model_card.md" in names
     # Import hub_reflow from the wheel itself (zipimport), not from the source tree.
     code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import hub_reflow.card as c; "
+        "import sys; sys.path.insert(0, sys.argv[1]); import hub_reflow.hub.card as c; "
         "assert c.__file__.startswith(sys.argv[1]), c.__file__; print(c.template_text())"
     )
     r = subprocess.run([sys.executable, "-c", code, str(wheel)], capture_output=True, text=True, cwd=tmp_path, check=True)
@@ -46,7 +46,7 @@ def test_card_shows_human_values(tmp_path):
 
     from synthetic import make_teacher
 
-    from hub_reflow.card import render_card
+    from hub_reflow.hub.card import render_card
     from hub_reflow.checkpoint import CheckpointRef, Lineage, read_policy_config
     from hub_reflow.config import ReflowConfig
 
@@ -78,7 +78,7 @@ def test_chunk_plot_names_the_datasets_action_dims(tmp_path):
     lineage's evaluation), LeRobot v2's {"motors": [...]} too; generic names when there are none
     or they do not fit."""
     from hub_reflow.checkpoint import CheckpointRef, Lineage
-    from hub_reflow.plots import CHUNKS, LOSS_CURVE, action_labels, draw_card_images
+    from hub_reflow.hub.card_plots import CHUNKS, LOSS_CURVE, action_labels, draw_card_images
 
     names = ["shoulder", "elbow", "gripper"]
     generic = ["action dim 0", "action dim 1", "action dim 2"]
@@ -106,7 +106,7 @@ def test_card_gives_the_rtc_flags_of_the_checkpoints_step_count(tmp_path):
     (hub_reflow/rtc.py), and says why LeRobot's defaults do not fit where they do not."""
     from synthetic import make_teacher
 
-    from hub_reflow.card import render_card
+    from hub_reflow.hub.card import render_card
     from hub_reflow.checkpoint import CheckpointRef, Lineage, read_policy_config
     from hub_reflow.config import ReflowConfig
 
@@ -130,9 +130,9 @@ def test_the_example_frame_is_named_as_it_was_measured(tmp_path):
     "held-out frame" (the lineage's evaluation.frames_from is what the final measurement used)."""
     from synthetic import make_teacher
 
-    from hub_reflow.card import render_card
+    from hub_reflow.hub.card import render_card
     from hub_reflow.checkpoint import CheckpointRef, Lineage, read_policy_config
-    from hub_reflow.plots import CHUNKS, draw_card_images
+    from hub_reflow.hub.card_plots import CHUNKS, draw_card_images
 
     chunks = {"teacher @10": [[0.0, 1.0]] * 4, "student @1": [[0.1, 0.9]] * 4}
     cfg = read_policy_config(make_teacher(tmp_path / "teacher"))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hub_reflow.closed_loop_stats import mcnemar_exact, paired_comparison, summarize, wilson_interval
-from hub_reflow.eval_cli import split_env_args
+from hub_reflow.closed_loop.stats import mcnemar_exact, paired_comparison, summarize, wilson_interval
+from hub_reflow.closed_loop.command import split_env_args
 
 
 def test_wilson_interval_known_values():
@@ -43,7 +43,7 @@ def test_split_env_args():
 
 
 def _results():
-    from hub_reflow.closed_loop_results import ClosedLoopResults
+    from hub_reflow.closed_loop.results import ClosedLoopResults
 
     def row(role, steps, outcomes):
         return {"role": role, "checkpoint": "a local checkpoint folder", "weights_sha256": "0" * 64, "num_steps": steps,
@@ -66,10 +66,10 @@ def test_the_card_section_from_a_recorded_evaluation(tmp_path):
 
     from synthetic import make_teacher
 
-    from hub_reflow.card import render_card
-    from hub_reflow.card_eval import closed_loop_context, draw_closed_loop_images, read_closed_loop
+    from hub_reflow.hub.card import render_card
+    from hub_reflow.hub.card_closed_loop import closed_loop_context, draw_closed_loop_images, read_closed_loop
     from hub_reflow.checkpoint import CheckpointRef, Lineage, read_policy_config
-    from hub_reflow.closed_loop_results import EVAL_NAME
+    from hub_reflow.closed_loop.results import EVAL_NAME
     from hub_reflow.config import ReflowConfig
 
     results = _results()
@@ -119,7 +119,7 @@ def test_each_policy_row_has_one_colour_in_every_picture(tmp_path):
     """The bar chart and the paths give each row the same colour (students green, teachers not, none
     the goal line's), the student's path is drawn above the teachers'; a picture that lacks a row keeps
     the others' colours."""
-    from hub_reflow.eval_plots import success_plot, trajectory_plot
+    from hub_reflow.closed_loop.plots import success_plot, trajectory_plot
 
     results = _results()
     labels = list(results.policies)
@@ -138,7 +138,7 @@ def test_each_policy_row_has_one_colour_in_every_picture(tmp_path):
 def test_video_frames_are_enlarged_by_nearest_and_labelled():
     import numpy as np
 
-    from hub_reflow.eval_plots import labelled_frames
+    from hub_reflow.closed_loop.plots import labelled_frames
 
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(3)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -60,3 +61,51 @@ def test_a_citation_of_a_missing_section_is_caught():
 def test_no_code_cites_the_missing_design_brief():
     offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "hub_reflow").rglob("*.py") if "DESIGN.md" in p.read_text()]
     assert offenders == []
+
+
+# Module paths cited in the pages and the code: `hub_reflow/x/y.py`, `hub_reflow.x.y(.name)`, and a
+# bare `name.py` (or `folder/name.py`), which must name a file somewhere in the repository.
+MODULE_FILE = re.compile(r"\bhub_reflow/([\w/]+\.py)\b")
+MODULE_DOTTED = re.compile(r"(?<![\w/.])hub_reflow((?:\.\w+)+)")
+BARE_FILE = re.compile(r"(?<![\w/.-])((?:\w+/)*\w+\.py)\b")
+CODE = [*sorted((ROOT / "hub_reflow").rglob("*.py")), *sorted((ROOT / "benchmarks").glob("*.py")),
+        *sorted((ROOT / "tests").rglob("*.py")), *sorted((ROOT / "scripts").glob("*.py"))]
+FILES = {p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*.py") if ".git" not in p.parts and "build" not in p.parts}
+LEROBOT = Path(importlib.util.find_spec("lerobot").origin).parent  # the code cites LeRobot's own files too
+
+
+def _module_exists(parts: list[str]) -> bool:
+    """``hub_reflow.a.b...``: a module or package of the tree, then at most two names, the first one
+    named in its source (defined or imported there). ``hub_reflow.templates`` is the top-level templates/."""
+    if parts[0] == "templates":
+        return len(parts) == 1 and (ROOT / "templates").is_dir()
+    for n in range(len(parts), -1, -1):
+        path = ROOT / "hub_reflow" / Path(*parts[:n])
+        source = path.with_suffix(".py") if n and path.with_suffix(".py").is_file() else path / "__init__.py"
+        if source.is_file():
+            rest = parts[n:]
+            return len(rest) <= 2 and (not rest or rest[0].startswith("__") or
+                                       re.search(rf"\b{rest[0]}\b", source.read_text()) is not None)
+    return False
+
+
+def _bad_module_citations(text: str) -> list[str]:
+    bad = [m.group(0) for m in MODULE_FILE.finditer(text) if not (ROOT / "hub_reflow" / m.group(1)).is_file()]
+    bad += [m.group(0) for m in MODULE_DOTTED.finditer(text) if not _module_exists(m.group(1).strip(".").split("."))]
+    bad += [m.group(1) for m in BARE_FILE.finditer(text) if not m.group(1).startswith("hub_reflow/")
+            and not any(f == m.group(1) or f.endswith("/" + m.group(1)) for f in FILES) and not (LEROBOT / m.group(1)).is_file()]
+    return bad
+
+
+def test_every_module_path_cited_exists():
+    """A module moved or renamed leaves no citation of its old path behind."""
+    pages = [*PAGES, ROOT / "templates" / "model_card.md"]
+    bad = {str(f.relative_to(ROOT)): b for f in [*pages, *CODE] if f.name not in EXAMPLES
+           and (b := _bad_module_citations(f.read_text()))}
+    assert bad == {}
+
+
+def test_a_citation_of_a_moved_module_is_caught():
+    assert _bad_module_citations("see `hub_reflow/checks/fidelity.py` and hub_reflow.checks.fidelity.measure") == []
+    assert _bad_module_citations("see `hub_reflow/evaluate.py`, hub_reflow.evaluate, priority.py") == [
+        "hub_reflow/evaluate.py", "hub_reflow.evaluate", "priority.py"]

@@ -10,8 +10,8 @@ import pytest
 from hub_reflow.checkpoint import CheckpointRef, clean_config_dict
 from hub_reflow.errors import UserError
 from hub_reflow.files import atomic_dir, sha256_file
-from hub_reflow.inspection import is_local_path
-from hub_reflow.keys import group_counts, group_of, is_teacher_key, split_prefixed, teacher_prefix
+from hub_reflow.checks.inspection import is_local_path
+from hub_reflow.checks.keys import group_counts, group_of, is_teacher_key, split_prefixed, teacher_prefix
 from hub_reflow.pairs import Pairs, check_pairs
 
 REF = {"model.action_in_proj.weight", "model.vlm_with_expert.vlm.x.weight", "model.vlm_with_expert.lm_expert.y.bias"}

@@ -102,3 +102,10 @@ def test_wheel_ships_the_server_subpackage(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for module in ("__init__", "__main__", "app", "auth", "protocol", "routes", "routes_repos", "routes_uploads", "storage"):
         assert f"hub_reflow/testing/hub_server/{module}.py" in names
+
+
+def test_wheel_ships_every_subpackage(wheel):
+    """pyproject.toml's package list names every folder of hub_reflow (setuptools ships no other)."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    packages = sorted(p.parent.relative_to(ROOT).as_posix() for p in (ROOT / "hub_reflow").rglob("__init__.py"))
+    assert [p for p in packages if f"{p}/__init__.py" not in names] == []

@@ -11,34 +11,72 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGE = ROOT / "hub_reflow"
+SOURCE = ROOT / "hub_reflow"
 
-# Lowest first. A module may import modules of earlier layers only.
-LAYERS = [
-    # 0: errors, pure maths and rules, small file utilities, the report's types, plots, quiet output
-    {"errors", "flow", "files", "keys", "report", "precision", "sr_adamw", "plots", "logs", "closed_loop_stats", "eval_plots",
-     "rtc", "testing", "testing.hub_server.protocol", "testing.config_gym_robot"},
-    # 1: the device rule, the console, the run config, the SmolVLA adapter, Hub I/O, safe reads, NaN guards
-    {"devices", "console", "config", "smolvla", "hub_io", "safeio", "finite", "runlock", "envs", "rtc_driver",
-     "testing.gym_robot", "testing.hub_server.storage", "testing.hub_server.auth", "testing.hub_server.routes"},
-    # 2: checkpoints, datasets, command-line values and folders, the teacher's fast sampling path
-    {"checkpoint", "data", "validation", "fastpath", "closed_loop_results", "testing.hub_server.routes_repos",
-     "testing.hub_server.routes_uploads"},
-    # 3: measuring a policy, reading a checkpoint into facts, a run's checks, fast inference, closed loop
-    {"evaluate", "inspection", "run_checks", "inference", "closed_loop", "card_eval", "testing.hub_server.app"},
-    # 4: the model card, cached pairs, the structural checks, the loop's helpers
-    {"card", "pairs", "structure", "train_utils", "compiled", "testing.hub_server", "testing.hub_server.__main__"},
-    # 5: push and pull; the tiny backbone (published through a local Hub)
-    {"hub", "teacher_batch", "priority", "testing.tiny_backbone"},
-    # 6: the policy object (its push_to_hub is push), verify, canonicalize; the tiny world
-    {"policy", "verify", "canonicalize", "testing.post_world"},
-    # 7: the training loop; the tiny world (its dataset recorded in the closed-loop env)
-    {"train", "testing.tiny_world"},
-    # 8, 9: the demo, train's settings, the eval command's parsing, the command line; 10: the package's public API
-    {"demo", "train_command", "eval_cli"},
-    {"cli"},
-    {"__init__"},
+# The packages, lowest first, each with its layers, lowest first (docs/layers.md). A module may
+# import modules of an earlier package, or of an earlier layer of its own package; nothing else. A
+# subpackage's modules (and its __init__) sit in its own entry; the top-level modules sit in the base,
+# the policy or the commands.
+PACKAGES = [
+    # hub_reflow.testing sits beside the core and imports none of it: the local Hub (its own order), the tiny worlds
+    ("testing", [
+        {"testing", "testing.hub_server.protocol", "testing.config_gym_robot"},
+        {"testing.gym_robot", "testing.hub_server.storage", "testing.hub_server.auth", "testing.hub_server.routes"},
+        {"testing.hub_server.routes_repos", "testing.hub_server.routes_uploads"},
+        {"testing.hub_server.app"},
+        {"testing.hub_server", "testing.hub_server.__main__"},
+        {"testing.tiny_backbone"},
+        {"testing.post_world"},
+        {"testing.tiny_world"},
+    ]),
+    # the shared base: errors, maths and rules, files, quiet output; the device rule, the console, the run
+    # config, Hub I/O, safe reads, NaN guards, the SmolVLA adapter; checkpoints, datasets, command-line
+    # values and folders, the teacher's fast sampling path; fast inference, cached pairs
+    ("base", [
+        {"errors", "flow", "files", "logs", "rtc"},
+        {"devices", "console", "config", "hub_io", "safeio", "finite", "smolvla"},
+        {"checkpoint", "data", "validation", "fastpath"},
+        {"inference", "pairs"},
+    ]),
+    # is a checkpoint canonical, and does it act like its teacher
+    ("checks", [
+        {"checks", "checks.keys", "checks.report", "checks.fidelity"},
+        {"checks.inspection", "checks.compiled"},
+        {"checks.structure"},
+    ]),
+    # hub-reflow eval: envs, rollouts, results, statistics, pictures, the command's options
+    ("closed_loop", [
+        {"closed_loop.stats", "closed_loop.plots", "closed_loop.envs", "closed_loop.rtc_driver"},
+        {"closed_loop.results"},
+        {"closed_loop.rollouts"},
+        {"closed_loop", "closed_loop.command"},
+    ]),
+    # push and pull, the model card, its images and its closed-loop section
+    ("hub", [
+        {"hub", "hub.card_plots"},
+        {"hub.card", "hub.card_closed_loop"},
+        {"hub.push_pull"},
+    ]),
+    # ReflowPolicy (its push_to_hub is hub.push_pull.push_policy)
+    ("policy", [{"policy"}]),
+    # the training run behind train()
+    ("training", [
+        {"training", "training.precision", "training.sr_adamw", "training.runlock"},
+        {"training.run_checks"},
+        {"training.train_utils"},
+        {"training.frame_sampling", "training.teacher_batch", "training.command"},
+    ]),
+    # the commands (train, verify, canonicalize, the demo, the command line) and the public API
+    ("commands", [
+        {"train", "verify", "canonicalize"},
+        {"demo"},
+        {"cli"},
+        {"__init__"},
+    ]),
 ]
+SUBPACKAGES = {"testing", "checks", "closed_loop", "hub", "training"}
+LAYERS = [layer for _, layers in PACKAGES for layer in layers]
+PACKAGE = {name: package for package, layers in PACKAGES for layer in layers for name in layer}
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 # Our modules that may be imported inside a function: the local Hub needs the optional hub-server
 # extra (FastAPI, uvicorn), which the core install does not have.
@@ -48,8 +86,8 @@ MAX_LINES = 350
 
 def _modules() -> dict[str, Path]:
     out = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
-        rel = path.relative_to(PACKAGE).with_suffix("")
+    for path in sorted(SOURCE.rglob("*.py")):
+        rel = path.relative_to(SOURCE).with_suffix("")
         parts = rel.parts[:-1] if rel.name == "__init__" and len(rel.parts) > 1 else rel.parts
         out[".".join(parts)] = path
     return out
@@ -101,8 +139,18 @@ GRAPH = {m: _imports(m) for m in MODULES}
 
 
 def test_every_module_has_a_layer():
-    assert sorted(set(MODULES) - set(LAYER)) == [], "place new modules in LAYERS (and docs/layers.md)"
+    assert sorted(set(MODULES) - set(LAYER)) == [], "place new modules in PACKAGES (and docs/layers.md)"
     assert sorted(set(LAYER) - set(MODULES)) == []
+    assert len(LAYER) == sum(len(layer) for layer in LAYERS)  # each module in one layer
+
+
+def test_every_module_sits_in_its_own_package():
+    """A subpackage's modules in its entry of PACKAGES; top-level modules in the base, the policy or the commands."""
+    def placed_right(m: str) -> bool:
+        top = m.split(".")[0]
+        return PACKAGE[m] == top if top in SUBPACKAGES else PACKAGE[m] in ("base", "policy", "commands")
+
+    assert [f"{m} is placed in {PACKAGE[m]}" for m in MODULES if not placed_right(m)] == []
 
 
 def test_imports_go_to_lower_layers_only():

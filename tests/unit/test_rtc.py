@@ -110,7 +110,7 @@ def _rtc(delay: int, threshold: int | None = None, horizon: int = 8):
 
 
 def test_the_driver_runs_lerobots_queue_with_a_latency_of_exactly_the_delay():
-    from hub_reflow.rtc_driver import RTCDriver
+    from hub_reflow.closed_loop.rtc_driver import RTCDriver
 
     policy = _Chunks(chunk=8)
     driver = RTCDriver(policy, _rtc(delay=3), delay=3)
@@ -132,7 +132,7 @@ def test_the_driver_runs_lerobots_queue_with_a_latency_of_exactly_the_delay():
 
 
 def test_the_driver_refuses_what_lerobots_engine_cannot_run():
-    from hub_reflow.rtc_driver import RTCDriver
+    from hub_reflow.closed_loop.rtc_driver import RTCDriver
 
     with pytest.raises(UserError, match="execution_horizon 10 exceeds the policy's chunk"):
         RTCDriver(_Chunks(chunk=8), _rtc(delay=3, horizon=10), delay=3)

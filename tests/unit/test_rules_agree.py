@@ -17,7 +17,7 @@ from synthetic import make_student, make_teacher
 
 from hub_reflow.canonicalize import NotRepairable, canonicalize
 from hub_reflow.checkpoint import resolve_checkpoint
-from hub_reflow.hub import structural_problems
+from hub_reflow.hub.push_pull import structural_problems
 from hub_reflow.verify import FAIL, structure_checks
 
 CASES = {name: (make, {check}, repairable) for name, (make, check, repairable) in BREAKS.items()}
@@ -131,7 +131,7 @@ def test_counts_and_sameness_read_as_english(pair, tmp_path):
     in nothing")."""
     from safetensors.torch import save_file
 
-    from hub_reflow.report import counted
+    from hub_reflow.checks.report import counted
 
     assert (counted(1, "key"), counted(2, "key"), counted(0, "tensor")) == ("1 key", "2 keys", "0 tensors")
     student, teacher = pair

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hub_reflow.config import ReflowConfig
-from hub_reflow.sr_adamw import StochasticRoundingAdamW, stochastic_round_bf16
+from hub_reflow.training.sr_adamw import StochasticRoundingAdamW, stochastic_round_bf16
 
 
 def _grads(shape, n: int, seed: int = 0):

@@ -2,7 +2,7 @@
 rows, counted from the last checkpoint step and never past the next, so a run resumed at a
 checkpoint groups its steps as the uninterrupted run did."""
 
-from hub_reflow.teacher_batch import group_length
+from hub_reflow.training.teacher_batch import group_length
 
 
 def _groups(steps: int, save_freq: int, rows: int, teacher_batch: int, start: int = 0) -> list[int]:

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_smolvla, read_policy_config
-from .devices import resolve_device
-from .errors import UserError
-from .inference import fast_inference
+from ..checkpoint import load_smolvla, read_policy_config
+from ..devices import resolve_device
+from ..errors import UserError
+from ..inference import fast_inference
 
 DEFAULT_MODE = "reduce-overhead"
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

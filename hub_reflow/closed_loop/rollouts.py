@@ -20,19 +20,19 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import LINEAGE_NAME, Lineage, load_smolvla, read_policy_config, resolve_checkpoint
-from .closed_loop_results import EVAL_NAME, ClosedLoopResults
-from .closed_loop_stats import chunk_jumps, summarize
-from .devices import resolve_device
+from ..checkpoint import LINEAGE_NAME, Lineage, load_smolvla, read_policy_config, resolve_checkpoint
+from ..devices import resolve_device
+from ..errors import UserError
+from ..files import package_versions
+from ..rtc import recommended
 from .envs import EnvChoice, OpenedEnv, env_processors, open_env, policy_rename_map, require_success_key
-from .errors import UserError
-from .eval_plots import labelled_frames
-from .files import package_versions
-from .rtc import recommended
+from .plots import labelled_frames
+from .results import EVAL_NAME, ClosedLoopResults
 from .rtc_driver import INFERENCE_TYPES, RTCDriver, parse_inference, settings_of, with_settings
+from .stats import chunk_jumps, summarize
 
 MAX_EPISODES = 100_000
-logger = logging.getLogger(__name__)
+logger = logging.getLogger(__package__)
 
 
 @dataclass
@@ -252,7 +252,7 @@ def _given_rtc(a: EvalArgs):
 
 def _label_video(raw: Path, path: Path, lines: list[str]) -> None:
     """LeRobot's video of an episode (written by ``eval_policy`` into ``raw``), enlarged and labelled
-    (``eval_plots.labelled_frames``), written to ``path`` by LeRobot's ``write_video``; ``raw`` removed."""
+    (``plots.labelled_frames``), written to ``path`` by LeRobot's ``write_video``; ``raw`` removed."""
     import av
     from lerobot.utils.io_utils import write_video
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import (
+from ..checkpoint import (
     CONFIG_NAME,
     LINEAGE_NAME,
     WEIGHTS_NAME,
@@ -29,9 +29,9 @@ from .checkpoint import (
     processor_files,
     renamed_in,
 )
-from .errors import UserError
-from .hub_io import backbone_error
-from .safeio import load_file, read_header, safe_open
+from ..errors import UserError
+from ..hub_io import backbone_error
+from ..safeio import load_file, read_header, safe_open
 from .keys import (
     ST_DTYPE,
     Header,

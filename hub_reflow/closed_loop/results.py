@@ -8,8 +8,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .closed_loop_stats import paired_comparison
-from .safeio import dumps, write_json
+from ..safeio import dumps, write_json
+from .stats import paired_comparison
 
 EVAL_NAME = "reflow_eval.json"  # beside reflow_lineage.json in the checkpoint folder (--record)
 FORMAT_VERSION = 1
@@ -17,7 +17,7 @@ FORMAT_VERSION = 1
 
 @dataclass
 class ClosedLoopResults:
-    """``policies``: label (``student@1``, ``teacher@10``) -> its numbers (``closed_loop_stats.summarize``)
+    """``policies``: label (``student@1``, ``teacher@10``) -> its numbers (``stats.summarize``)
     plus ``role``, ``checkpoint``, ``num_steps`` and per-episode ``outcomes``, ``rewards``, ``lengths``."""
 
     env: dict  # id, kind, options, max_steps

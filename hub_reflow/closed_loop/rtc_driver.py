@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, make_dataclass
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 
 INFERENCE_PREFIX = "--inference."
 INFERENCE_TYPES = ("sync", "rtc")

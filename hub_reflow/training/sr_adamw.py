@@ -23,8 +23,6 @@ import math
 import torch
 from torch import Tensor
 
-UPDATES = ("fp32-masters", "bf16-sr", "bf16")  # the weight-update options, as the lineage records them
-
 
 def stochastic_round_bf16(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """fp32 ``x`` to bf16, rounding each value up or down (in magnitude) with probability given by

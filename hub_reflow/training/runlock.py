@@ -21,10 +21,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 LOCK_NAME = ".hub-reflow-train.lock"
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("hub_reflow.train")  # the train command's lines, under its name
 
 
 def launch_id() -> str:

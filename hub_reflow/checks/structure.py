@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 
-from .checkpoint import LINEAGE_NAME, WEIGHTS_NAME
+from ..checkpoint import LINEAGE_NAME, WEIGHTS_NAME
+from ..rtc import LEROBOT_EXECUTION_HORIZON, LEROBOT_MAX_GUIDANCE_WEIGHT, recommended, rtc_flags, rtc_problems
 from .inspection import Facts, renamed_backbone
 from .keys import group_counts, group_of, nbytes
 from .report import FAIL, INFO, PASS, SKIP, WARN, Check, counted
-from .rtc import LEROBOT_EXECUTION_HORIZON, LEROBOT_MAX_GUIDANCE_WEIGHT, recommended, rtc_flags, rtc_problems
 
 # Fields a student may differ in from its teacher on purpose (step count; what push_to_hub sets).
 ALLOWED_CONFIG_DIFF = ("num_steps", "repo_id", "push_to_hub", "private", "tags", "license")

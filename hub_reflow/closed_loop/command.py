@@ -1,4 +1,4 @@
-"""``hub-reflow eval``: the closed-loop comparison's command line (``closed_loop.py`` does the work).
+"""``hub-reflow eval``: the closed-loop comparison's command line (``rollouts.py`` does the work).
 
 LeRobot's env options (``--env.type pusht --env.task PushT-v0 --env.episode_length 100``) are
 taken out of the command line before argparse sees it (``split_env_args``) and parsed by LeRobot's
@@ -10,12 +10,12 @@ import json
 import shlex
 from pathlib import Path
 
-from .closed_loop import MAX_EPISODES, EvalArgs, evaluate_closed_loop, record
+from ..errors import UserError
+from ..validation import MAX_SEED, check_output_folder, int_in
 from .envs import TINY_ENV, EnvChoice
-from .eval_plots import VIDEO_MIN_SIDE
-from .errors import UserError
+from .plots import VIDEO_MIN_SIDE
+from .rollouts import MAX_EPISODES, EvalArgs, evaluate_closed_loop, record
 from .rtc_driver import INFERENCE_PREFIX, INFERENCE_TYPES
-from .validation import MAX_SEED, check_output_folder, int_in
 
 ENV_PREFIX = "--env."
 

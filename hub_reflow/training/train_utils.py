@@ -11,21 +11,21 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .checkpoint import LINEAGE_NAME, Lineage, write_canonical
-from .config import ReflowConfig
-from .devices import check_device
-from .errors import UserError
-from .evaluate import action_scale, measure, observation_batch
-from .files import atomic_dir
+from ..checkpoint import LINEAGE_NAME, Lineage, write_canonical
+from ..checks.fidelity import action_scale, measure, observation_batch
+from ..config import ReflowConfig
+from ..devices import check_device
+from ..errors import UserError
+from ..files import atomic_dir
+from ..validation import disk_full
 from .run_checks import RUN_RECORD, check_free_space, checkpoint_bytes, checkpoints_to_write
-from .validation import disk_full
 
 EVAL_FRAMES = 16  # held-out frames of the final measurement
 from .precision import FILE_NAME as MASTER_FILE
 from .precision import MasterWeights
 from .sr_adamw import StochasticRoundingAdamW
 
-SPREAD_FILE = "hub_reflow_frame_spread.safetensors"  # training_state/: the spreads a SpreadSampler draws by (priority.py)
+SPREAD_FILE = "hub_reflow_frame_spread.safetensors"  # training_state/: the spreads a SpreadSampler draws by (frame_sampling.py)
 
 
 def make_accelerator(device: str):
@@ -91,7 +91,7 @@ class Pace:
 def save_checkpoint(output_dir: Path, step: int, policy, optimizer, scheduler, num_processes: int, batch_size: int,
                     master: MasterWeights | None = None, record: dict | None = None, spread=None) -> Path:
     """``record``: the run's settings (``run_checks.RUN_RECORD``), beside LeRobot's training state;
-    ``spread``: the frames' spreads its sampler draws by (``priority.SPREAD_FILE``)."""
+    ``spread``: the frames' spreads its sampler draws by (``SPREAD_FILE``)."""
     from lerobot.common.train_utils import get_step_checkpoint_dir, save_training_state
     from lerobot.utils.constants import TRAINING_STATE_DIR
     from safetensors.torch import save_file

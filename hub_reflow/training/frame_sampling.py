@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import safeio
-from .errors import UserError
-from .smolvla import noise_shape, policy_inputs
+from .. import safeio
+from ..errors import UserError
+from ..smolvla import noise_shape, policy_inputs
 from .train_utils import SPREAD_FILE
 
 SPREAD_DRAWS = 4  # noise draws per scored frame

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .closed_loop_results import EVAL_NAME, ClosedLoopResults
-from .eval_plots import SUCCESS_PLOT, TRAJECTORY_PLOT, success_plot, trajectory_plot
+from ..closed_loop.plots import SUCCESS_PLOT, TRAJECTORY_PLOT, success_plot, trajectory_plot
+from ..closed_loop.results import EVAL_NAME, ClosedLoopResults
 
 
 def read_closed_loop(folder: Path) -> ClosedLoopResults | None:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .pairs import NOISE_KEY, TARGET_KEY
-from .smolvla import PolicyInputs, noise_shape, policy_inputs
+from ..pairs import NOISE_KEY, TARGET_KEY
+from ..smolvla import PolicyInputs, noise_shape, policy_inputs
 from .train_utils import step_seed
 
 

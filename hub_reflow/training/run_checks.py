@@ -12,12 +12,12 @@ import os
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from .checkpoint import check_backbone_repo, is_local_path
-from .config import RECORDED_BEFORE, ReflowConfig
-from .data import check_dataset_root
-from .errors import UserError
+from ..checkpoint import check_backbone_repo, is_local_path
+from ..config import RECORDED_BEFORE, ReflowConfig
+from ..data import check_dataset_root
+from ..errors import UserError
+from ..validation import MAX_SEED, MAX_TEACHER_STEPS, check_free_space, check_output_folder
 from .runlock import LOCK_NAME
-from .validation import MAX_SEED, MAX_TEACHER_STEPS, check_free_space, check_output_folder
 
 __all__ = ["backbone_repo_id", "RUN_RECORD", "read_run_record", "check_train_args", "check_train_output", "check_batch_size", "checkpoint_bytes", "checkpoints_to_write",
            "check_free_space", "check_resume", "RESUME_MAY_CHANGE"]

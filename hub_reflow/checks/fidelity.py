@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .smolvla import num_steps
+from ..smolvla import num_steps
 
 
 @dataclass
@@ -147,6 +147,14 @@ def fidelity_verdict(student_rmse: float, teacher_rmse_at_student_steps: float, 
         why = (f"x{ratio:.2f} of the teacher's own error at the student's step count (> {max_ratio}; {numbers}): "
                "not clearly better than running the teacher with as few steps")
     return Verdict(False, threshold, ratio, why)
+
+
+def recorded_verdict(evaluation: dict):
+    """The fidelity verdict of the recorded measurement, by the rule verify applies (None: none recorded)."""
+    keys = ("student_rmse", "teacher_rmse_at_student_steps", "teacher_spread_rmse")
+    if not all(isinstance(evaluation.get(k), (int, float)) for k in keys):
+        return None
+    return fidelity_verdict(*(evaluation[k] for k in keys), evaluation.get("action_scale"))
 
 
 def action_scale(stats: dict | None) -> float | None:

@@ -10,9 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .card import NO_LINEAGE, UNTRAINED, lineage_claim, recorded_verdict, render_card
-from .card_eval import closed_loop_context, draw_closed_loop_images, read_closed_loop
-from .checkpoint import (
+from ..checkpoint import (
     CONFIG_NAME,
     LINEAGE_NAME,
     PLAIN,
@@ -24,14 +22,17 @@ from .checkpoint import (
     read_policy_config,
     resolve_checkpoint,
 )
-from .errors import UserError
-from .files import atomic_dir, sha256_file
-from .hub_io import check_repo_id, dataset_exists, snapshot, upload_folder
-from .inspection import inspect_checkpoint
-from .pairs import read_pairs_meta
-from .plots import draw_card_images
-from .structure import publish_problems
-from .validation import check_output_folder, ref_problem
+from ..checks.fidelity import recorded_verdict
+from ..checks.inspection import inspect_checkpoint
+from ..checks.structure import publish_problems
+from ..errors import UserError
+from ..files import atomic_dir, sha256_file
+from ..hub_io import check_repo_id, dataset_exists, snapshot, upload_folder
+from ..pairs import read_pairs_meta
+from ..validation import check_output_folder, ref_problem
+from .card import NO_LINEAGE, UNTRAINED, lineage_claim, render_card
+from .card_closed_loop import closed_loop_context, draw_closed_loop_images, read_closed_loop
+from .card_plots import draw_card_images
 
 README_NAME = "README.md"
 
@@ -68,7 +69,7 @@ def check_checkpoint(folder: Path, *, force: bool = False, what: str = "checkpoi
         raise UserError(f"{what}: the checkpoint fails the {'; '.join(problems)}{hint}")
     if problems:
         message = f"{what} --force: pushing a checkpoint that fails the {'; '.join(problems)}; {_consequences(problems)}"
-        (warn or logging.getLogger(__name__).warning)(message)
+        (warn or logging.getLogger(__package__).warning)(message)
 
 
 # What a failed check of each group means for whoever loads the pushed checkpoint.
@@ -172,7 +173,7 @@ def _publishable_claim(src: Path, force: bool) -> Lineage:
         lineage = Lineage(teacher=CheckpointRef(None, None, None, ""), reflow={}, versions={})
     verdict = recorded_verdict(lineage.evaluation)
     if verdict is not None and not verdict.passed:
-        logging.getLogger(__name__).warning(
+        logging.getLogger(__package__).warning(
             "push: this student's recorded fidelity verdict is FAIL (%s); the card says so. Consider training longer "
             "(--steps) or checking it with hub-reflow verify --dataset before sharing it", verdict.reason)
     return lineage

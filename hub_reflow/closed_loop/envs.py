@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, make_dataclass
 import gymnasium as gym
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 
 # The closed-loop tiny world (hub_reflow/testing/post_world.py), by name.
 TINY_ENV = "tiny-go-around"

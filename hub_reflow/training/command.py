@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .card import recorded_verdict
-from .checkpoint import LINEAGE_NAME, Lineage
-from .config import RECORDED_BEFORE, ReflowConfig, default_lr_scale
-from .console import fail
+from ..checkpoint import LINEAGE_NAME, Lineage
+from ..checks.fidelity import recorded_verdict
+from ..config import RECORDED_BEFORE, ReflowConfig, default_lr_scale
+from ..console import fail
 from .run_checks import check_train_output, read_run_record
 from .runlock import refuse_if_held
 

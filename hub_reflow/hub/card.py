@@ -7,11 +7,11 @@ from importlib.resources import files
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from .checkpoint import Lineage
-from .data import dataset_label
-from .evaluate import fidelity_verdict
-from .plots import CHUNKS, LOSS_CURVE, example_frame
-from .rtc import LEROBOT_EXECUTION_HORIZON, LEROBOT_MAX_GUIDANCE_WEIGHT, recommended, rtc_flags, rtc_problems
+from ..checkpoint import Lineage
+from ..checks.fidelity import recorded_verdict
+from ..data import dataset_label
+from ..rtc import LEROBOT_EXECUTION_HORIZON, LEROBOT_MAX_GUIDANCE_WEIGHT, recommended, rtc_flags, rtc_problems
+from .card_plots import CHUNKS, LOSS_CURVE, example_frame
 
 TAGS = ["lerobot", "smolvla", "reflow", "rectified-flow", "robotics"]
 
@@ -94,20 +94,12 @@ def lineage_claim(lineage: Lineage | None, weights_sha256: str | None = None) ->
     return UNTRAINED
 
 
-def recorded_verdict(evaluation: dict):
-    """The fidelity verdict of the recorded measurement, by the rule verify applies (None: none recorded)."""
-    keys = ("student_rmse", "teacher_rmse_at_student_steps", "teacher_spread_rmse")
-    if not all(isinstance(evaluation.get(k), (int, float)) for k in keys):
-        return None
-    return fidelity_verdict(*(evaluation[k] for k in keys), evaluation.get("action_scale"))
-
-
 def render_card(lineage: Lineage, policy_config, repo_id: str | None = None, license: str | None = None,
                 image_names: tuple[str, ...] | None = None, claim: str | None = None,
                 closed_loop: dict | None = None) -> ModelCard:
     """``image_names``: the images present beside the card (default: those the lineage has data for,
     which ``write_canonical`` draws). ``claim``: what the checkpoint is (default: ``lineage_claim``).
-    ``closed_loop``: the "Closed-loop evaluation" section's values (``card_eval.closed_loop_context``),
+    ``closed_loop``: the "Closed-loop evaluation" section's values (``card_closed_loop.closed_loop_context``),
     when an evaluation was recorded."""
     if image_names is None:
         image_names = tuple(n for n, has in ((LOSS_CURVE, lineage.training.get("loss_curve")),

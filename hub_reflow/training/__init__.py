@@ -1,0 +1,1 @@
+"""The training run behind ``hub_reflow.train.train``."""
