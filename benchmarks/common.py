@@ -36,7 +36,7 @@ def reused_run(prog: str, out: Path, rcfg) -> bool:
     if not lineage.exists():
         return False
     from hub_reflow.config import ReflowConfig
-    from hub_reflow.training.run_checks import RESUME_MAY_CHANGE
+    from hub_reflow.training.plan import RESUME_MAY_CHANGE
 
     done, want = ReflowConfig.from_dict(json.loads(lineage.read_text())["reflow"]).to_dict(), rcfg.to_dict()
     differ = [f"{k} {done[k]!r}, now {want[k]!r}" for k in want if k not in RESUME_MAY_CHANGE and done[k] != want[k]]

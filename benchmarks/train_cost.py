@@ -28,7 +28,7 @@ step under an operator counter, and with ``--profile`` ``--profile-steps`` steps
   ``sample_actions`` (``--no-cuda-graphs``).
 - ``reflow_cached_sr``, ``reflow_cached_bf16`` (with ``--variants``; first batch size only: memory
   rows): the cached step with the other weight updates of ``ReflowConfig.update``, AdamW with
-  stochastic rounding straight on the bf16 weights (``sr_adamw.py``), and LeRobot's AdamW on the
+  stochastic rounding straight on the bf16 weights (``training/optimizer.py``), and LeRobot's AdamW on the
   bf16 weights (rounding to nearest), neither with fp32 masters.
 - ``reflow_shared`` (with ``--noises-per-frame M`` > 1): online pairs with M noises per observation,
   the VLM prefix once per observation for teacher and student (docs/reflow.md#many-noises-per-observation):

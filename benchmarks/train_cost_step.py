@@ -204,9 +204,9 @@ def reflow_step(rp, cfg, pre, raw: dict, variant: str) -> _Step:
     fp32 masters of bf16 weights unless the config's update says otherwise."""
     import torch
 
-    from hub_reflow.training.precision import MasterWeights
+    from hub_reflow.training.optimizer import MasterWeights
     from hub_reflow.smolvla import policy_inputs
-    from hub_reflow.training.train_utils import make_optimizer
+    from hub_reflow.training.optimizer import make_optimizer
 
     master = MasterWeights(rp.trainable_parameters(), enabled=rp.reflow_config.update == "fp32-masters")
     optimizer, _, clip, _ = make_optimizer(master.params, cfg, rp.reflow_config)

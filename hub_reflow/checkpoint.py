@@ -7,6 +7,7 @@ LeRobot's own code (config) or copied byte for byte from the teacher (processor 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -263,7 +264,7 @@ def check_backbone_repo(local: str, repo_id: str, action: str) -> None:
 
 
 def write_canonical(folder: Path, student, teacher: ResolvedCheckpoint, num_steps: int, lineage: Lineage,
-                    vlm_repo_id: str | None = None) -> None:
+                    vlm_repo_id: str | None = None, config=None) -> None:
     """Write the canonical checkpoint files of ``student`` into an existing ``folder``.
 
     - config.json: the teacher's config parsed by LeRobot, ``num_steps`` set, written by LeRobot;
@@ -272,13 +273,14 @@ def write_canonical(folder: Path, student, teacher: ResolvedCheckpoint, num_step
     - reflow_lineage.json (the model card and its images are drawn from it at push time).
 
     ``vlm_repo_id``: the Hub repo id that replaces the teacher's local backbone folder in the config
-    and the processor configs (``check_backbone_repo`` checked it)."""
+    and the processor configs (``check_backbone_repo`` checked it). ``config``: the teacher's config
+    already parsed (a training run's, parsed once; a copy is changed), else read from ``teacher``."""
     from safetensors.torch import save_model
 
     folder = Path(folder)
     model = student.module if hasattr(student, "module") else student
     require_finite_weights(model)  # never a checkpoint full of NaN (and never `last` pointing at one)
-    cfg = read_policy_config(teacher.path)
+    cfg = copy.deepcopy(config) if config is not None else read_policy_config(teacher.path)
     cfg.num_steps = num_steps
     swap = (cfg.vlm_model_name, vlm_repo_id) if vlm_repo_id else None
     if swap:

@@ -25,6 +25,7 @@ from .pairs import PAIRS_META_NAME, PairsArgs
 from .safeio import dumps
 from .train import TrainArgs
 from .training.command import final_verdict, given_or_recorded, train_settings
+from .training.run_folder import RunFolder
 from .validation import MAX_SEED, MAX_TEACHER_STEPS, Parser, check_output_folder, float_in, int_in, ref_name, repo_id
 from .verify import verify
 
@@ -299,7 +300,7 @@ def _interrupted(args) -> str:
     """What an interrupt (Ctrl-C) left behind, for the command that was running."""
     if getattr(args, "command", None) != "train":
         return "interrupted; nothing was written (a partial output is never left in place)"
-    last = Path(args.output_dir) / "checkpoints" / "last"
+    last = RunFolder(args.output_dir).last
     if last.exists():
         return f"interrupted; checkpoints/last ({last.resolve().name}) is intact: continue with --resume"
     return ("interrupted before the first checkpoint: nothing was saved, so there is nothing to resume; "

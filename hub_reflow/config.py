@@ -81,8 +81,8 @@ class ReflowConfig:
     # Teacher sampling (online pairs) through CUDA graphs captured per batch shape, on a CUDA
     # device (fastpath.py); False: LeRobot's eager sample_actions. No effect on the CPU.
     cuda_graphs: bool = True
-    # How bf16 trainable weights are updated (sr_adamw.py): "fp32-masters", AdamW on fp32 copies
-    # (precision.py; 12 bytes more per trainable parameter than LeRobot's fine-tune); "bf16-sr",
+    # How bf16 trainable weights are updated (training/optimizer.py): "fp32-masters", AdamW on fp32 copies
+    # (12 bytes more per trainable parameter than LeRobot's fine-tune); "bf16-sr",
     # AdamW straight on the bf16 weights with stochastic rounding (no copies); "bf16", LeRobot's
     # AdamW straight on the bf16 weights, rounding to nearest (sub-ulp steps are lost).
     update: str = "fp32-masters"

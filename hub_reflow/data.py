@@ -62,21 +62,24 @@ def collate_for(dataset):
     return lerobot_collate_fn if dataset.meta.has_language_columns else default_collate
 
 
-def load_dataset(teacher_cfg, repo_id: str, root: Path | None, revision: str | None, holdout: int):
+def load_dataset(teacher_cfg, repo_id: str, root: Path | None, revision: str | None, holdout: int,
+                 verified: bool | None = None):
     """LeRobot's dataset with the teacher's observation delta timestamps (no action chunks: see
     ``observation_delta_timestamps``); the last ``holdout`` episodes left out. The record names the
     dataset by ``repo_id`` only where that is checked: downloaded from the Hub, or a folder that
     names itself so (``dataset_root_repo_id``); any other folder is recorded as a local folder
-    (``local_name``: ``--dataset`` as given, not verified), which no card links."""
+    (``local_name``: ``--dataset`` as given, not verified), which no card links. ``verified``: whether
+    ``root`` names itself ``repo_id``, where ``check_dataset_root`` already said (None: checked here)."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
 
-    verified = True
-    if root is not None:  # a folder that is not a LeRobotDataset: never fall back to the Hub
+    if root is None:
+        verified = True
+    elif verified is None:  # a folder that is not a LeRobotDataset: never fall back to the Hub
         verified = check_dataset_root(Path(root), repo_id) is not None
-        if not verified and os.environ.get("RANK", "0") == "0":  # once per run, not per process
-            logger.warning("--dataset-root %s does not say which Hub dataset it is (no dataset card naming it, not a "
-                           "Hugging Face or LeRobot cache folder): recorded as %s; the model card links no dataset",
-                           root, dataset_label({"local_name": repo_id}))
+    if not verified and os.environ.get("RANK", "0") == "0":  # once per run, not per process
+        logger.warning("--dataset-root %s does not say which Hub dataset it is (no dataset card naming it, not a "
+                       "Hugging Face or LeRobot cache folder): recorded as %s; the model card links no dataset",
+                       root, dataset_label({"local_name": repo_id}))
     try:
         meta = LeRobotDatasetMetadata(repo_id, root=root, revision=revision)
     except Exception as e:  # missing files, not a LeRobotDataset, no network

@@ -113,17 +113,21 @@ class ReflowPolicy(
         *,
         revision: str | None = None,
         device: str = "cpu",
+        teacher_config=None,
+        lineage: Lineage | None = None,
     ) -> ReflowPolicy:
         """Teacher from a local checkpoint folder or a Hub repo id (``revision`` resolved to a
         commit sha, recorded in the lineage), or an already resolved checkpoint. The student is a
-        deep copy: bit-identical tensors, same dtypes, its own VLM."""
+        deep copy: bit-identical tensors, same dtypes, its own VLM. ``teacher_config``: its config
+        already parsed (a copy is used), else read from the folder; ``lineage``: the student's record."""
         if isinstance(teacher, ResolvedCheckpoint):
             resolved = teacher
         else:
             resolved = resolve_checkpoint(str(teacher), revision, what="teacher")
-        teacher_policy = load_smolvla(resolved.path, device=device, what="teacher")
+        teacher_policy = load_smolvla(resolved.path, device=device, what="teacher",
+                                      config=copy.deepcopy(teacher_config) if teacher_config is not None else None)
         student_policy = copy.deepcopy(teacher_policy)
-        return cls(student_policy, teacher_policy, config, base=resolved)
+        return cls(student_policy, teacher_policy, config, base=resolved, lineage=lineage)
 
     def attach_teacher(self, teacher: str | Path | None = None, revision: str | None = None, device: str = "cpu",
                        **hub) -> None:

@@ -2,7 +2,7 @@
 with ranges (``int_in``, ``float_in``, ``repo_id``, ``ref_name``) and a parser whose errors are one
 line (exit 2) and whose ``--help`` shows the defaults; output folders (not a file nor under a file,
 empty unless asked otherwise, writable: a probe file is written and removed) and free disk space.
-The checks of a whole run (combinations, ``--resume``) are ``run_checks``.
+The checks of a whole training run (combinations, the run folder, ``--resume``) are ``training.plan``'s.
 """
 
 from __future__ import annotations

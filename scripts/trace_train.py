@@ -1,6 +1,6 @@
 """How far ``train(args)`` wanders through the package (docs/layers.md#the-training-entry): a real
 tiny run of ``hub_reflow.train.train`` under ``sys.setprofile``, every call between two of our
-modules recorded.
+modules recorded (``hub_reflow.testing`` aside).
 
 A call from module A into module B (A != B; calls through other libraries count as made by the
 nearest of our frames below them) is one *edge*, named by the two functions; each edge is counted
@@ -11,13 +11,18 @@ once, when it first happens (so the number of steps does not change the counts),
   module that called it: a property of a run object, a callback);
 - a *return*: B was entered before and left (a module the reader has to come back to).
 
-It also counts the calls (every one) of the functions that resolve an input, to show where each is
-resolved and how often: the output folder check, ``--dataset-root``, the teacher's config parse,
-``Lineage`` constructions, the run record, and the switch of ``checkpoints/last``.
+The same between modules: each (A, B) pair once, a climb or a return by the same rules. Two traces
+of each run: ``all`` (every call), and ``args`` (only the calls that carry the run's inputs: an
+argument that is ``args``, a value it holds (the ReflowConfig, the paths and names it was given), or
+an object holding one of those as an attribute or item: following ``args`` from ``train``).
 
-    python scripts/trace_train.py --world DIR [--resume]   # DIR: a tiny world (built there if absent)
+It also counts every call of the functions that resolve an input (``WATCH``): where each is resolved,
+and how often.
 
-Its numbers, before and after the training entry was rebuilt: docs/layers.md.
+    python scripts/trace_train.py --world DIR [--json FILE]   # DIR: a tiny world (built there if absent)
+
+A fresh 2-step run, then ``--resume`` to 3 steps, each traced. The numbers before and after the
+training entry was rebuilt: docs/layers.md#the-training-entry.
 """
 
 from __future__ import annotations
@@ -32,9 +37,11 @@ from pathlib import Path
 
 OURS = "hub_reflow."
 SKIP = ("hub_reflow.testing",)
-# The functions that resolve an input (by name, wherever they live): calls counted on every call.
-WATCH = ("check_output_folder", "check_dataset_root", "parse_policy_config", "Lineage.__init__", "read_run_record",
-         "update_last", "resolve_checkpoint", "load_dataset", "check_train_output")
+# The functions that resolve an input, by name (the same names before and after the training entry
+# was rebuilt; a method by its own name): every call counted.
+WATCH = {"check_output_folder": "the output folder checked", "check_dataset_root": "--dataset-root checked",
+         "resolve_checkpoint": "the teacher found", "parse_policy_config": "a config parsed",
+         "load_dataset": "the dataset opened", "Lineage.__init__": "a lineage built", "update_last": "checkpoints/last moved"}
 
 
 @dataclass
@@ -42,11 +49,15 @@ class Trace:
     entries: list[str] = field(default_factory=list)  # modules in the order first entered
     climbs: list[str] = field(default_factory=list)  # "A.f -> B.g" edges
     returns: list[str] = field(default_factory=list)
+    module_climbs: list[str] = field(default_factory=list)  # the same, between modules: "A -> B", each pair once
+    module_returns: list[str] = field(default_factory=list)
     visits: Counter = field(default_factory=Counter)  # per module: distinct edges into it (+1 for the first entry)
     calls: Counter = field(default_factory=Counter)  # WATCH: calls, every one
 
     def summary(self) -> dict:
         return {"modules_entered": len(self.entries), "climbs_back": len(self.climbs), "returns": len(self.returns),
+                "module_climbs": len(self.module_climbs), "module_returns": len(self.module_returns),
+                "module_climb_edges": self.module_climbs, "module_return_edges": self.module_returns,
                 "modules": self.entries, "visits": dict(self.visits.most_common()), "resolutions": dict(sorted(self.calls.items())),
                 "climb_edges": self.climbs, "return_edges": self.returns}
 
@@ -87,7 +98,7 @@ class _Walk:
     """The edges of one trace (all calls, or only those that carry the inputs)."""
 
     def __init__(self):
-        self.t, self.edges, self.entered = Trace(), set(), set()
+        self.t, self.edges, self.pairs, self.entered = Trace(), set(), set(), set()
 
     def call(self, caller, stack: list[str], callee: str, qual: str) -> None:
         t = self.t
@@ -100,6 +111,12 @@ class _Walk:
         if caller[0] == callee or (caller, callee, qual) in self.edges:
             return
         self.edges.add((caller, callee, qual))
+        if (caller[0], callee) not in self.pairs:
+            self.pairs.add((caller[0], callee))
+            if callee in stack:
+                t.module_climbs.append(f"{caller[0]} -> {callee}")
+            elif callee in self.entered:
+                t.module_returns.append(f"{caller[0]} -> {callee}")
         name = f"{caller[0]}.{caller[1]} -> {callee}.{qual}"
         t.visits[callee] += 1
         if callee in stack:
@@ -128,8 +145,9 @@ def trace(fn, *args, inputs: list | None = None, **kwargs):
         qual = code.co_qualname
         if "<locals>" in qual and code.co_name == "__init__" and "self" in frame.f_locals:  # a dataclass's own __init__
             qual = f"{type(frame.f_locals['self']).__name__}.__init__"
-        if qual in WATCH:
-            every.t.calls[qual] += 1
+        name = qual if qual.endswith("Lineage.__init__") else code.co_name
+        if name in WATCH:
+            every.t.calls[WATCH[name]] += 1
         caller, stack, back = None, [], frame.f_back
         while back is not None:  # our modules below this call, nearest first
             m = _module(back)
@@ -195,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, both in result.items():
         for what, s in both.items():
             print(f"{name}, {what}: {s['modules_entered']} modules entered, {s['climbs_back']} climbs back, {s['returns']} "
-                  "returns to a module already left")
+                  f"returns to a module already left (between modules: {s['module_climbs']} climbs, {s['module_returns']} "
+                  "returns)")
             print(f"  modules: {', '.join(s['modules'])}")
             print(f"  visits: {s['visits']}")
         print(f"  resolutions: {both['all']['resolutions']}")

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from conftest import HOLDOUT, run_cli_many, train_args, train_student
 from hub_reflow.pairs import DATA_FILE, PAIRS_META_NAME
-from hub_reflow.training.run_checks import RUN_RECORD
+from hub_reflow.training.run_folder import RUN_RECORD
 from hub_reflow.testing.hub_server import HubServer
 from test_train import _bad, assert_canonical, assert_plain_lerobot_loads
 

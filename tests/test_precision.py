@@ -1,9 +1,9 @@
-"""fp32 master weights (hub_reflow/training/precision.py): small AdamW steps that bf16 weights round away
+"""fp32 master weights (hub_reflow/training/optimizer.py): small AdamW steps that bf16 weights round away
 accumulate in the masters; the masters round-trip through their saved state."""
 
 import torch
 
-from hub_reflow.training.precision import MasterWeights
+from hub_reflow.training.optimizer import MasterWeights
 
 
 def _steps(p: torch.nn.Parameter, n: int, master: bool) -> torch.Tensor:

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hub_reflow.training.runlock import LOCK_NAME
+from hub_reflow.training.run_folder import LOCK_NAME
 
 from conftest import run_cli, run_main
 
@@ -129,7 +129,7 @@ def test_resume_on_a_folder_another_run_holds_names_the_lock(tmp_path):
     (not "no checkpoint ...; start without --resume", which would then hit the lock)."""
     out = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
-                               "from hub_reflow.training.runlock import run_lock\nwith run_lock(Path(sys.argv[1])):\n"
+                               "from hub_reflow.training.run_folder import run_lock\nwith run_lock(Path(sys.argv[1])):\n"
                                "    print('held', flush=True)\n    time.sleep(600)\n", str(out)],
                               stdout=subprocess.PIPE, text=True)
     try:

@@ -1,5 +1,5 @@
 """``hub-reflow train --update bf16-sr``: the bf16 student trains without fp32 master copies
-(AdamW with stochastic rounding, ``sr_adamw.py``), the choice is recorded in the lineage, and a run
+(AdamW with stochastic rounding, ``training/optimizer.py``), the choice is recorded in the lineage, and a run
 resumed from LeRobot's saved optimizer state ends bit-identical to the uninterrupted one."""
 
 from __future__ import annotations

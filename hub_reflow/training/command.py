@@ -1,5 +1,5 @@
 """What ``hub-reflow train`` adds to its command line: the options given, then (with ``--resume``)
-the run's recorded ones (``run_checks.RUN_RECORD``), then the defaults; and the run's final verdict line."""
+the run's recorded ones (``run_folder.RUN_RECORD``), then the defaults; and the run's final verdict line."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from ..checkpoint import LINEAGE_NAME, Lineage
 from ..checks.fidelity import recorded_verdict
 from ..config import RECORDED_BEFORE, ReflowConfig, default_lr_scale
 from ..console import fail
-from .run_checks import check_train_output, read_run_record
-from .runlock import refuse_if_held
+from .run_folder import RunFolder
 
 
 def given_or_recorded(p: argparse.ArgumentParser) -> None:
@@ -37,10 +36,9 @@ class Unset:
 def train_settings(a) -> argparse.Namespace:
     """The options given, then (with --resume) the run's recorded ones, then the defaults."""
     given = {k: v for k, v in vars(a).items() if k in TRAIN_DEFAULTS and not isinstance(v, Unset)}
-    refuse_if_held(given["output_dir"])  # a folder another run holds: that, before what its checkpoints say
-    if given.get("resume"):
-        check_train_output(given["output_dir"], resume=True)  # a run to resume: before reading its record
-    recorded = read_run_record(given["output_dir"]) if given.get("resume") else None
+    folder = RunFolder(given["output_dir"])
+    folder.refuse_if_held()  # a folder another run holds: that, before what its checkpoints say
+    recorded = folder.recorded_settings() if given.get("resume") else None  # a run to resume, then its record
     if recorded is not None:  # an option the run's record lacks: the run was made before it existed
         recorded = {**{k: v for k, v in RECORDED_BEFORE.items() if k in TRAIN_DEFAULTS}, **recorded}
     if recorded and recorded.get("dataset_root") is not None:

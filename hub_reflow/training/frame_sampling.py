@@ -27,10 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import safeio
 from ..errors import UserError
 from ..smolvla import noise_shape, policy_inputs
-from .train_utils import SPREAD_FILE
 
 SPREAD_DRAWS = 4  # noise draws per scored frame
 SPREAD_SHARE = 0.8  # share of the draws made by spread (the rest uniform)
@@ -123,13 +121,12 @@ def probabilities(spread: Tensor) -> Tensor:
     return SPREAD_SHARE * by_spread + (1 - SPREAD_SHARE) / n
 
 
-def frame_sampler(policy, preprocessor, dataset, rcfg, accelerator, collate, resume_from=None):
+def frame_sampler(policy, preprocessor, dataset, rcfg, accelerator, collate, saved_spread: Tensor | None = None):
     """The run's sampler over ``dataset``'s frames: LeRobot's shuffled ``EpisodeAwareSampler`` for
     ``frame_sampling = "uniform"``, else a ``SpreadSampler`` by the spreads of the main process's
-    pre-pass (shared with every process), or those saved in ``resume_from``'s training state.
+    pre-pass (shared with every process), or by ``saved_spread`` (the run resumed: those it saved).
     Returns the sampler, the spreads (None: uniform) and the pre-pass record (None: none ran)."""
     from lerobot.datasets import EpisodeAwareSampler
-    from lerobot.utils.constants import TRAINING_STATE_DIR
 
     bounds = (dataset.meta.episodes["dataset_from_index"], dataset.meta.episodes["dataset_to_index"])
     if rcfg.frame_sampling == "uniform":
@@ -137,16 +134,11 @@ def frame_sampler(policy, preprocessor, dataset, rcfg, accelerator, collate, res
                                    absolute_to_relative_idx=dataset.absolute_to_relative_idx), None, None
     episodes = episode_frames(*bounds, dataset.episodes, dataset.absolute_to_relative_idx)
     flat = [i for frames in episodes for i in frames]
-    if resume_from is not None:
-        saved = resume_from / TRAINING_STATE_DIR / SPREAD_FILE
-        if not saved.is_file():
-            raise UserError(f"--resume: the training state in {saved.parent} cannot be read (no {SPREAD_FILE}: the frames' "
-                            "spreads the run draws by); start a new --output-dir")
-        spread = safeio.load_file(saved, "--resume")["spread"]
-        if len(spread) != len(flat):
-            raise UserError(f"--resume: the run's saved frame spreads cover {len(spread)} frames, the dataset has "
+    if saved_spread is not None:
+        if len(saved_spread) != len(flat):
+            raise UserError(f"--resume: the run's saved frame spreads cover {len(saved_spread)} frames, the dataset has "
                             f"{len(flat)} training frames; resume with the dataset the run was started with")
-        return SpreadSampler(flat, spread, rcfg.seed), spread, None
+        return SpreadSampler(flat, saved_spread, rcfg.seed), saved_spread, None
     found = [None, None]
     if accelerator.is_main_process:
         stride = prepass_stride(len(flat), rcfg.steps, rcfg.batch_size * rcfg.noises_per_frame)

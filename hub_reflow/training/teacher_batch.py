@@ -23,7 +23,6 @@ from torch import Tensor
 
 from ..pairs import NOISE_KEY, TARGET_KEY
 from ..smolvla import PolicyInputs, noise_shape, policy_inputs
-from .train_utils import step_seed
 
 
 @dataclass
@@ -68,11 +67,17 @@ def cat_inputs(parts: list[PolicyInputs]) -> PolicyInputs:
     )
 
 
-def next_group(run, batches, save_freq: int) -> list[Prepared]:
-    """Load, preprocess and (online pairs) have the teacher answer the next group of steps."""
-    acc, policy, timer, rcfg = run.accelerator, run.policy, run.timer, run.rcfg
+def step_seed(seed: int, process: int, step: int) -> int:
+    return (seed * 1_000_003 + process * 7_919 + step) % (2**63)
+
+
+def next_group(run, batches) -> list[Prepared]:
+    """Load, preprocess and (online pairs) have the teacher answer the next group of steps of ``run``
+    (``loop.Run``: its plan, policy, preprocessor and step) from ``batches``."""
+    plan, policy, timer = run.plan, run.policy, run.plan.timer
+    acc, rcfg, pairs = plan.accelerator, plan.args.reflow, plan.pairs
     rows = rcfg.batch_size * rcfg.noises_per_frame
-    n = 1 if run.pairs is not None else group_length(run.step, rcfg.steps, save_freq, rows, rcfg.teacher_batch)
+    n = 1 if pairs is not None else group_length(run.step, rcfg.steps, plan.args.save_freq, rows, rcfg.teacher_batch)
     group = []
     for i in range(n):
         with timer("data"):
@@ -81,7 +86,7 @@ def next_group(run, batches, save_freq: int) -> list[Prepared]:
         # exactly what the uninterrupted one would have (the global RNG is also used by the loader).
         gen = torch.Generator().manual_seed(step_seed(rcfg.seed, acc.process_index, run.step + i))
         noise = target = None
-        if run.pairs is not None:
+        if pairs is not None:
             noise, target = batch.pop(NOISE_KEY).to(acc.device), batch.pop(TARGET_KEY).to(acc.device)
         with timer("preprocess"):
             batch = run.preprocessor(batch)
@@ -91,7 +96,7 @@ def next_group(run, batches, save_freq: int) -> list[Prepared]:
             noise = torch.randn(noise_shape(policy.student, bsz), dtype=torch.float32, generator=gen)
             noise = noise.to(acc.device, non_blocking=True)
         group.append(Prepared(batch, inputs, noise, target, gen))
-    if run.pairs is None:
+    if pairs is None:
         with timer("teacher"):
             _, target = policy.make_pairs(cat_inputs([p.inputs for p in group]), torch.cat([p.noise for p in group]))
         for p, t in zip(group, target.split([len(p.noise) for p in group]), strict=True):

@@ -22,7 +22,7 @@ def test_the_schedule_spans_the_default_length():
     import torch
     from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
 
-    from hub_reflow.training.train_utils import make_optimizer
+    from hub_reflow.training.optimizer import make_optimizer
 
     rcfg = ReflowConfig()
     param = torch.nn.Parameter(torch.zeros(2))
@@ -40,7 +40,7 @@ def test_the_schedule_spans_the_default_length():
 
 def test_train_records_the_length_and_resume_keeps_it(tmp_path):
     from hub_reflow.cli import build_parser
-    from hub_reflow.training.run_checks import RUN_RECORD
+    from hub_reflow.training.run_folder import RUN_RECORD
     from hub_reflow.training.command import train_settings
 
     parser = build_parser()

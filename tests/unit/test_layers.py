@@ -61,10 +61,10 @@ PACKAGES = [
     ("policy", [{"policy"}]),
     # the training run behind train()
     ("training", [
-        {"training", "training.precision", "training.sr_adamw", "training.runlock"},
-        {"training.run_checks"},
-        {"training.train_utils"},
-        {"training.frame_sampling", "training.teacher_batch", "training.command"},
+        {"training", "training.optimizer", "training.frame_sampling", "training.teacher_batch"},
+        {"training.run_folder"},
+        {"training.plan", "training.command"},
+        {"training.loop"},
     ]),
     # the commands (train, verify, canonicalize, the demo, the command line) and the public API
     ("commands", [

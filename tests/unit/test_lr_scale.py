@@ -33,7 +33,7 @@ def _peak_lr(rcfg: ReflowConfig, teacher_lr: float) -> tuple[float, dict]:
     approaches and the cosine decays from), checked against the rates the steps used."""
     from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
 
-    from hub_reflow.training.train_utils import make_optimizer
+    from hub_reflow.training.optimizer import make_optimizer
 
     cfg = SmolVLAConfig(optimizer_lr=teacher_lr)
     param = torch.nn.Parameter(torch.zeros(3))
@@ -63,7 +63,7 @@ def test_train_resolves_the_scale_before_recording_and_resumes_old_runs_at_1(tmp
     """``train_settings``: a new run records the resolved scale; a run whose record predates the
     option resumes at 1 (what it was trained with), not at today's default."""
     from hub_reflow.cli import build_parser
-    from hub_reflow.training.run_checks import RUN_RECORD
+    from hub_reflow.training.run_folder import RUN_RECORD
     from hub_reflow.training.command import train_settings
 
     parser = build_parser()

@@ -1,4 +1,4 @@
-"""``sr_adamw``: AdamW with stochastic rounding on bf16 weights. torch's AdamW arithmetic (bit for
+"""``StochasticRoundingAdamW`` (training/optimizer.py): AdamW with stochastic rounding on bf16 weights. torch's AdamW arithmetic (bit for
 bit on fp32 weights), an unbiased rounding that keeps sub-ulp steps where rounding to nearest loses
 them, and a resume from the saved optimizer state that rounds as the uninterrupted run."""
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hub_reflow.config import ReflowConfig
-from hub_reflow.training.sr_adamw import StochasticRoundingAdamW, stochastic_round_bf16
+from hub_reflow.training.optimizer import StochasticRoundingAdamW, stochastic_round_bf16
 
 
 def _grads(shape, n: int, seed: int = 0):
