@@ -32,7 +32,7 @@ def test_eval_under_rtc_shows_the_overshoot_and_the_recommended_weight_keeps_the
         closed_loop_world, closed_loop_student, tmp_path):
     out = tmp_path / "rtc.json"
     r = run_cli("eval", str(closed_loop_student), "--teacher", str(closed_loop_world.teacher), "--env-id", TINY_ENV,
-                "--episodes", "4", "--device", "cpu", "--teacher-steps", "10", "--inference", "rtc", "--inference-delay", "3",
+                "--episodes", "3", "--device", "cpu", "--teacher-steps", "10", "--inference", "rtc", "--inference-delay", "3",
                 "--inference.rtc.execution_horizon=8", "--json", str(out))
     data = json.loads(out.read_text())
     default, ours, teacher = "student@1 rtc w10 h8", "student@1 rtc w1 h8", "teacher@10 rtc w10 h8"
@@ -82,7 +82,7 @@ def test_lerobot_rollout_drives_the_student_with_the_cards_flags(closed_loop_stu
     flags = _card_rollout_flags(closed_loop_student)
     assert flags == ["--inference.type=rtc", "--inference.rtc.max_guidance_weight=1", "--inference.rtc.execution_horizon=8"]
     log, chunks = tmp_path / "robot.jsonl", tmp_path / "chunks.jsonl"
-    argv = [*ROBOT, f"--robot.log_path={log}", f"--policy.path={closed_loop_student}", "--fps=10", "--duration=12",
+    argv = [*ROBOT, f"--robot.log_path={log}", f"--policy.path={closed_loop_student}", "--fps=10", "--duration=10",
             f"--task={TASK}", "--play_sounds=false", "--return_to_initial_position=false", "--device=cpu",
             *(flags if inference == "rtc" else ["--inference.type=sync"])]
     r = _python("import sys; from hub_reflow.testing.gym_robot import run_rollout; "
