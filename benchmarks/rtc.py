@@ -28,22 +28,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from closed_loop import _ints  # noqa: E402
 from common import RESULTS, OptionError, hub_env, markdown, reused_run, write_json  # noqa: E402
 
 PROG = "rtc.py"
 DEFAULT_WORKDIR = Path("outputs/bench-rtc")
 KEYS = ("success_rate", "success_ci95", "successes", "episodes", "mean_length", "boundary_jump", "within_jump",
         "prefix_error", "inference", "num_steps")
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if any(v < 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected non-negative integers, got {text!r}")
-    return values
 
 
 def parse(argv):

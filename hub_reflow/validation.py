@@ -32,12 +32,13 @@ MAX_SEED = 2**32 - 1  # LeRobot's set_seed seeds numpy, which takes 32-bit seeds
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Defaults shown in ``--help``, except where there is none to show (None, a flag's False)."""
+    """Defaults shown in ``--help``, except where there is none to show (None, a flag's False, a
+    ``--no-...`` flag's True)."""
 
     def _get_help_string(self, action):
         text = action.help or ""
         default = getattr(action.default, "unset_default", action.default)  # training.command.Unset: the real default
-        if default is None or default is False or action.default == argparse.SUPPRESS or default in ((), [], {}) \
+        if default is None or default is False or (default is True and action.const is False) or action.default == argparse.SUPPRESS or default in ((), [], {}) \
                 or "%(default)" in text or "(default" in text or not action.option_strings:
             return text  # nothing to show, or the help says its default in words
         return super()._get_help_string(action)

@@ -211,19 +211,20 @@ def test_fidelity_curve_smoke(closed_loop_world, tmp_path):
 
 
 def test_rtc_smoke(closed_loop_world, tmp_path):
-    """benchmarks/rtc.py: sync and RTC rows of the teacher and of 1- and 2-step students, paired, at plumbing size."""
+    """benchmarks/rtc.py: sync and RTC rows of the teacher and a 2-step student, paired, at plumbing size."""
     out = tmp_path / "rtc.json"
     r = _run("rtc.py", "--smoke", "--teacher", str(closed_loop_world.teacher), "--dataset-root", str(closed_loop_world.dataset_root),
-             "--student-steps", "1,2", "--workdir", str(tmp_path / "work"), "--out", str(out))
+             "--student-steps", "2", "--queue-threshold", "3", "--workdir", str(tmp_path / "work"), "--out", str(out))
     data = json.loads(out.read_text())
     assert data["settings"]["lerobot_rtc_flags"] == ["--inference.rtc.execution_horizon=8"]  # the world's chunks hold 8
+    assert data["settings"]["queue_flags"] == ["--inference.queue_threshold=3"]
     assert list(data["rows"]) == ["sync", "delay 3"]
-    assert list(data["rows"]["sync"]) == ["teacher@10", "student@1", "student@2"]
-    assert list(data["rows"]["delay 3"]) == ["teacher@10 rtc w10 h8", "student@1 rtc w10 h8", "student@1 rtc w1 h8",
-                                             "student@2 rtc w10 h8", "student@2 rtc w2 h8"]
+    assert list(data["rows"]["sync"]) == ["teacher@10", "student@2"]
+    assert list(data["rows"]["delay 3"]) == ["teacher@10 rtc w10 h8", "student@2 rtc w10 h8", "student@2 rtc w2 h8"]
+    assert data["rows"]["delay 3"]["student@2 rtc w2 h8"]["inference"]["queue_threshold"] == 3
     for group in data["rows"].values():
         for label, row in group.items():
             assert row["episodes"] == 3 and len(row["outcomes"]) == 3
             assert ("vs_teacher" in row) == (not label.startswith("teacher"))
-    assert data["rows"]["delay 3"]["student@1 rtc w1 h8"]["prefix_error"]["mean"] < 1e-5
-    assert _table_last(r.stdout, 8)[0] == "| policy | sync | delay 3 |"
+    assert data["rows"]["delay 3"]["student@2 rtc w2 h8"]["prefix_error"]["mean"] < 1e-5
+    assert _table_last(r.stdout, 5)[0] == "| policy | sync | delay 3 |"

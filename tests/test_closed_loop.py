@@ -242,7 +242,7 @@ def test_without_a_recorded_hub_teacher_eval_says_how_to_add_the_teacher_rows(wo
             "TEACHER (its folder or Hub repo id) to add the teacher rows")
     assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records if r.name.startswith("hub_reflow")] == [
         ("hub_reflow.closed_loop", "WARNING", f"eval: {note}")]
-    assert f"\nnote: {note}\nwrote {out}" in stdout
+    assert f"\nnote: {note}\n" in stdout and stdout.endswith(f"\nwrote {out}\n")
     data = json.loads(out.read_text())
     assert list(data["success_rates"]) == ["student@1"] and data["settings"]["no_teacher"] == note
 

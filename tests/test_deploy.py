@@ -32,7 +32,7 @@ def test_eval_under_rtc_shows_the_overshoot_and_the_recommended_weight_keeps_the
         closed_loop_world, closed_loop_student, tmp_path):
     out = tmp_path / "rtc.json"
     r = run_cli("eval", str(closed_loop_student), "--teacher", str(closed_loop_world.teacher), "--env-id", TINY_ENV,
-                "--episodes", "4", "--device", "cpu", "--teacher-steps", "10", "--inference", "rtc", "--inference-delay", "3",
+                "--episodes", "3", "--device", "cpu", "--teacher-steps", "10", "--inference", "rtc", "--inference-delay", "3",
                 "--inference.rtc.execution_horizon=8", "--json", str(out))
     data = json.loads(out.read_text())
     default, ours, teacher = "student@1 rtc w10 h8", "student@1 rtc w1 h8", "teacher@10 rtc w10 h8"
@@ -63,8 +63,9 @@ def _card_rollout_flags(checkpoint: Path) -> list[str]:
     return [f for f in line.split() if f.startswith("--inference")]
 
 
-def _python(code: str, *args: str, timeout: int) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
+def _python(code: str, *args: str, timeout: int, cwd: Path) -> subprocess.CompletedProcess:
+    """(in ``cwd``: LeRobot's async client and server write their logs into ./logs)"""
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
@@ -82,11 +83,11 @@ def test_lerobot_rollout_drives_the_student_with_the_cards_flags(closed_loop_stu
     flags = _card_rollout_flags(closed_loop_student)
     assert flags == ["--inference.type=rtc", "--inference.rtc.max_guidance_weight=1", "--inference.rtc.execution_horizon=8"]
     log, chunks = tmp_path / "robot.jsonl", tmp_path / "chunks.jsonl"
-    argv = [*ROBOT, f"--robot.log_path={log}", f"--policy.path={closed_loop_student}", "--fps=10", "--duration=12",
+    argv = [*ROBOT, f"--robot.log_path={log}", f"--policy.path={closed_loop_student}", "--fps=10", "--duration=10",
             f"--task={TASK}", "--play_sounds=false", "--return_to_initial_position=false", "--device=cpu",
             *(flags if inference == "rtc" else ["--inference.type=sync"])]
     r = _python("import sys; from hub_reflow.testing.gym_robot import run_rollout; "
-                "run_rollout(sys.argv[2:], chunks_log=sys.argv[1])", str(chunks), *argv, timeout=300)
+                "run_rollout(sys.argv[2:], chunks_log=sys.argv[1])", str(chunks), *argv, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "RTC inference error" not in r.stderr and "Fatal error" not in r.stderr, r.stderr[-3000:]
     _executed(log)
@@ -112,7 +113,7 @@ def test_async_policy_server_serves_the_student(closed_loop_student, tmp_path):
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "lerobot.async_inference.policy_server", "--host=127.0.0.1",
                                f"--port={port}", "--fps=10"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                              cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -125,7 +126,7 @@ def test_async_policy_server_serves_the_student(closed_loop_student, tmp_path):
         r = _python("import sys; from hub_reflow.testing.gym_robot import run_async_client; run_async_client(sys.argv[1:])",
                     *ROBOT, f"--robot.log_path={log}", f"--server_address=127.0.0.1:{port}", "--policy_type=smolvla",
                     f"--pretrained_name_or_path={closed_loop_student}", "--actions_per_chunk=8", "--policy_device=cpu",
-                    "--fps=10", f"--task={TASK}", timeout=300)
+                    "--fps=10", f"--task={TASK}", timeout=300, cwd=tmp_path)
         assert r.returncode == 0, r.stderr[-3000:]
         records = _executed(log)
         assert len(records) >= 2

@@ -38,7 +38,12 @@ def test_verify_passes_the_real_student(world, student_bf16):
     status = {c["name"]: c["status"] for c in report["checks"]}
     assert report["passed"] is True and result.returncode == 0
     assert {n for n, s in status.items() if s == PASS} == STRUCTURE | {"fidelity", "actions.finite", "actions.range"}
-    assert {n for n, s in status.items() if s == INFO} == {"weights.size", "weights.expert"}
+    assert {n for n, s in status.items() if s == INFO} == {"weights.size", "weights.expert", "rtc"}
+    # The deployment advice for this 1-step student: LeRobot's RTC flags with the guidance weight at its step count.
+    rtc = next(c for c in report["checks"] if c["name"] == "rtc")["details"]
+    chunk = json.loads((student_bf16 / "config.json").read_text())["chunk_size"]
+    horizon = f" --inference.rtc.execution_horizon={chunk}" if chunk < 10 else ""
+    assert rtc["flags"] == f"--inference.type=rtc --inference.rtc.max_guidance_weight=1{horizon}"
     # Key counts per group, against the module tree of the policy LeRobot loads (not key substrings).
     policy = SmolVLAPolicy.from_pretrained(str(world.teacher), strict=True)
     by_module = {

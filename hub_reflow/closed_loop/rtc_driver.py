@@ -40,7 +40,9 @@ def parse_inference(args: tuple[str, ...]):
     except SystemExit:
         lines = [ln for ln in stderr.getvalue().splitlines() if "error:" in ln]
         raise UserError(f"--inference options: {lines[-1].split('error: ', 1)[1] if lines else ' '.join(args)}") from None
-    except Exception as e:  # draccus' DecodingError, RTCConfig's own ValueError
+    except Exception as e:  # draccus' DecodingError / ParsingError, which wrap RTCConfig's own ValueError
+        while str(e).startswith("Couldn't instantiate") and (e.__cause__ or e.__context__) is not None:
+            e = e.__cause__ or e.__context__
         raise UserError(f"--inference options: {e}") from None
 
 
