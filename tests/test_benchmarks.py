@@ -103,7 +103,7 @@ def test_fidelity_smoke(world, tmp_path):
 def test_euler_floor(world, tmp_path):
     out = tmp_path / "floor.json"
     r = _run("euler_floor.py", "--teacher", str(world.teacher_fp32), "--dataset-root", str(world.dataset_root),
-             "--steps", "1,2,10,20", "--exact", "40", "--stride", "4", "--noises", "2", "--out", str(out))
+             "--steps", "1,2,10,20", "--exact", "40", "--stride", "8", "--noises", "2", "--out", str(out))
     data = json.loads(out.read_text())
     rows = {row["teacher_steps"]: row for row in data["rows"]}
     assert list(rows) == [1, 2, 10, 20] and data["settings"]["noises"] == 2 and data["settings"]["exact"] == 40
