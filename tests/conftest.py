@@ -28,7 +28,7 @@ HOLDOUT = 4
 # success within 10 points of the teacher.
 TEACHER_STEPS = 600
 FP32_TEACHER_STEPS = 36
-BF16_STUDENT_STEPS = 500  # the bf16-VLM teacher's student (batch 16; make): verify's ratio x0.31 (1000 steps: x0.25)
+BF16_STUDENT_STEPS = 500  # the bf16-VLM teacher's student (batch 16; make): passes verify's fidelity rule with a margin
 CLOSED_LOOP_TEACHER_STEPS = 500  # the closed-loop world's teacher (lerobot-train, batch 32)
 CLOSED_LOOP_STUDENT_STEPS = 500  # the closed-loop world's student (batch 32, one noise per frame; make)
 
